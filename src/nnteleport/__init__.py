@@ -1,0 +1,67 @@
+"""nnteleport: symmetries of neural-network weight space.
+
+Neural teleportation (Armenta et al., 2023), scale-invariant parameter spaces for ReLU networks
+(G-space and weight fixing; Jestädt 2025 after Meng et al. 2019) and checkpoint-distance
+regularisation (von Bachmann 2020), for any traceable ``nn.Module``.
+
+The public API is re-exported here and resolved lazily, so ``import nnteleport`` stays cheap
+(the CLI starts fast) and optional parts never import what they do not need.
+
+>>> import nnteleport
+>>> teleported = nnteleport.teleport(model, x, cob_range=0.9, sampling="inter")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (one module per concept)
+_EXPORTS: dict[str, str] = {
+    # teleportation engine (graph analysis -> CoB -> teleport)
+    "analyze": "nnteleport.graph",
+    "TeleportPlan": "nnteleport.graph",
+    "GroupInfo": "nnteleport.graph",
+    "CoB": "nnteleport.cob",
+    "Sampling": "nnteleport.cob",
+    "sample_cob": "nnteleport.cob",
+    "teleport": "nnteleport.teleport",
+    "micro_teleport": "nnteleport.teleport",
+    "TeleportedActivation": "nnteleport.teleport",
+    "TeleportReport": "nnteleport.report",
+    # scale-invariant parameter spaces
+    "GSpace": "nnteleport.gspace",
+    "GSpaceOptimizer": "nnteleport.gspace",
+    "fix_weights": "nnteleport.fixing",
+    "FixedWeights": "nnteleport.fixing",
+    # checkpoint distance
+    "CheckpointDistance": "nnteleport.distance",
+    "canonicalize": "nnteleport.distance",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnteleport' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from nnteleport.cob import CoB, Sampling, sample_cob
+    from nnteleport.distance import CheckpointDistance, canonicalize
+    from nnteleport.fixing import FixedWeights, fix_weights
+    from nnteleport.graph import GroupInfo, TeleportPlan, analyze
+    from nnteleport.gspace import GSpace, GSpaceOptimizer
+    from nnteleport.report import TeleportReport
+    from nnteleport.teleport import TeleportedActivation, micro_teleport, teleport

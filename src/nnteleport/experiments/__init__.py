@@ -1,0 +1,44 @@
+"""Experiments: one module per experiment, composing the core library.
+
+Every experiment module defines
+
+* ``DESCRIPTION: str`` -- one paragraph, shown by ``nnteleport experiment --help``;
+* ``DEFAULTS: dict`` -- the default (small, 2-core-laptop) configuration; ``--config FILE.yaml`` and
+  ``--set key=value`` may only change keys that exist here, with values of a compatible type;
+* ``run(config: dict, out: pathlib.Path, *, progress: bool = True) -> dict`` -- runs the experiment, writes
+  ``out/results.json`` (all numbers behind the plots), CSVs of curves and PNG plots, and returns the results.
+
+The registry below is the single list of experiment names (the CLI names).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXPERIMENTS: dict[str, str] = {
+    # Neural teleportation (Armenta et al. 2023)
+    "level-curves": "nnteleport.experiments.level_curves",
+    "micro-teleport": "nnteleport.experiments.micro_teleport",
+    "interpolation": "nnteleport.experiments.interpolation",
+    "gradient-scale": "nnteleport.experiments.gradient_scale",
+    "training": "nnteleport.experiments.training",
+    "pseudo-teleport": "nnteleport.experiments.pseudo_teleport",
+    "mid-training": "nnteleport.experiments.mid_training",
+    "weight-histograms": "nnteleport.experiments.weight_histograms",
+    "feature-maps": "nnteleport.experiments.feature_maps",
+    # Scale-invariant parameter spaces (Jestädt 2025)
+    "gspace-lr-grid": "nnteleport.experiments.gspace_lr_grid",
+    "fixed-value-grid": "nnteleport.experiments.fixed_value_grid",
+    "toy-surfaces": "nnteleport.experiments.toy_surfaces",
+    # Checkpoint-distance regularisation (von Bachmann 2020)
+    "distance-training": "nnteleport.experiments.distance_training",
+}
+
+
+def get_experiment(name: str) -> ModuleType:
+    """Import and return the module of experiment ``name`` (a CLI name such as ``"level-curves"``)."""
+    if name not in EXPERIMENTS:
+        allowed = ", ".join(sorted(EXPERIMENTS))
+        raise ValueError(f"unknown experiment {name!r}; choose one of: {allowed}")
+    return importlib.import_module(EXPERIMENTS[name])
