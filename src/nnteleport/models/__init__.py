@@ -1,0 +1,81 @@
+"""A small built-in model zoo: the paper's architectures sized for small images and vectors.
+
+``build_model(name, in_shape=..., num_classes=...)`` builds one of :data:`MODELS` -- MLP, VGG, ResNet-18,
+DenseNet, MobileNetV2 -- for 8x8 digits ``(1, 8, 8)``, MNIST ``(1, 28, 28)``, CIFAR ``(3, 32, 32)`` or
+vectors and signals such as MNIST-1D ``(40,)`` (1-d convolutions). They are ordinary PyTorch modules written
+the way users write them (module activations, ``F.relu``, ``torch.cat``, ``x + shortcut`` in ``forward``),
+used by the tests, the experiments and the demo.
+
+Conv models default to small widths for CPU work; ``width=1.0`` (VGG, ResNet, MobileNetV2) and
+``blocks=(6, 12, 24, 16), growth_rate=32`` (DenseNet-121) give the paper-scale networks.
+
+>>> from nnteleport.models import build_model
+>>> model = build_model("resnet18", in_shape=(3, 32, 32), num_classes=10, width=0.125)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from nnteleport.models._common import Activation, make_activation
+from nnteleport.models.densenet import DenseNet
+from nnteleport.models.mlp import MLP
+from nnteleport.models.mobilenetv2 import MobileNetV2
+from nnteleport.models.resnet import BasicBlock, ResNet, resnet18
+from nnteleport.models.vgg import VGG
+
+__all__ = [
+    "MLP",
+    "MODELS",
+    "VGG",
+    "Activation",
+    "BasicBlock",
+    "DenseNet",
+    "MobileNetV2",
+    "ResNet",
+    "build_model",
+    "make_activation",
+]
+
+#: name -> constructor ``(in_shape, num_classes, **kw) -> nn.Module``; the single list of zoo models.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "vgg": VGG,
+    "resnet18": resnet18,
+    "densenet": DenseNet,
+    "mobilenetv2": MobileNetV2,
+}
+
+
+def build_model(name: str, *, in_shape: Sequence[int], num_classes: int, **kw) -> nn.Module:
+    """Build zoo model ``name`` for samples of shape ``in_shape`` (no batch axis) and ``num_classes`` logits.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODELS`: ``"mlp"``, ``"vgg"``, ``"resnet18"``, ``"densenet"``, ``"mobilenetv2"``.
+    in_shape
+        ``(C, H, W)`` images, ``(C, L)`` signals or ``(L,)`` vectors (conv nets read them as one channel).
+    num_classes
+        Number of output logits.
+    **kw
+        Architecture options of the model's class, e.g. ``hidden=(500,) * 5, activation="tanh"`` for the MLP,
+        ``width=0.5`` for VGG/ResNet/MobileNetV2, ``growth_rate=12`` for DenseNet, ``activation=...`` for all.
+
+    Returns
+    -------
+    nn.Module
+        A freshly initialised model (PyTorch default initialisation) in training mode, float32 on CPU.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    try:
+        return MODELS[name](in_shape, num_classes, **kw)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise TypeError(
+                f"build_model({name!r}): {exc}; see help(nnteleport.models.MODELS[{name!r}])"
+            ) from exc
+        raise
