@@ -1,0 +1,659 @@
+"""Datasets for the experiments: embedded (no network) and standard formats read from a local folder.
+
+``load_dataset(name, root, ...)`` returns a :class:`DataBundle` -- a train and a validation split of
+``(x, y)`` pairs of tensors, the input shape and the number of classes.
+
+Embedded datasets (never touch the network):
+
+* ``"digits"`` -- scikit-learn's 8x8 handwritten digits (1797 images), shape ``(1, 8, 8)``, standardised with
+  the mean and standard deviation of the training split (one scalar each; several pixels are constant), split
+  into train/validation by a seeded permutation (``val_fraction=0.2``).
+* ``"mnist1d"`` -- MNIST-1D generated with the ``mnist1d`` package's generator (Greydanus 2020; never
+  downloaded), shape ``(1, 40)``, the package's own train/test split (80/20) and its seed.
+* ``"random"`` -- random inputs ``x ~ N(0, 1)`` with random labels, as in the paper's micro-teleportation
+  figure (Armenta et al. 2023, Sec. 4.3, Fig. 3); options ``input_shape``, ``num_classes``, ``num_train``,
+  ``num_val``.
+
+Standard datasets, read from ``root`` in their distribution formats (``download=True`` fetches them first):
+
+* ``"mnist"``, ``"fashion-mnist"`` -- the four IDX files (``train-images-idx3-ubyte`` ..., gzipped or not),
+  shape ``(1, 28, 28)``, normalised with the usual per-dataset mean/std;
+* ``"cifar10"``, ``"cifar100"`` -- the CIFAR "python version" pickles
+  (``cifar-10-batches-py/data_batch_1`` ..., ``cifar-100-python/train``), shape ``(3, 32, 32)``, per-channel
+  normalisation, and on the train split the usual augmentation (random crop 32 with zero padding 4,
+  horizontal flip with probability 1/2; ``augment=False`` turns it off).
+
+The validation split of the standard datasets is their official test split (as in the paper's experiments).
+``train_size`` / ``val_size`` take a seeded random subset of either split (small-scale runs).
+
+Randomness: the embedded splits and the subsets use ``seed`` only; augmentation draws from torch's global
+generator in the process that reads the data (seeded and checkpointed by :func:`nnteleport.training.train`;
+with ``num_workers > 0`` each worker is seeded by the loader's generator), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+import struct
+import tarfile
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "DataBundle",
+    "DatasetName",
+    "ImageDataset",
+    "load_dataset",
+    "loader",
+]
+
+
+class DatasetName(StrEnum):
+    """Names accepted by :func:`load_dataset`."""
+
+    DIGITS = "digits"
+    MNIST1D = "mnist1d"
+    RANDOM = "random"
+    MNIST = "mnist"
+    FASHION_MNIST = "fashion-mnist"
+    CIFAR10 = "cifar10"
+    CIFAR100 = "cifar100"
+
+    @classmethod
+    def parse(cls, value: str | DatasetName) -> DatasetName:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown dataset {value!r}; choose one of: {allowed}") from None
+
+
+EMBEDDED = (DatasetName.DIGITS, DatasetName.MNIST1D, DatasetName.RANDOM)
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready for training: two splits of ``(x, y)`` pairs and their metadata.
+
+    Attributes
+    ----------
+    name : str
+        The dataset name given to :func:`load_dataset`.
+    train, val : Dataset
+        Map-style datasets; ``ds[i]`` is ``(x, y)`` with ``x`` a float32 tensor of shape ``input_shape`` and
+        ``y`` an int64 scalar tensor in ``[0, num_classes)``.
+    input_shape : tuple of int
+        Shape of one example (no batch axis), e.g. ``(1, 8, 8)``.
+    num_classes : int
+        Number of classes.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def example_batch(self, n: int = 8, *, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` examples of a split, stacked: ``x`` ``(n, *input_shape)``, ``y`` ``(n,)``.
+
+        Augmentation is not applied (for an :class:`ImageDataset`), so the batch is the same every call and
+        consumes no random numbers.
+        """
+        ds = self.train if split == "train" else self.val
+        n = min(n, len(ds))  # type: ignore[arg-type]
+        if isinstance(ds, ImageDataset):
+            return ds.get_batch(range(n), augment=False)
+        xs, ys = zip(*(ds[i] for i in range(n)))
+        return torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys])
+
+
+class TensorPairDataset(Dataset):
+    """``(x[i], y[i])`` from two tensors with the same first dimension."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        self.x = x
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+class ImageDataset(Dataset):
+    """uint8 images ``(N, C, H, W)`` normalised per channel on access, optionally augmented.
+
+    ``x = (img / 255 - mean[c]) / std[c]``. Augmentation (train split of CIFAR): zero-pad the image by
+    ``pad`` pixels on each side in pixel space (the padded value is ``-mean/std`` after normalisation, as
+    torchvision's ``RandomCrop(32, padding=4)`` before ``Normalize``), crop a random ``H x W`` window
+    (offsets uniform in ``[0, 2 pad]``), then flip horizontally with probability 1/2. Random numbers come
+    from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        augment: bool = False,
+        pad: int = 4,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+        c = images.shape[1]
+        if len(mean) != c or len(std) != c:
+            raise ValueError(
+                f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}"
+            )
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
+        self.augment = augment
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _augment(self, img: torch.Tensor) -> torch.Tensor:
+        # img: (C, H, W) uint8 -> padded crop + flip, still uint8
+        _, h, w = img.shape
+        p = self.pad
+        if p > 0:
+            padded = torch.zeros((img.shape[0], h + 2 * p, w + 2 * p), dtype=img.dtype)
+            padded[:, p : p + h, p : p + w] = img
+            i, j = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+            img = padded[:, i : i + h, j : j + w]
+        if bool(torch.rand(()) < 0.5):
+            img = img.flip(-1)
+        return img
+
+    def _normalise(self, img: torch.Tensor) -> torch.Tensor:
+        return (img.to(torch.float32) / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.images[i]
+        if self.augment:
+            img = self._augment(img)
+        return self._normalise(img), self.labels[i]
+
+    def get_batch(
+        self, indices: Sequence[int], *, augment: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples ``indices`` stacked; ``augment=None`` follows the dataset's setting."""
+        aug = self.augment if augment is None else augment
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        imgs = self.images[idx]
+        if aug:
+            imgs = torch.stack([self._augment(im) for im in imgs])
+        x = (imgs.to(torch.float32) / 255.0 - self.mean) / self.std
+        return x, self.labels[idx]
+
+
+# --------------------------------------------------------------------------------------------------
+# embedded datasets
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction))
+    return perm[n_val:], perm[:n_val]
+
+
+def _digits(seed: int, val_fraction: float = 0.2) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.asarray(d.images, dtype=np.float64)  # (1797, 8, 8), values 0..16
+    y = np.asarray(d.target, dtype=np.int64)
+    tr, va = _split(len(y), val_fraction, seed)
+    mean, std = x[tr].mean(), x[tr].std()
+    x = ((x - mean) / std).astype(np.float32)[:, None]
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    return DataBundle(
+        "digits",
+        TensorPairDataset(xt[tr], yt[tr]),
+        TensorPairDataset(xt[va], yt[va]),
+        (1, 8, 8),
+        10,
+    )
+
+
+def _mnist1d(seed: int, num_samples: int = 5000, train_split: float = 0.8, **args: Any) -> DataBundle:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    dargs = get_dataset_args()
+    unknown = set(args) - set(vars(dargs))
+    if unknown:
+        allowed = ", ".join(sorted(k for k in vars(dargs) if k != "url"))
+        raise ValueError(f"unknown mnist1d option(s) {sorted(unknown)}; allowed: {allowed}")
+    dargs.num_samples = int(num_samples)
+    dargs.train_split = float(train_split)
+    dargs.seed = int(seed)
+    for k, v in args.items():
+        setattr(dargs, k, v)
+    # the generator seeds numpy's (and python's) global generators: leave the caller's streams untouched
+    import random
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(dargs)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x_tr = torch.from_numpy(np.asarray(d["x"], dtype=np.float32))[:, None]
+    x_va = torch.from_numpy(np.asarray(d["x_test"], dtype=np.float32))[:, None]
+    y_tr = torch.from_numpy(np.asarray(d["y"], dtype=np.int64))
+    y_va = torch.from_numpy(np.asarray(d["y_test"], dtype=np.int64))
+    return DataBundle(
+        "mnist1d",
+        TensorPairDataset(x_tr, y_tr),
+        TensorPairDataset(x_va, y_va),
+        tuple(x_tr.shape[1:]),
+        10,
+    )
+
+
+def _random(
+    seed: int,
+    input_shape: Sequence[int] = (1, 8, 8),
+    num_classes: int = 10,
+    num_train: int = 512,
+    num_val: int = 128,
+) -> DataBundle:
+    shape = tuple(int(s) for s in input_shape)
+    if num_classes < 1 or num_train < 1 or num_val < 1 or any(s < 1 for s in shape):
+        raise ValueError(
+            f"random data needs positive sizes, got input_shape={shape}, num_classes={num_classes}, "
+            f"num_train={num_train}, num_val={num_val}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    n = num_train + num_val
+    x = torch.randn((n, *shape), generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return DataBundle(
+        "random",
+        TensorPairDataset(x[:num_train], y[:num_train]),
+        TensorPairDataset(x[num_train:], y[num_train:]),
+        shape,
+        int(num_classes),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# standard formats from a local folder
+
+_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "val_images": "t10k-images-idx3-ubyte",
+    "val_labels": "t10k-labels-idx1-ubyte",
+}
+
+_SOURCES: dict[DatasetName, dict[str, Any]] = {
+    DatasetName.MNIST: {
+        "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "page": "http://yann.lecun.com/exdb/mnist/ (mirror: https://ossci-datasets.s3.amazonaws.com/mnist/)",
+        "subdirs": ["", "mnist", "MNIST/raw", "MNIST"],
+        "mean": (0.1307,),
+        "std": (0.3081,),
+    },
+    DatasetName.FASHION_MNIST: {
+        "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "page": "https://github.com/zalandoresearch/fashion-mnist "
+        "(files at http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/)",
+        "subdirs": ["", "fashion-mnist", "FashionMNIST/raw", "FashionMNIST"],
+        "mean": (0.2860,),
+        "std": (0.3530,),
+    },
+    DatasetName.CIFAR10: {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "page": "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz, extract it into ROOT)",
+        "subdirs": ["cifar-10-batches-py", ""],
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "val": ["test_batch"],
+        "label_key": b"labels",
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+        "num_classes": 10,
+    },
+    DatasetName.CIFAR100: {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "page": "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-100-python.tar.gz, extract it into ROOT)",
+        "subdirs": ["cifar-100-python", ""],
+        "train": ["train"],
+        "val": ["test"],
+        "label_key": b"fine_labels",
+        "mean": (0.5071, 0.4865, 0.4409),
+        "std": (0.2673, 0.2564, 0.2762),
+        "num_classes": 100,
+    },
+}
+
+
+def _missing(name: DatasetName, file: str, searched: list[Path]) -> FileNotFoundError:
+    src = _SOURCES[name]
+    where = ", ".join(str(p) for p in searched)
+    return FileNotFoundError(
+        f"{name.value}: file {file!r} not found (searched: {where}). Get it from {src['page']} and put it in "
+        f"one of these folders, or pass download=True (CLI: --set download=true) to fetch it."
+    )
+
+
+def _find(name: DatasetName, root: Path, filename: str, *, gz: bool) -> Path | None:
+    for sub in _SOURCES[name]["subdirs"]:
+        for cand in [filename, filename + ".gz"] if gz else [filename]:
+            p = root / sub / cand
+            if p.is_file():
+                return p
+    return None
+
+
+def _searched(name: DatasetName, root: Path) -> list[Path]:
+    return [root / s if s else root for s in _SOURCES[name]["subdirs"]]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format; gzip-compressed if the name ends in ``.gz``).
+
+    Format: two zero bytes, a type code (0x08 = uint8, ...), the number of dimensions ``d``, then ``d``
+    big-endian uint32 sizes, then the data in C order.
+
+    Raises
+    ------
+    ValueError
+        If the header is not an IDX header or the data length does not match the sizes (names the file).
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    types = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(
+            f"cannot read IDX file {path}: {e}; the file is corrupt, delete it and get it again"
+        ) from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in types:
+        raise ValueError(
+            f"{path} is not an IDX file (bad magic number); the file is corrupt, delete it and get it again"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header; the file is corrupt, delete it and get it again")
+    shape = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dt = np.dtype(types[raw[2]])
+    expected = int(np.prod(shape)) * dt.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: IDX data has {len(raw) - header} bytes, the header says {expected} (shape {shape}); "
+            "the file is corrupt or truncated, delete it and get it again"
+        )
+    return np.frombuffer(raw, dtype=dt, offset=header).reshape(shape).astype(dt.newbyteorder("="))
+
+
+def _load_mnist(name: DatasetName, root: Path, augment: bool) -> DataBundle:
+    del augment  # no augmentation for MNIST-type data
+    arrays = {}
+    for key, fname in _MNIST_FILES.items():
+        p = _find(name, root, fname, gz=True)
+        if p is None:
+            raise _missing(name, fname + "[.gz]", _searched(name, root))
+        arrays[key] = read_idx(p)
+        arrays[key + "_path"] = p
+    for split in ("train", "val"):
+        imgs, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
+            raise ValueError(
+                f"{name.value}: {arrays[f'{split}_images_path']} (shape {imgs.shape}) and "
+                f"{arrays[f'{split}_labels_path']} (shape {labels.shape}) do not match as images (N, H, W) "
+                "and labels (N,); the files are corrupt or mixed up"
+            )
+    src = _SOURCES[name]
+
+    def make(split: str) -> ImageDataset:
+        imgs = torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"], dtype=np.uint8))[:, None]
+        labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
+        return ImageDataset(imgs, labels, src["mean"], src["std"])
+
+    train, val = make("train"), make("val")
+    return DataBundle(name.value, train, val, tuple(train.images.shape[1:]), 10)
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(
+            f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}; the file is corrupt or not a CIFAR "
+            "python-version batch, delete it and get it again"
+        ) from e
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise ValueError(
+            f"{path}: data of shape {data.shape} with {len(labels)} labels is not a CIFAR batch "
+            "(expected (N, 3072) uint8 and N labels)"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_cifar(name: DatasetName, root: Path, augment: bool) -> DataBundle:
+    src = _SOURCES[name]
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "val"):
+        xs, ys = [], []
+        for fname in src[split]:
+            p = _find(name, root, fname, gz=False)
+            if p is None:
+                raise _missing(name, fname, _searched(name, root))
+            x, y = _read_cifar_batch(p, src["label_key"])
+            if y.min(initial=0) < 0 or y.max(initial=0) >= src["num_classes"]:
+                raise ValueError(
+                    f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?"
+                )
+            xs.append(x)
+            ys.append(y)
+        parts[split] = (np.concatenate(xs), np.concatenate(ys))
+
+    def make(split: str, aug: bool) -> ImageDataset:
+        x, y = parts[split]
+        return ImageDataset(
+            torch.from_numpy(x.copy()), torch.from_numpy(y), src["mean"], src["std"], augment=aug
+        )
+
+    return DataBundle(name.value, make("train", augment), make("val", False), (3, 32, 32), src["num_classes"])
+
+
+def _download(name: DatasetName, root: Path) -> None:
+    """Fetch the files of ``name`` into ``root`` with plain urllib (only when asked: ``download=True``)."""
+    src = _SOURCES[name]
+    root.mkdir(parents=True, exist_ok=True)
+    if name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
+        for fname in _MNIST_FILES.values():
+            if _find(name, root, fname, gz=True) is not None:
+                continue
+            _fetch(src["url"] + fname + ".gz", root / (fname + ".gz"))
+    else:
+        if all(_find(name, root, f, gz=False) is not None for f in src["train"] + src["val"]):
+            return
+        archive = root / src["url"].rsplit("/", 1)[-1]
+        if not archive.is_file():
+            _fetch(src["url"], archive)
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(root, filter="data")
+
+
+def _fetch(url: str, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FileNotFoundError(f"download of {url} to {dest} failed: {e}") from e
+    tmp.replace(dest)
+
+
+def _subset(ds: Dataset, size: int | None, seed: int, what: str) -> Dataset:
+    if size is None:
+        return ds
+    n = len(ds)  # type: ignore[arg-type]
+    if not 1 <= size <= n:
+        raise ValueError(f"{what} must be in [1, {n}] (the split has {n} examples), got {size}")
+    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n)[:size]))
+    if isinstance(ds, ImageDataset):
+        return ImageDataset(
+            ds.images[idx],
+            ds.labels[idx],
+            ds.mean.flatten().tolist(),
+            ds.std.flatten().tolist(),
+            augment=ds.augment,
+            pad=ds.pad,
+        )
+    if isinstance(ds, TensorPairDataset):
+        return TensorPairDataset(ds.x[idx], ds.y[idx])
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    seed: int = 0,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    **options: Any,
+) -> DataBundle:
+    """Load dataset ``name`` as a :class:`DataBundle`.
+
+    Parameters
+    ----------
+    name : str
+        One of ``"digits"``, ``"mnist1d"``, ``"random"`` (embedded, no files needed) or ``"mnist"``,
+        ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"`` (read from ``root``).
+    root : path, optional
+        Folder holding the files of a standard dataset (also searched: the usual sub-folders such as
+        ``ROOT/cifar-10-batches-py`` or torchvision's ``ROOT/MNIST/raw``). Default ``./data``.
+    download : bool
+        Fetch missing files of a standard dataset into ``root`` first (plain HTTP; never done otherwise).
+    seed : int
+        Seed of the embedded datasets' generation/split and of the ``train_size``/``val_size`` subsets.
+    train_size, val_size : int, optional
+        Keep a seeded random subset of this many examples of the split.
+    **options
+        Per dataset: ``digits``: ``val_fraction`` (0.2); ``mnist1d``: ``num_samples`` (5000), ``train_split``
+        (0.8) and any other field of ``mnist1d.data.get_dataset_args()``; ``random``: ``input_shape``
+        ((1, 8, 8)), ``num_classes`` (10), ``num_train`` (512), ``num_val`` (128); ``cifar10``/``cifar100``:
+        ``augment`` (True, train split only).
+
+    Raises
+    ------
+    ValueError
+        Unknown name or option, or a corrupt file (the message names the file).
+    FileNotFoundError
+        A file of a standard dataset is missing (the message names the file, the folders searched and where
+        to get it).
+    """
+    ds_name = DatasetName.parse(name)
+    if ds_name in EMBEDDED:
+        allowed_opts = {
+            DatasetName.DIGITS: {"val_fraction"},
+            DatasetName.RANDOM: {"input_shape", "num_classes", "num_train", "num_val"},
+            DatasetName.MNIST1D: None,  # validated against the package's own arguments
+        }[ds_name]
+        if allowed_opts is not None and set(options) - allowed_opts:
+            raise ValueError(
+                f"unknown option(s) {sorted(set(options) - allowed_opts)} for dataset {ds_name.value!r}; "
+                f"allowed: {', '.join(sorted(allowed_opts)) or '(none)'}"
+            )
+        fn = {DatasetName.DIGITS: _digits, DatasetName.MNIST1D: _mnist1d, DatasetName.RANDOM: _random}[
+            ds_name
+        ]
+        bundle = fn(seed, **options)
+    else:
+        allowed_opts = {"augment"} if ds_name in (DatasetName.CIFAR10, DatasetName.CIFAR100) else set()
+        if set(options) - allowed_opts:
+            raise ValueError(
+                f"unknown option(s) {sorted(set(options) - allowed_opts)} for dataset {ds_name.value!r}; "
+                f"allowed: {', '.join(sorted(allowed_opts)) or '(none)'}"
+            )
+        root_path = Path(root) if root is not None else Path("data")
+        if download:
+            _download(ds_name, root_path)
+        augment = bool(options.get("augment", True))
+        if ds_name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
+            bundle = _load_mnist(ds_name, root_path, augment)
+        else:
+            bundle = _load_cifar(ds_name, root_path, augment)
+    bundle.train = _subset(bundle.train, train_size, seed, "train_size")
+    bundle.val = _subset(bundle.val, val_size, seed + 1, "val_size")
+    return bundle
+
+
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` whose shuffling (and worker seeding) uses its own seeded generator.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Map-style dataset of ``(x, y)`` pairs.
+    batch_size : int
+        Examples per batch.
+    shuffle : bool
+        Reshuffle every epoch (the order follows ``generator``, not torch's global generator).
+    seed : int, optional
+        Seed of a fresh generator (ignored when ``generator`` is given).
+    generator : torch.Generator, optional
+        Use this generator (e.g. to save and restore its state for an exact resume).
+    drop_last, num_workers
+        As in ``torch.utils.data.DataLoader``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(0 if seed is None else int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
