@@ -83,7 +83,7 @@ class SnapshotEnsemble(nn.Module):
         self.weights = None if weights is None else list(weights)
 
     def add_snapshot(self, source: nn.Module | Mapping[str, Tensor]) -> None:
-        """Store a detached copy of ``source``'s ``state_dict`` (a model or state dict of this architecture)."""
+        """Store a detached copy of the ``state_dict`` of ``source`` (a model or state dict of this model)."""
         state = source.state_dict() if isinstance(source, nn.Module) else source
         own = self._model.state_dict()
         missing = [k for k in own if k not in state]
