@@ -1,0 +1,878 @@
+"""G-space: the positively scale-invariant coordinates of a ReLU-family network, and any optimizer on them.
+
+After Jestädt (2025, Ch. 2) and Meng et al. (G-SGD, ICLR 2019), generalised to unequal widths, biases and
+convolutions (``DESIGN.md`` Sec. 2).
+
+The network is a chain of layers ``0 .. L-1`` (``nn.Linear`` / ``nn.Conv1d/2d/3d``, ``groups=1``) with
+positively homogeneous, channel-wise operations between them (ReLU, LeakyReLU, max / average pooling,
+dropout, flatten).
+Each layer's weight is viewed as a matrix ``M_i`` of shape ``(out_i, cols_i)``; column ``j`` reads the source
+neuron ``j // rep_i`` of the previous layer (``rep_i`` = kernel size for a convolution, ``H * W`` for a linear
+layer after flattening a feature map, 1 otherwise). A *neuron* is an output feature of a linear layer or an
+output channel of a convolution; the outputs of layers ``0 .. L-2`` are the ``H`` hidden neurons, each of
+which carries one positive rescaling symmetry.
+
+Skeleton (Meng et al. Sec. 3.2, Jestädt Sec. 2.1.4, generalised)
+-----------------------------------------------------------------
+* every hidden neuron ``k`` of layer ``i`` has one *fixed* outgoing weight ``M_{i+1}[succ(k)]`` (the skeleton
+  weight, never changed by the optimizer), giving the suffix factor
+  ``S_i(k) = M_{i+1}[succ(k)] * S_{i+1}(row of succ(k))`` with ``S_{L-1} = 1``;
+* every hidden neuron ``r`` of layer ``i`` has one incoming *pred* edge ``M_i[r, pred(r)]`` giving the prefix
+  factor ``P_i(r) = P_{i-1}(src(pred(r))) * M_i[r, pred(r)]`` with ``P_{-1} = 1`` (the inputs).
+
+The coordinate of every non-fixed weight ``w = M_i[o, j]`` is the value of the full input-to-output path
+``v = P_{i-1}(j // rep_i) * w * S_i(o)``; the coordinate of a bias ``b_i[o]`` is ``b_i[o] * S_i(o)`` (a path
+from a bias unit). There are ``m - H`` coordinates (``m`` weights and biases), each a product along a path
+and hence invariant under positive rescaling (Jestädt Thm. 2.1.1). The fixed weights keep their values (the
+thesis' constant path factor, Sec. 2.2.2), so building a G-space never changes the network function; the
+weights are recovered layer by layer, ``w = v / (P S)`` (weight allocation, Sec. 2.1.4), since ``P_{i-1}``
+only depends on layers before ``i``.
+
+Gradients (inverse chain rule, Jestädt Sec. 6.2.2 / Table 2.3, in closed form)
+----------------------------------------------------------------------------
+With ``g_f = w_f dL/dw_f`` and ``root(a)`` the nearest non-fixed pred edge on the prefix path of neuron ``a``
+(``P(a)`` is a constant times ``v_root(a) / S``),
+
+    dL/dv_e = dL/dw_e / (P(src e) S(dst e))
+              - [e is a pred edge] * (sum over non-fixed f with root(src f) = e of g_f) / v_e,
+
+computed per layer with a handful of whole-matrix operations (no loop over weights). Autograd through
+:meth:`GSpace.weights_from_values` is the test oracle.
+
+Skeleton selection (both conditions of issue 4)
+------------------------------------------------
+``skeleton="greedy"`` (default): going backwards from the output, ``succ(k)`` is the outgoing entry
+maximising ``|M_{i+1}[o, j]| * |S_{i+1}(o)|``; going forwards from the input, ``pred(r)`` is the incoming
+entry maximising ``|M_i[r, j]| * |P_{i-1}(j // rep)|``. (a) Conditioning: this is dynamic programming for the
+largest-magnitude skeleton paths, so ``|S|`` and ``|P|`` are as large as any choice of this form allows and no
+coordinate's gradient is divided by a near-zero skeleton product. (b) Invariance: under a positive rescaling
+every candidate score of one neuron is multiplied by the same factor (``alpha_o / alpha_k * 1 / alpha_o`` for
+succ,
+``alpha_r / alpha_c * alpha_c`` for pred), so two rescaled copies select the same skeleton and get identical
+coordinates. ``skeleton="diagonal"`` is the thesis' index rule (``k -> k mod rows``, kernel centre), invariant
+but blind to magnitudes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+__all__ = ["ChainLayer", "GSpace", "GSpaceOptimizer", "Skeleton", "trace_chain"]
+
+
+class Skeleton(StrEnum):
+    """How skeleton weights are selected (see the module docstring)."""
+
+    GREEDY = "greedy"
+    DIAGONAL = "diagonal"
+
+    @classmethod
+    def parse(cls, value: str | Skeleton) -> Skeleton:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(repr(s.value) for s in cls)
+            raise ValueError(f"skeleton={value!r} is not supported; choose one of: {allowed}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Chain discovery (torch.fx)
+# ----------------------------------------------------------------------------------------------------------
+
+_HOMOGENEOUS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Flatten,
+)
+# functions / methods that are positively homogeneous per channel (by name, robust to torch's wrappers)
+_HOMOGENEOUS_NAMES = {
+    "relu",
+    "relu_",
+    "leaky_relu",
+    "leaky_relu_",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "flatten",
+    "view",
+    "reshape",
+    "contiguous",
+    "clone",
+    "identity",
+    *(f"{p}{k}_pool{d}d" for p in ("", "_") for k in ("max", "avg") for d in (1, 2, 3)),
+    *(f"adaptive_{k}_pool{d}d" for k in ("max", "avg") for d in (1, 2, 3)),
+}
+_SHAPE_QUERIES = {"size", "dim", "shape", "ndim", "numel"}
+
+
+@dataclass(frozen=True)
+class ChainLayer:
+    """One parametrised layer of a ReLU-family chain.
+
+    Attributes
+    ----------
+    name : str
+        Module path in the model (``"fc1"``, ``"features.0"``).
+    module : nn.Module
+        The ``nn.Linear`` or ``nn.ConvNd``.
+    rep : int
+        Columns of the weight matrix per source neuron (kernel size, or ``H*W`` after a flatten).
+    """
+
+    name: str
+    module: nn.Module
+    rep: int
+
+    @property
+    def weight(self) -> Tensor:
+        return self.module.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.module.bias
+
+    @property
+    def out(self) -> int:
+        return self.module.weight.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.module.weight[0].numel()
+
+    @property
+    def sources(self) -> int:
+        return self.cols // self.rep
+
+    def matrix(self) -> Tensor:
+        """The weight as an ``(out, cols)`` view (shares storage with the parameter)."""
+        return self.module.weight.view(self.out, self.cols)
+
+
+def _describe(node: fx.Node, model: nn.Module) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(model.get_submodule(str(node.target))).__name__})"
+    if node.op == "call_method":
+        return f"method '.{node.target}()' at node {node.name!r}"
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"function {name!r} at node {node.name!r}"
+
+
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        if node.target is getattr:
+            return str(node.args[1]) if len(node.args) > 1 else "getattr"
+        return getattr(node.target, "__name__", str(node.target)).lower()
+    return ""
+
+
+def trace_chain(model: nn.Module) -> list[ChainLayer]:
+    """Discover the chain of ``Linear`` / ``ConvNd`` layers of ``model`` with ``torch.fx``.
+
+    Before the first and after the last layer anything parameter-free is allowed (the inputs and outputs are
+    pinned, so they carry no symmetry); between two layers only channel-wise positively homogeneous
+    operations (:data:`_HOMOGENEOUS_MODULES`, ``relu``, ``leaky_relu``, pooling, dropout, flatten / view).
+
+    Raises
+    ------
+    ValueError
+        Naming the offending module or node: residual connections or any other branching, BatchNorm or other
+        parametrised modules, non-homogeneous activations between layers, grouped or transposed convolutions,
+        modules called twice, models that ``torch.fx`` cannot trace.
+    """
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception as exc:  # fx raises many exception types
+        raise ValueError(
+            f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+            "G-space needs a model without data-dependent control flow, e.g. an nn.Sequential of "
+            "Linear/Conv and ReLU"
+        ) from exc
+
+    current: fx.Node | None = None
+    chain_nodes: set[fx.Node] = set()
+    attr_nodes: set[fx.Node] = set()
+    found: list[tuple[str, nn.Module]] = []
+    pending: list[str] = []  # non-homogeneous ops seen since the last layer
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if current is None:
+                current = node
+                chain_nodes.add(node)
+            elif node.users:
+                raise ValueError(f"model input {node.name!r}: G-space supports a single input tensor")
+            continue
+        if node.op == "get_attr":
+            attr_nodes.add(node)
+            continue
+        inputs = node.all_input_nodes
+        chain_in = [a for a in inputs if a in chain_nodes]
+        if node.op == "output":
+            if any(a is not current for a in chain_in):
+                raise ValueError(
+                    "the model returns an intermediate tensor besides its output; G-space needs a plain chain"
+                )
+            continue
+        if not chain_in:
+            continue  # constants and shape arithmetic
+        desc = _describe(node, model)
+        if len(chain_in) > 1 or chain_in[0] is not current:
+            raise ValueError(
+                f"{desc} combines or reuses intermediate tensors (a residual / skip connection or a branch); "
+                "G-space and weight fixing support plain chains of Linear/Conv layers only"
+            )
+        if any(a in attr_nodes for a in inputs):
+            raise ValueError(
+                f"{desc} uses a parameter or buffer directly (functional layer); "
+                "use nn.Linear / nn.Conv modules"
+            )
+        name = _op_name(node)
+        if name in _SHAPE_QUERIES:
+            continue  # output is not a tensor of the chain
+        if node.op == "call_module":
+            mod = model.get_submodule(str(node.target))
+            if isinstance(mod, (nn.Linear, _ConvNd)) and not isinstance(mod, _ConvTransposeNd):
+                if isinstance(mod, _ConvNd) and mod.groups != 1:
+                    raise ValueError(
+                        f"{desc} has groups={mod.groups}; only groups=1 convolutions are supported"
+                    )
+                if any(m is mod for _, m in found):
+                    raise ValueError(f"{desc} is called twice (shared weights); this is not supported")
+                if found and pending:
+                    raise ValueError(
+                        f"between layer {found[-1][0]!r} and {node.target!r}: {pending[0]} is not positively "
+                        "homogeneous per channel; supported in between are ReLU, LeakyReLU, max/avg pooling, "
+                        "dropout and flatten"
+                    )
+                found.append((str(node.target), mod))
+                pending = []
+            elif isinstance(mod, _HOMOGENEOUS_MODULES):
+                pass
+            elif isinstance(mod, nn.modules.batchnorm._NormBase):
+                raise ValueError(
+                    f"{desc}: batch normalisation is not supported by G-space / weight fixing (its output is "
+                    "invariant to the scale of its input); fold it into the preceding layer or remove it"
+                )
+            elif any(True for _ in mod.parameters()):
+                raise ValueError(
+                    f"{desc} has parameters but is not nn.Linear / nn.ConvNd; G-space and weight fixing "
+                    "support chains of Linear/Conv layers with ReLU-family activations in between"
+                )
+            else:
+                pending.append(desc)
+        elif name not in _HOMOGENEOUS_NAMES:
+            pending.append(desc)
+        current = node
+        chain_nodes.add(node)
+
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear / nn.ConvNd layer")
+    chain_params = {id(p) for _, m in found for p in m.parameters()}
+    stray = [n for n, p in model.named_parameters() if id(p) not in chain_params and p.requires_grad]
+    if stray:
+        raise ValueError(
+            f"parameters {stray[:5]} are not in the Linear/Conv chain; G-space cannot represent them"
+        )
+
+    layers: list[ChainLayer] = []
+    for i, (name, mod) in enumerate(found):
+        if not mod.weight.is_contiguous():
+            raise ValueError(f"weight of {name!r} is not contiguous; call .contiguous() on it first")
+        cols = mod.weight[0].numel()
+        if i == 0:
+            rep = cols // (mod.weight.shape[1])
+        else:
+            prev_name, prev = found[i - 1]
+            prev_out = prev.weight.shape[0]
+            if isinstance(mod, _ConvNd):
+                if not isinstance(prev, _ConvNd) or mod.in_channels != prev_out:
+                    raise ValueError(
+                        f"layer {name!r} ({mod.in_channels} input channels) does not read the {prev_out} "
+                        f"output channels of {prev_name!r} directly"
+                    )
+                rep = cols // mod.in_channels
+            else:
+                if cols % prev_out != 0 or (isinstance(prev, nn.Linear) and cols != prev_out):
+                    raise ValueError(
+                        f"layer {name!r} has {cols} input features, not a flatten of the {prev_out} outputs "
+                        f"of {prev_name!r}"
+                    )
+                rep = cols // prev_out
+        layers.append(ChainLayer(name, mod, rep))
+    return layers
+
+
+# ----------------------------------------------------------------------------------------------------------
+# G-space
+# ----------------------------------------------------------------------------------------------------------
+
+
+class GSpace:
+    """Basis-path coordinates of a ReLU-family network (Jestädt 2025, Ch. 2; Meng et al. 2019).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A chain of ``nn.Linear`` / ``nn.ConvNd`` layers with ReLU-family operations in between (see
+        :func:`trace_chain`). Any widths; biases are paths from a bias unit; conv output channels are neurons.
+    skeleton : {"greedy", "diagonal"}
+        Skeleton selection, see the module docstring. ``"greedy"`` is well conditioned *and* invariant under
+        positive rescaling; ``"diagonal"`` is the thesis' ``k mod rows`` rule.
+    reparametrize : bool
+        If true, rescale the network function-preservingly so that every fixed skeleton weight is ``±1``
+        (Meng et al.'s convention; Jestädt Sec. 2.2.2, 6.3.1). Otherwise the model is not modified.
+
+    Attributes
+    ----------
+    layers : list[ChainLayer]
+    dim : int
+        ``m - H``: number of weights and biases minus number of hidden neurons.
+    num_params, num_hidden : int
+        ``m`` and ``H``.
+
+    Notes
+    -----
+    The flat coordinate vector lists, layer by layer, the non-fixed weight entries in row-major order of the
+    ``(out, cols)`` weight matrix, then the biases. Fixed skeleton weights are constants of the chart.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, skeleton: str | Skeleton = "greedy", reparametrize: bool = False
+    ) -> None:
+        self.model = model
+        self.skeleton = Skeleton.parse(skeleton)
+        self.layers = trace_chain(model)
+        w0 = self.layers[0].weight
+        self._device, self._dtype = w0.device, w0.dtype
+        self._select()
+        if reparametrize:
+            self.reparametrize()
+        self._build_indices()
+
+    # -- sizes --------------------------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def num_hidden(self) -> int:
+        return sum(lay.out for lay in self.layers[:-1])
+
+    @property
+    def dim(self) -> int:
+        return self.num_params - self.num_hidden
+
+    def parameters(self) -> list[Tensor]:
+        """The model parameters the chart covers, in chain order (weight, then bias, per layer)."""
+        out: list[Tensor] = []
+        for lay in self.layers:
+            out.append(lay.weight)
+            if lay.bias is not None:
+                out.append(lay.bias)
+        return out
+
+    # -- skeleton selection -------------------------------------------------------------------------------
+    def _long(self, x: Any) -> Tensor:
+        return torch.as_tensor(x, dtype=torch.long, device=self._device)
+
+    @torch.no_grad()
+    def _select(self) -> None:
+        L = len(self.layers)
+        mats = [lay.matrix() for lay in self.layers]
+        # succ, backwards from the output: succ_flat[i][k] = flat index into mats[i+1] of k's skeleton weight
+        self._succ_flat: list[Tensor] = [self._long([])] * (L - 1)
+        S: list[Tensor] = [torch.ones(0)] * L
+        S[L - 1] = torch.ones(self.layers[-1].out, dtype=self._dtype, device=self._device)
+        for i in range(L - 2, -1, -1):
+            nxt = self.layers[i + 1]
+            n, rep, cols = self.layers[i].out, nxt.rep, nxt.cols
+            k = torch.arange(n, device=self._device)
+            if self.skeleton is Skeleton.GREEDY:
+                score = mats[i + 1].abs() * S[i + 1].abs()[:, None]  # (out, n*rep)
+                score = score.view(nxt.out, n, rep).permute(1, 0, 2).reshape(n, nxt.out * rep)
+                best = score.argmax(dim=1)
+                row, pos = best // rep, best % rep
+            else:
+                row, pos = k % nxt.out, torch.full_like(k, rep // 2)
+            flat = row * cols + k * rep + pos
+            self._succ_flat[i] = flat
+            S[i] = mats[i + 1].reshape(-1)[flat] * S[i + 1][row]
+            self._check_nonzero(S[i], i, "outgoing skeleton path (suffix product S)")
+        # pred: forwards from the input
+        self._pred_flat: list[Tensor] = []
+        P_prev = torch.ones(self.layers[0].sources, dtype=self._dtype, device=self._device)
+        for i in range(L - 1):
+            lay = self.layers[i]
+            n, rep, cols = lay.out, lay.rep, lay.cols
+            r = torch.arange(n, device=self._device)
+            if self.skeleton is Skeleton.GREEDY:
+                score = mats[i].abs() * P_prev.abs().repeat_interleave(rep)[None, :]
+                col = score.argmax(dim=1)
+            else:
+                col = (r % lay.sources) * rep + rep // 2
+            flat = r * cols + col
+            self._pred_flat.append(flat)
+            P_prev = P_prev[col // rep] * mats[i].reshape(-1)[flat]
+            self._check_nonzero(P_prev, i, "incoming prefix path (prefix product P)")
+
+    def _check_nonzero(self, x: Tensor, i: int, what: str) -> None:
+        bad = (x == 0) | ~torch.isfinite(x)
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten()[:5].tolist()
+            hint = (
+                "use skeleton='greedy'"
+                if self.skeleton is Skeleton.DIAGONAL
+                else "the neuron is dead (all its weights on that side are zero); remove or re-initialise it"
+            )
+            raise ValueError(
+                f"neurons {idx} of layer {self.layers[i].name!r} have a zero or non-finite {what}: their "
+                f"G-space coordinates are undefined (a zero skeleton weight); {hint}"
+            )
+
+    @torch.no_grad()
+    def _build_indices(self) -> None:
+        L = len(self.layers)
+        dev = self._device
+        self._fixed_flat: list[Tensor] = [self._long([]), *self._succ_flat]  # per layer i: fixed entries
+        self._fixed_col = [f % lay.cols for f, lay in zip(self._fixed_flat, self.layers)]
+        self._fixed_vals = [
+            lay.matrix().reshape(-1)[f].clone() for f, lay in zip(self._fixed_flat, self.layers)
+        ]
+        self._free_flat = []
+        for f, lay in zip(self._fixed_flat, self.layers):
+            mask = torch.ones(lay.out * lay.cols, dtype=torch.bool, device=dev)
+            mask[f] = False
+            self._free_flat.append(mask.nonzero().flatten())
+        # pred edges: source neuron, whether the pred entry is itself a fixed skeleton weight
+        self._pred_src = [pf % lay.cols // lay.rep for pf, lay in zip(self._pred_flat, self.layers)]
+        self._pred_fixed = []
+        for i in range(L - 1):
+            is_fixed = torch.zeros(self.layers[i].out * self.layers[i].cols, dtype=torch.bool, device=dev)
+            is_fixed[self._fixed_flat[i]] = True
+            self._pred_fixed.append(is_fixed[self._pred_flat[i]])
+        self._pred_free_rows = [(~pf).nonzero().flatten() for pf in self._pred_fixed]
+        self._pred_free_flat = [pf[rows] for pf, rows in zip(self._pred_flat, self._pred_free_rows)]
+        self._pred_fixed_rows = [pf.nonzero().flatten() for pf in self._pred_fixed]
+        self._any_pred_fixed = any(len(r) > 0 for r in self._pred_fixed_rows)
+        self._refresh_suffix()
+
+    @torch.no_grad()
+    def _refresh_suffix(self) -> None:
+        """Suffix products S (constant: they only involve fixed weights) and their inverses."""
+        S = self._suffix_from_current()
+        self._S = S
+        self._invS = [1.0 / s for s in S]
+        self._invS_col = [s[:, None] for s in self._invS]
+
+    # -- function-preserving rescaling ---------------------------------------------------------------------
+    @torch.no_grad()
+    def reparametrize(self) -> None:
+        """Rescale the model in place so that every fixed skeleton weight becomes ``±1``.
+
+        Neuron ``k`` of layer ``i`` is rescaled by ``alpha = |S_i(k)|`` (incoming weights and bias times
+        ``alpha``, outgoing divided): afterwards every suffix product and every skeleton weight is ``±1``.
+        Coordinates (path values) and the network function are unchanged.
+        """
+        S = self._suffix_from_current()
+        rescale_chain(self.layers, [s.abs() for s in S[:-1]])
+        if hasattr(self, "_fixed_flat"):
+            self._build_indices()
+
+    def _suffix_from_current(self) -> list[Tensor]:
+        L = len(self.layers)
+        S = [torch.ones(0)] * L
+        S[L - 1] = torch.ones(self.layers[-1].out, dtype=self._dtype, device=self._device)
+        for i in range(L - 2, -1, -1):
+            nxt = self.layers[i + 1]
+            row = self._succ_flat[i] // nxt.cols
+            S[i] = nxt.matrix().reshape(-1)[self._succ_flat[i]] * S[i + 1][row]
+        return S
+
+    # -- masks ----------------------------------------------------------------------------------------------
+    @property
+    def skeleton_masks(self) -> dict[str, Tensor]:
+        """Parameter name -> bool mask (shape of the weight) of the fixed skeleton weights."""
+        out = {}
+        for lay, f in zip(self.layers, self._fixed_flat):
+            m = torch.zeros(lay.weight.numel(), dtype=torch.bool, device=self._device)
+            m[f] = True
+            out[f"{lay.name}.weight"] = m.view_as(lay.weight)
+        return out
+
+    @torch.no_grad()
+    def path_factors(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Current prefix products ``P_i`` and suffix products ``S_i`` per hidden layer (conditioning)."""
+        return self._prefix([lay.matrix() for lay in self.layers]), self._S[:-1]
+
+    # -- core maps (dense, per layer) ----------------------------------------------------------------------
+    def _prefix(self, mats: list[Tensor]) -> list[Tensor]:
+        P: list[Tensor] = []
+        prev: Tensor | None = None
+        for i in range(len(self.layers) - 1):
+            w = mats[i].reshape(-1)[self._pred_flat[i]]
+            P.append(w if prev is None else prev[self._pred_src[i]] * w)
+            prev = P[-1]
+        return P
+
+    def _pcols(self, P: list[Tensor], i: int) -> Tensor | None:
+        """Prefix factors of layer ``i``'s columns (None for the first layer: all ones)."""
+        if i == 0:
+            return None
+        rep = self.layers[i].rep
+        return P[i - 1] if rep == 1 else P[i - 1].repeat_interleave(rep)
+
+    @torch.no_grad()
+    def dense_values(self) -> list[Tensor]:
+        """Coordinates as dense per-layer tensors: ``(out, cols)`` weight coordinates with zeros at the fixed
+        entries, then ``(out,)`` bias coordinates, in :meth:`parameters` order."""
+        mats = [lay.matrix() for lay in self.layers]
+        P = self._prefix(mats)
+        out = []
+        for i, lay in enumerate(self.layers):
+            V = mats[i] * self._S[i][:, None]
+            pc = self._pcols(P, i)
+            if pc is not None:
+                V = V * pc[None, :]
+            V.view(-1)[self._fixed_flat[i]] = 0
+            out.append(V)
+            if lay.bias is not None:
+                out.append(lay.bias * self._S[i])
+        return out
+
+    def values(self) -> Tensor:
+        """The flat coordinate vector, shape ``(dim,)``: path values of all basis paths."""
+        return self._flatten(self.dense_values())
+
+    def _flatten(self, dense: list[Tensor]) -> Tensor:
+        parts = []
+        it = iter(dense)
+        for i, lay in enumerate(self.layers):
+            parts.append(next(it).reshape(-1)[self._free_flat[i]])
+            if lay.bias is not None:
+                parts.append(next(it).reshape(-1))
+        return torch.cat(parts)
+
+    def weights_from_values(self, v: Tensor) -> dict[str, Tensor]:
+        """Weight allocation ``w(v)`` (differentiable): parameter name -> tensor for flat coordinates ``v``.
+
+        ``w = v / (P_{i-1}(src) S_i(dst))`` layer by layer, fixed skeleton weights at their constant values,
+        biases ``b = v_b / S_i`` (Jestädt Table 2.3). Used by :meth:`load_values` and as the autograd oracle
+        of the closed-form gradient.
+        """
+        if v.shape != (self.dim,):
+            raise ValueError(f"expected a coordinate vector of shape ({self.dim},), got {tuple(v.shape)}")
+        out: dict[str, Tensor] = {}
+        offset = 0
+        P_prev: Tensor | None = None
+        for i, lay in enumerate(self.layers):
+            nfree = len(self._free_flat[i])
+            vw = v[offset : offset + nfree]
+            offset += nfree
+            dense = torch.zeros(lay.out * lay.cols, dtype=v.dtype, device=v.device).index_copy(
+                0, self._free_flat[i], vw
+            )
+            W = dense.view(lay.out, lay.cols) / self._S[i][:, None]
+            if P_prev is not None:
+                W = W / (P_prev if lay.rep == 1 else P_prev.repeat_interleave(lay.rep))[None, :]
+            W = W.reshape(-1).index_copy(0, self._fixed_flat[i], self._fixed_vals[i].to(v.dtype))
+            out[f"{lay.name}.weight"] = W.view_as(lay.weight)
+            if lay.bias is not None:
+                out[f"{lay.name}.bias"] = v[offset : offset + lay.out] / self._S[i]
+                offset += lay.out
+            if i < len(self.layers) - 1:
+                w = W[self._pred_flat[i]]
+                P_prev = w if P_prev is None else P_prev[self._pred_src[i]] * w
+        return out
+
+    @torch.no_grad()
+    def load_values(self, v: Tensor) -> None:
+        """Write the weights of coordinates ``v`` (shape ``(dim,)``) into the model, in place."""
+        for name, w in self.weights_from_values(v.to(self._dtype)).items():
+            self.model.get_parameter(name).copy_(w)
+
+    @torch.no_grad()
+    def write_dense(self, dense: list[Tensor]) -> None:
+        """Weight allocation from dense per-layer coordinates (see :meth:`dense_values`), in place."""
+        it = iter(dense)
+        P_prev: Tensor | None = None
+        last = len(self.layers) - 1
+        for i, lay in enumerate(self.layers):
+            V = next(it)
+            M = lay.matrix()
+            torch.mul(V, self._invS_col[i], out=M)
+            if P_prev is not None:
+                pc = P_prev if lay.rep == 1 else P_prev.repeat_interleave(lay.rep)
+                M.div_(pc)
+            M.view(-1)[self._fixed_flat[i]] = self._fixed_vals[i]
+            if lay.bias is not None:
+                torch.mul(next(it), self._invS[i], out=lay.bias)
+            if i < last:
+                w = M.view(-1)[self._pred_flat[i]]
+                P_prev = w if P_prev is None else P_prev[self._pred_src[i]] * w
+
+    @torch.no_grad()
+    def dense_gradient(self, out: list[Tensor] | None = None) -> list[Tensor] | None:
+        """``dL/dv`` from the model's ``.grad`` (after ``loss.backward()``), dense per layer.
+
+        Closed-form inverse chain rule (module docstring): ``dL/dv_e = G_e / (P S)`` for every non-fixed
+        entry, minus ``T_i(r) / v_pred(r)`` on the pred edges, where ``T_i(r)`` sums ``g_f = w_f G_f`` over
+        the non-fixed weights whose source neuron hangs below ``r`` on the prefix tree; zero at fixed entries.
+        Writes into ``out`` (same layout as :meth:`dense_values`) when given. Returns None when no chain
+        parameter has a gradient.
+        """
+        params = self.parameters()
+        if all(p.grad is None for p in params):
+            return None
+        L = len(self.layers)
+        mats = [lay.matrix() for lay in self.layers]
+        P = self._prefix(mats)
+        if out is None:
+            out = [torch.empty_like(d) for d in self._dense_shapes()]
+        grads_w, grads_b = [], []
+        for lay in self.layers:
+            g = lay.weight.grad
+            grads_w.append(torch.zeros_like(lay.matrix()) if g is None else g.view(lay.out, lay.cols))
+            if lay.bias is not None:
+                gb = lay.bias.grad
+                grads_b.append(torch.zeros_like(lay.bias) if gb is None else gb)
+        # h[i]: sum over non-fixed entries of layer i of w*G, per source neuron (layer i-1), i >= 1
+        h: list[Tensor | None] = [None] * L
+        for i in range(1, L):
+            lay = self.layers[i]
+            g = mats[i] * grads_w[i]
+            hc = g.sum(0)
+            hc.index_add_(0, self._fixed_col[i], g.view(-1)[self._fixed_flat[i]], alpha=-1)
+            h[i] = hc if lay.rep == 1 else hc.view(lay.sources, lay.rep).sum(1)
+        T: list[Tensor] = [torch.empty(0)] * (L - 1)
+        for i in range(L - 2, -1, -1):
+            t = h[i + 1]
+            assert t is not None
+            if i + 1 <= L - 2 and len(self._pred_fixed_rows[i + 1]):
+                rows = self._pred_fixed_rows[i + 1]
+                t = t.index_add(0, self._pred_src[i + 1][rows], T[i + 1][rows])
+            T[i] = t
+        k = 0
+        bi = 0
+        for i, lay in enumerate(self.layers):
+            D = out[k]
+            torch.mul(grads_w[i], self._invS_col[i], out=D)
+            pc = self._pcols(P, i)
+            if pc is not None:
+                D.div_(pc)
+            Dv = D.view(-1)
+            Dv[self._fixed_flat[i]] = 0
+            if i < L - 1:
+                rows = self._pred_free_rows[i]
+                corr = T[i][rows] * self._invS[i][rows] / P[i][rows]
+                Dv.index_add_(0, self._pred_free_flat[i], corr, alpha=-1)
+            k += 1
+            if lay.bias is not None:
+                torch.mul(grads_b[bi], self._invS[i], out=out[k])
+                bi += 1
+                k += 1
+        return out
+
+    def _dense_shapes(self) -> list[Tensor]:
+        shapes = []
+        for lay in self.layers:
+            shapes.append(lay.matrix())
+            if lay.bias is not None:
+                shapes.append(lay.bias)
+        return shapes
+
+    def gradient(self) -> Tensor:
+        """Flat ``dL/dv`` (shape ``(dim,)``) from the model's ``.grad`` after ``loss.backward()``."""
+        dense = self.dense_gradient()
+        if dense is None:
+            raise ValueError("no parameter of the chain has a gradient; call loss.backward() first")
+        return self._flatten(dense)
+
+    def __repr__(self) -> str:
+        names = ", ".join(lay.name for lay in self.layers)
+        return (
+            f"GSpace(layers=[{names}], dim={self.dim}, m={self.num_params}, H={self.num_hidden}, "
+            f"skeleton={self.skeleton.value!r})"
+        )
+
+
+@torch.no_grad()
+def rescale_chain(layers: list[ChainLayer], alphas: list[Tensor]) -> None:
+    """Positive rescaling of the hidden neurons of a chain, in place (function-preserving).
+
+    ``alphas[i]`` (shape ``(out_i,)``, ``> 0``) multiplies the incoming weights and bias of layer ``i``'s
+    neurons and divides their outgoing weights (Jestädt Eq. 1.13): ``M_i <- diag(alpha_i) M_i``,
+    ``M_{i+1} <- M_{i+1} diag(1 / alpha_i[src])``.
+    """
+    for i, a in enumerate(alphas):
+        if bool((a <= 0).any()) or not bool(torch.isfinite(a).all()):
+            raise ValueError(f"rescaling factors of layer {layers[i].name!r} must be positive and finite")
+        lay, nxt = layers[i], layers[i + 1]
+        lay.matrix().mul_(a[:, None].to(lay.weight.dtype))
+        if lay.bias is not None:
+            lay.bias.mul_(a.to(lay.bias.dtype))
+        nxt.matrix().div_(a.repeat_interleave(nxt.rep)[None, :].to(nxt.weight.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer wrapper
+# ----------------------------------------------------------------------------------------------------------
+
+
+class GSpaceOptimizer(torch.optim.Optimizer):
+    """Run any ``torch.optim`` optimizer on the G-space coordinates of ``model``.
+
+    After an ordinary ``loss.backward()`` on the model, :meth:`step` computes ``dL/dv`` by the inverse chain
+    rule (:meth:`GSpace.dense_gradient`), lets the inner optimizer update the coordinates ``v`` and writes the
+    weights back (weight allocation). The inner optimizer keeps its state (momentum, Adam moments) across
+    steps; ``reset_state_each_step=True`` reproduces the thesis' published wrapper, which builds a fresh inner
+    optimizer every step (Jestädt Sec. 2.2.4).
+
+    Parameters
+    ----------
+    model : nn.Module or GSpace
+        The network (a :class:`GSpace` is built with ``skeleton`` / ``reparametrize``) or a prepared GSpace.
+    optimizer_cls : type[torch.optim.Optimizer]
+        E.g. ``torch.optim.SGD``, ``torch.optim.Adam``.
+    skeleton, reparametrize
+        Passed to :class:`GSpace`.
+    reset_state_each_step : bool
+        Clear the inner optimizer's state after every step (thesis behaviour; Adam then takes ``lr * g/|g|``
+        steps, momentum is lost).
+    **optimizer_kwargs
+        All arguments of ``optimizer_cls`` (``lr``, ``momentum``, ``betas``, ``weight_decay``, ...). Weight
+        decay then acts on the path values.
+
+    Notes
+    -----
+    The inner optimizer holds one dense coordinate tensor per weight and bias (:meth:`GSpace.dense_values`);
+    the ``H`` entries at the fixed skeleton positions are zero with zero gradient, so they stay zero under
+    every element-wise optimizer and contribute nothing to norms. ``param_groups``, ``state``,
+    ``state_dict`` and ``load_state_dict`` are the inner optimizer's, so learning-rate schedulers work.
+    If the model's weights are changed from outside (e.g. ``load_state_dict`` on the model), the coordinates
+    are re-read automatically at the next step (tracked through the parameters' version counters).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | GSpace,
+        optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.SGD,
+        *,
+        skeleton: str | Skeleton = "greedy",
+        reparametrize: bool = False,
+        reset_state_each_step: bool = False,
+        **optimizer_kwargs: Any,
+    ) -> None:
+        self.gspace = (
+            model
+            if isinstance(model, GSpace)
+            else GSpace(model, skeleton=skeleton, reparametrize=reparametrize)
+        )
+        self.reset_state_each_step = bool(reset_state_each_step)
+        self._coords = [d.detach().clone().requires_grad_(True) for d in self.gspace.dense_values()]
+        self.inner = optimizer_cls(self._coords, **optimizer_kwargs)
+        super().__init__(self._coords, {})
+        self._alias()
+        self._params = self.gspace.parameters()
+        self._versions = self._current_versions()
+
+    def _alias(self) -> None:
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
+        self.defaults = self.inner.defaults
+
+    def _current_versions(self) -> list[int]:
+        return [p._version for p in self._params]
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Re-read the coordinates from the model's current weights (keeps the inner optimizer's state)."""
+        for c, d in zip(self._coords, self.gspace.dense_values()):
+            c.copy_(d)
+        self._versions = self._current_versions()
+
+    def _pull_grads(self) -> None:
+        if self._current_versions() != self._versions:
+            self.sync()
+        grads = [c.grad if c.grad is not None else torch.empty_like(c) for c in self._coords]
+        if self.gspace.dense_gradient(out=grads) is None:
+            for c in self._coords:
+                c.grad = None
+            return
+        for c, g in zip(self._coords, grads):
+            c.grad = g
+
+    def _push_weights(self) -> None:
+        self.gspace.write_dense([c.detach() for c in self._coords])
+        self._versions = self._current_versions()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One optimizer step in G-space; ``closure`` (optional) re-evaluates the model and calls backward."""
+        if closure is None:
+            self._pull_grads()
+            loss = self.inner.step()
+        else:
+
+            def inner_closure() -> Any:
+                self._push_weights()
+                with torch.enable_grad():
+                    value = closure()
+                self._pull_grads()
+                return value
+
+            loss = self.inner.step(inner_closure)
+        self._push_weights()
+        if self.reset_state_each_step:
+            self.inner.state.clear()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the model's gradients (the ones ``loss.backward()`` fills) and the coordinates'."""
+        for p in self._params:  # the coordinates' gradients are overwritten at every step
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_().zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state_dict)
+        self._alias()
+        self.sync()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "inner", None) is not None and hasattr(self, "_params"):
+            raise ValueError("GSpaceOptimizer covers the whole chain; parameter groups cannot be added")
+        super().add_param_group(param_group)
+
+    def __repr__(self) -> str:
+        return f"GSpaceOptimizer({self.gspace!r}, inner={self.inner!r})"
