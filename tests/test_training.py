@@ -1,0 +1,337 @@
+"""Tests of nnteleport.training: optimizers, schedule, teleport/pseudo-teleport, determinism, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnteleport import training as training_mod
+from nnteleport.data import load_dataset
+from nnteleport.training import History, evaluate, train
+
+HAS_ENGINE = importlib.util.find_spec("nnteleport.teleport") is not None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: intra-op threads only add contention on the shared 2-core machine (30x slower measured)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mlp(in_features: int = 64, hidden: int = 16, classes: int = 10, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", train_size=128, val_size=64)
+
+
+def fake_teleport(model, x, *, cob_range, sampling, generator, inplace):
+    """Reference teleport of ``Flatten-Linear-ReLU-Linear`` (positive CoB on the hidden layer, Eq. 3 of the
+    paper): W1 <- diag(t) W1, b1 <- t b1, W2 <- W2 diag(1/t), t ~ U[1 - s, 1 + s]. Function-preserving."""
+    assert inplace and x.ndim >= 2
+    lin1, lin2 = model[1], model[3]
+    t = 1 + cob_range * (2 * torch.rand(lin1.out_features, generator=generator, dtype=torch.float64) - 1)
+    t = t.to(lin1.weight.dtype)
+    with torch.no_grad():
+        lin1.weight.mul_(t[:, None])
+        lin1.bias.mul_(t)
+        lin2.weight.div_(t[None, :])
+    return model
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    monkeypatch.setattr(training_mod, "_teleport_fn", lambda: fake_teleport)
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_history_shapes_and_json_roundtrip(digits):
+    h = train(mlp(), digits, epochs=3, batch_size=32, lr=0.05, progress=False, eval_every=2)
+    assert h.epoch == [0, 1, 2]
+    assert len(h.train_loss) == len(h.val_acc) == len(h.lr) == 3
+    assert h.iters_per_epoch == [4, 4, 4] and len(h.iter_loss) == 12
+    assert math.isnan(h.val_loss[0]) and not math.isnan(h.val_loss[1]) and not math.isnan(h.val_loss[2])
+    assert "val_loss" in h.initial
+    # epoch mean = batch-size-weighted mean of the iteration losses (128 = 4 x 32)
+    assert h.train_loss[0] == pytest.approx(sum(h.iter_loss[:4]) / 4, rel=1e-12)
+    import json
+
+    h2 = History.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert h2 == h
+
+
+def test_one_sgd_step_matches_float64_reference(digits):
+    # full batch, one iteration, L2 weight decay: W1 = W0 - lr (dL/dW0 + wd W0)
+    model = mlp().double()
+    ref = copy.deepcopy(model)
+    x = digits.train.x.double()
+    y = digits.train.y
+    lr, wd = 0.1, 0.01
+    train(model, (digits.train, None), epochs=1, batch_size=128, lr=lr, weight_decay=wd, progress=False)
+    loss = F.cross_entropy(ref(x), y)
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    for p, p0, g in zip(model.parameters(), ref.parameters(), grads):
+        expected = p0.detach() - lr * (g + wd * p0.detach())
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-14)  # float64 round-off
+
+
+def test_lr_decay_schedule(digits):
+    h = train(mlp(), digits, epochs=5, batch_size=64, lr=0.1, lr_decay_epochs=(2, 4), lr_decay_gamma=0.5,
+              progress=False)  # fmt: skip
+    assert h.lr == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025], rel=1e-15)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
+def test_builtin_optimizers_reduce_loss(digits, opt):
+    lr = 0.01 if opt == "adam" else 0.1
+    h = train(mlp(), digits, epochs=4, batch_size=16, optimizer=opt, lr=lr, progress=False)
+    assert h.train_loss[-1] < h.train_loss[0]
+
+
+def test_bad_options_raise_with_allowed_values(digits):
+    with pytest.raises(ValueError, match="sgd, momentum, adam"):
+        train(mlp(), digits, epochs=1, optimizer="rmsprop", progress=False)
+    with pytest.raises(ValueError, match="reset, keep"):
+        train(mlp(), digits, epochs=1, optimizer_state_on_teleport="forget", progress=False)
+    with pytest.raises(ValueError, match="kaiming, xavier, normal, default"):
+        train(mlp(), digits, epochs=1, init="he", progress=False)
+    with pytest.raises(ValueError, match="teleport_at"):
+        train(mlp(), digits, epochs=2, teleport_at=5, progress=False)
+    with pytest.raises(ValueError, match="pseudo_teleport"):
+        train(mlp(), digits, epochs=2, pseudo_teleport=True, progress=False)
+
+
+def test_callable_optimizer_and_explicit_l2_equal_builtin(digits):
+    wd = 0.05
+    a, b = mlp().double(), mlp().double()
+    train(a, digits, epochs=2, batch_size=32, lr=0.1, weight_decay=wd, progress=False)
+    train(b, digits, epochs=2, batch_size=32, weight_decay=wd, progress=False,
+          optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1))  # fmt: skip
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)  # same maths, different op order
+    with pytest.raises(ValueError, match="lacks 'zero_grad'"):
+        train(mlp(), digits, epochs=1, optimizer=lambda m: object(), progress=False)
+
+
+def test_penalty_enters_loss_and_is_recorded(digits):
+    c = 0.02
+    a, b = mlp().double(), mlp().double()
+
+    def penalty(m):
+        return c * sum(p.pow(2).sum() for p in m.parameters())
+
+    ha = train(a, digits, epochs=2, batch_size=32, lr=0.1, penalty=penalty, progress=False)
+    train(b, digits, epochs=2, batch_size=32, lr=0.1, weight_decay=2 * c, progress=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    assert all(v > 0 for v in ha.penalty)
+
+
+def test_callbacks_see_model_epoch_history(digits):
+    calls = []
+
+    def cb(model, epoch, history):
+        calls.append((epoch, len(history.train_loss)))
+        norm2 = sum(p.detach().norm() ** 2 for p in model.parameters())
+        history.extra.setdefault("norm", []).append(float(norm2))
+
+    h = train(mlp(), digits, epochs=3, batch_size=64, callbacks=[cb], progress=False)
+    assert calls == [(0, 1), (1, 2), (2, 3)]
+    assert len(h.extra["norm"]) == 3
+
+
+def test_init_is_seeded(digits):
+    a, b = mlp(seed=1), mlp(seed=2)
+    train(a, digits, epochs=0, init="kaiming", seed=7, progress=False)
+    train(b, digits, epochs=0, init="kaiming", seed=7, progress=False)
+    assert state_equal(a, b)
+
+
+def test_dtype_and_evaluate(digits):
+    model = mlp()
+    h = train(model, digits, epochs=1, batch_size=64, dtype=torch.float64, progress=False)
+    assert next(model.parameters()).dtype == torch.float64
+    vl, va = evaluate(model, digits.val)
+    assert vl == pytest.approx(h.val_loss[-1], rel=1e-12) and va == h.val_acc[-1]
+    # independent reference
+    with torch.no_grad():
+        out = model(digits.val.x.double())
+    assert vl == pytest.approx(float(F.cross_entropy(out, digits.val.y)), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- determinism and resume
+
+
+def test_two_runs_identical(digits, fake_engine):
+    kw = dict(epochs=3, batch_size=16, optimizer="momentum", lr=0.05, weight_decay=1e-3, teleport_at=1,
+              seed=3, progress=False)  # fmt: skip
+    a, b = mlp(), mlp()
+    ha, hb = train(a, digits, **kw), train(b, digits, **kw)
+    assert ha == hb and state_equal(a, b)
+    hc = train(mlp(), digits, **{**kw, "seed": 4})
+    assert hc != ha
+
+
+class CountingPenalty:
+    """A stateful penalty (its state must survive a resume)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model):
+        self.calls += 1
+        return 1e-4 * self.calls * sum(p.pow(2).sum() for p in model.parameters())
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, d):
+        self.calls = d["calls"]
+
+
+def test_interrupted_run_resumes_bit_identical(digits, fake_engine, tmp_path):
+    kw = dict(epochs=4, batch_size=16, optimizer="momentum", lr=0.05, weight_decay=1e-3, teleport_at=[0, 2],
+              seed=11, progress=False, max_iters_per_epoch=5)  # fmt: skip
+    ref_model = mlp()
+    ref = train(ref_model, digits, penalty=CountingPenalty(), **kw)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_at_2(model, epoch, history):
+        if epoch == 2:
+            raise Interrupt  # dies during epoch 2, after the epoch-1 checkpoint
+
+    with pytest.raises(Interrupt):
+        train(mlp(), digits, penalty=CountingPenalty(), checkpoint_dir=tmp_path, callbacks=[crash_at_2], **kw)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+    model = mlp(seed=99)  # a fresh process would rebuild the model anyhow
+    pen = CountingPenalty()
+    resumed = train(model, digits, penalty=pen, checkpoint_dir=tmp_path, **kw)
+    assert resumed == ref
+    assert state_equal(model, ref_model)
+    assert pen.calls == 4 * 5
+    # a finished run returns its history without training
+    again = train(mlp(seed=5), digits, penalty=CountingPenalty(), checkpoint_dir=tmp_path, **kw)
+    assert again == ref
+
+
+def test_resume_with_augmentation_and_more_epochs(tmp_path):
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "data", n_per_batch=4)
+    data = load_dataset("cifar10", tmp_path / "data")
+
+    def net():
+        return mlp(3 * 32 * 32, 8, 10, seed=0)
+
+    kw = dict(batch_size=8, optimizer="adam", lr=1e-3, seed=2, progress=False)
+    full_model = net()
+    full = train(full_model, data, epochs=3, **kw)
+    part = train(net(), data, epochs=1, checkpoint_dir=tmp_path / "ck", **kw)
+    assert part.train_loss == full.train_loss[:1]
+    model = net()
+    cont = train(model, data, epochs=3, checkpoint_dir=tmp_path / "ck", **kw)
+    assert cont == full and state_equal(model, full_model)
+
+
+def test_checkpoint_of_other_settings_is_refused(digits, tmp_path):
+    train(mlp(), digits, epochs=1, lr=0.1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"lr: checkpoint 0\.1 vs now 0\.2"):
+        train(mlp(), digits, epochs=2, lr=0.2, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_tensorboard_event_files(digits, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(mlp(), digits, epochs=1, batch_size=64, tensorboard_dir=tmp_path / "tb", progress=False)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------- teleportation in training
+
+
+def test_teleport_at_init_preserves_function_and_is_recorded(digits, fake_engine):
+    model = mlp().double()
+    base = copy.deepcopy(model)
+    h = train(model, digits, epochs=1, lr=0.0, teleport_at=0, cob_range=0.9, progress=False)
+    vl0, _ = evaluate(base, digits.val)
+    assert h.initial["val_loss"] == pytest.approx(vl0, rel=1e-13)  # float64: function preserved
+    (rec,) = h.teleports
+    assert rec["epoch"] == 0 and rec["kind"] == "teleport" and rec["cob_range"] == 0.9
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    flat0 = torch.cat([p.detach().flatten() for p in base.parameters()])
+    assert rec["distance"] == pytest.approx(float((flat - flat0).norm()), rel=1e-12)
+    assert rec["weight_norm"] == pytest.approx(float(flat0.norm()), rel=1e-12)
+    assert rec["distance"] > 0.1 * rec["weight_norm"]  # sigma = 0.9 moves far
+
+
+def test_pseudo_teleport_same_radius_random_direction(digits, fake_engine):
+    # lr = 0: the weights after training are the weights right after the (pseudo-)teleport
+    base = mlp().double()
+    real, pseudo = copy.deepcopy(base), copy.deepcopy(base)
+    kw = dict(epochs=1, lr=0.0, teleport_at=0, cob_range=0.9, seed=5, progress=False)
+    hr = train(real, digits, **kw)
+    hp = train(pseudo, digits, pseudo_teleport=True, **kw)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    r_real = float((flat(real) - flat(base)).norm())
+    r_pseudo = float((flat(pseudo) - flat(base)).norm())
+    assert hp.teleports[0]["kind"] == "pseudo"
+    assert r_pseudo == pytest.approx(r_real, rel=1e-12)  # same sphere radius |W - tau W|
+    assert hp.teleports[0]["distance"] == pytest.approx(r_real, rel=1e-12)
+    # but not the same point and not the same function
+    cos = float(torch.dot(flat(pseudo) - flat(base), flat(real) - flat(base))) / r_real**2
+    assert abs(cos) < 0.5
+    assert abs(hp.initial["val_loss"] - hr.initial["val_loss"]) > 1e-3
+
+
+def test_optimizer_state_policy_on_teleport(digits, fake_engine):
+    # identity teleport (cob_range 0): "keep" changes nothing; "reset" zeroes the momentum buffers, which
+    # changes a momentum run but not a plain SGD run (no state)
+    kw = dict(epochs=3, batch_size=32, lr=0.05, seed=1, progress=False)
+    runs = {}
+    for opt in ("momentum", "sgd"):
+        for policy in (None, "keep", "reset"):
+            m = mlp().double()
+            extra = (
+                {}
+                if policy is None
+                else dict(teleport_at=1, cob_range=0.0, optimizer_state_on_teleport=policy)
+            )
+            train(m, digits, optimizer=opt, **kw, **extra)
+            runs[opt, policy] = m
+    assert state_equal(runs["momentum", "keep"], runs["momentum", None])
+    assert not state_equal(runs["momentum", "reset"], runs["momentum", None])
+    assert state_equal(runs["sgd", "reset"], runs["sgd", None])
+
+
+@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
+def test_real_engine_teleport_at_init_preserves_function(digits):
+    model = mlp().double()
+    base = copy.deepcopy(model)
+    h = train(model, digits, epochs=1, lr=0.0, teleport_at=0, cob_range=0.9, sampling="inter", progress=False)
+    vl0, _ = evaluate(base, digits.val)
+    assert h.initial["val_loss"] == pytest.approx(vl0, rel=1e-12)
+    assert h.teleports[0]["distance"] > 0
+    with torch.no_grad():
+        x = digits.val.x.double()
+        assert float((model(x) - base(x)).abs().max()) < 1e-10
