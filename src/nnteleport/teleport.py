@@ -1,0 +1,170 @@
+"""Teleportation: apply a change of basis to a model, preserving its function exactly.
+
+``teleport(model, x, cob)`` rescales every parameter as ``p * t[out] / t[in]`` (Armenta et al. 2023, Eq. 4:
+``w'_ab = tau_b / tau_a * w_ab``; biases ``b'_b = tau_b * b_b``; batch-norm ``gamma``, ``beta`` by ``tau``) and
+installs ``g(x) = tau * f(x / tau)`` on the activations that need it (:class:`TeleportedActivation`). Statistics
+of normalisation layers are untouched. The analysis (:func:`nnteleport.analyze`) is cached per model and input
+shape, so repeated teleports cost one pass over the parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nnteleport.activation import TeleportedActivation
+from nnteleport.cob import Sampling, sample_flat
+from nnteleport.graph import TeleportPlan, _register, analyze
+from nnteleport.rules import Kind
+
+__all__ = ["TeleportedActivation", "apply_cob", "micro_teleport", "teleport"]
+
+
+def _scale_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def _indices_on(plan: TeleportPlan, device: torch.device) -> list[tuple[str, Tensor, Tensor | None]]:
+    key = ("idx", device)
+    cached = plan._device_cache.get(key)
+    if cached is None:
+        cached = [
+            (name, o.to(device), i.to(device) if i is not None else None)
+            for name, (o, i) in plan.param_scale_indices.items()
+        ]
+        plan._device_cache[key] = cached
+    return cached
+
+
+@torch.no_grad()
+def apply_cob(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> nn.Module:
+    """Teleport ``model`` in place by the flat factors ``flat`` (``plan.num_free`` values, already validated).
+
+    One fused pass over the moving parameters (``torch._foreach_mul_`` per device and dtype, broadcasting the
+    ``(out, 1, ...)`` and ``(1, in, ...)`` factors), then the activation wrappers. Returns ``model``.
+    """
+    params = dict(model.named_parameters())
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+    t_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    for device in {params[n].device for n in plan.param_scale_indices}:
+        for name, o, i in _indices_on(plan, device):
+            p = params.get(name)
+            if p is None or p.device != device:
+                if p is None:
+                    raise ValueError(f"parameter {name!r} of the plan is missing from the model")
+                continue
+            sd = _scale_dtype(p.dtype)
+            t = t_cache.get((device, sd))
+            if t is None:
+                t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)]).to(device, sd)
+                t_cache[(device, sd)] = t
+            scale = t[o] if i is None else t[o] / t[i]  # at most out x in; kernels broadcast
+            plist, slist = groups.setdefault((device, p.dtype), ([], []))
+            plist.append(p)
+            slist.append(scale)
+    for plist, slist in groups.values():
+        torch._foreach_mul_(plist, slist)
+    if plan.sites:
+        _apply_sites(model, plan, flat)
+    return model
+
+
+def _apply_sites(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
+    dtype = _model_dtype(model)
+    t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
+    for site in plan.sites:
+        tau = t[site.index]
+        module = model.get_submodule(site.path)
+        if isinstance(module, TeleportedActivation):
+            module.tau.mul_(tau.to(module.tau.device, module.tau.dtype))
+            continue
+        if site.kind is Kind.POSITIVE and not bool((tau < 0).any()):
+            continue
+        if bool((tau == 1).all()):
+            continue
+        device = next((b.device for b in module.buffers()), None) or next(
+            (p.device for p in model.parameters()), torch.device("cpu")
+        )
+        wrapper = TeleportedActivation(module, tau.to(device, dtype))
+        parent_path, _, attr = site.path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attr, wrapper)
+
+
+def teleport(
+    model: nn.Module,
+    x: Any,
+    cob: Mapping[str, Tensor] | None = None,
+    *,
+    cob_range: float = 0.5,
+    sampling: str | Sampling = "intra",
+    generator: torch.Generator | None = None,
+    inplace: bool = False,
+    leaf_modules: Any = (),
+) -> nn.Module:
+    """Teleport ``model``: a model computing exactly the same function at another point of weight space.
+
+    Parameters
+    ----------
+    model:
+        Any ``nn.Module`` traceable by ``torch.fx``; it keeps its class, parameter names, shapes, device, dtype
+        and train/eval mode.
+    x:
+        Example input batch (tensor or tuple of tensors) used to trace the model; the analysis is cached per
+        model and input shape (batch axis excluded), so repeated teleports do not re-trace.
+    cob:
+        The change of basis (group name -> factors, e.g. from :func:`nnteleport.sample_cob`); groups left out
+        keep ``tau = 1``. If ``None``, one is sampled with ``cob_range``, ``sampling`` and ``generator``.
+    cob_range, sampling, generator:
+        Used only when ``cob`` is ``None`` (see :func:`nnteleport.sample_cob`).
+    inplace:
+        Modify ``model`` itself (parameters rescaled in place, activation modules replaced by wrappers where
+        needed) instead of a deep copy.
+
+    Returns
+    -------
+    nn.Module
+        The teleported model. Same outputs for all inputs, in train and eval mode (batch-norm statistics are
+        not touched). Activations that need it become ``TeleportedActivation`` (``tau * f(x / tau)``, ``tau``
+        in a buffer, so ``state_dict`` round-trips); teleporting a teleported model composes.
+    """
+    plan = analyze(model, x, leaf_modules=leaf_modules)
+    if cob is None:
+        flat = sample_flat(plan.num_free, cob_range, sampling, plan.positive_mask, generator)
+    else:
+        flat = plan.flat(cob)
+    target = model if inplace else copy.deepcopy(model)
+    apply_cob(target, plan, flat)
+    if target is not model or plan.sites:
+        _register(target, x, plan, leaf_modules)  # a copy, or wrappers changed the structure: same analysis
+    return target
+
+
+def micro_teleport(
+    model: nn.Module,
+    x: Any,
+    cob_range: float = 1e-3,
+    sampling: str | Sampling = "intra",
+    generator: torch.Generator | None = None,
+    *,
+    leaf_modules: Any = (),
+) -> Tensor:
+    """The micro-teleportation vector ``V - W`` (flattened, in ``model.parameters()`` order) for a small
+    ``cob_range`` (paper, Sec. 5.1: it is orthogonal to the back-propagated gradient up to ``O(s)``)."""
+    teleported = teleport(
+        model, x, cob_range=cob_range, sampling=sampling, generator=generator, leaf_modules=leaf_modules
+    )
+    w = torch.nn.utils.parameters_to_vector(model.parameters())
+    v = torch.nn.utils.parameters_to_vector(teleported.parameters())
+    return (v - w).detach()
