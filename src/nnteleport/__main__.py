@@ -1,0 +1,5 @@
+"""``python -m nnteleport`` = the ``nnteleport`` command."""
+
+from nnteleport.cli import main
+
+raise SystemExit(main())
