@@ -103,6 +103,7 @@ class _Tracer(fx.Tracer):
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
         self.stack: list[str] = []
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, TeleportedActivation) or qualname in self.leaf_names:
@@ -118,6 +119,10 @@ class _Tracer(fx.Tracer):
         self.stack.append(qualname)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = qualname  # the innermost submodule whose code broke tracing
+            raise
         finally:
             self.stack.pop()
 
@@ -127,7 +132,7 @@ def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset
     try:
         return tracer.trace(model)
     except Exception as exc:
-        where = tracer.stack[-1] if tracer.stack else ""
+        where = tracer.failed_in or ""
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
         call = f" at {frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else ""
         inside = f" inside submodule {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
