@@ -312,11 +312,7 @@ def test_optimizer_state_policy_on_teleport(digits, fake_engine):
     for opt in ("momentum", "sgd"):
         for policy in (None, "keep", "reset"):
             m = mlp().double()
-            extra = (
-                {}
-                if policy is None
-                else dict(teleport_at=1, cob_range=0.0, optimizer_state_on_teleport=policy)
-            )
+            extra = {} if policy is None else dict(teleport_at=1, cob_range=0.0, optimizer_state_on_teleport=policy)
             train(m, digits, optimizer=opt, **kw, **extra)
             runs[opt, policy] = m
     assert state_equal(runs["momentum", "keep"], runs["momentum", None])
@@ -335,3 +331,46 @@ def test_real_engine_teleport_at_init_preserves_function(digits):
     with torch.no_grad():
         x = digits.val.x.double()
         assert float((model(x) - base(x)).abs().max()) < 1e-10
+
+
+@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
+def test_real_engine_resume_after_teleport_with_activation_wrappers(digits, tmp_path):
+    # tanh is not positively homogeneous: the engine wraps the activations (tau * tanh(x / tau)); a resumed
+    # run must rebuild that structure before loading the checkpoint
+    from nnteleport.models import build_model
+
+    def net():
+        torch.manual_seed(0)
+        return build_model("mlp", in_shape=(1, 8, 8), num_classes=10, hidden=(16, 16), activation="tanh")
+
+    kw = dict(epochs=3, batch_size=32, optimizer="momentum", lr=0.05, teleport_at=1, cob_range=0.5, seed=2,
+              progress=False)  # fmt: skip
+    ref_model = net()
+    ref = train(ref_model, digits, **kw)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(model, epoch, history):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(net(), digits, checkpoint_dir=tmp_path, callbacks=[crash], **kw)
+    model = net()
+    resumed = train(model, digits, checkpoint_dir=tmp_path, **kw)
+    assert resumed == ref and state_equal(model, ref_model)
+    assert any("tau" in k for k in model.state_dict())  # the wrappers are there
+
+
+@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
+def test_real_engine_pseudo_teleport_radius(digits):
+    base = mlp().double()
+    real, pseudo = copy.deepcopy(base), copy.deepcopy(base)
+    kw = dict(epochs=1, lr=0.0, teleport_at=0, cob_range=0.9, seed=5, progress=False)
+    train(real, digits, **kw)
+    hp = train(pseudo, digits, pseudo_teleport=True, **kw)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    r_real = float((flat(real) - flat(base)).norm())
+    assert float((flat(pseudo) - flat(base)).norm()) == pytest.approx(r_real, rel=1e-12)
+    assert hp.teleports[0]["distance"] == pytest.approx(r_real, rel=1e-12)
