@@ -87,8 +87,7 @@ class StepSchedule:
 
     def __repr__(self) -> str:
         return (
-            f"StepSchedule(initial={self.initial}, gamma={self.gamma}, step_size={self.step_size}, "
-            f"start={self.start})"
+            f"StepSchedule(initial={self.initial}, gamma={self.gamma}, step_size={self.step_size}, start={self.start})"
         )
 
 
@@ -106,9 +105,7 @@ class CheckpointSchedule:
                 f"CheckpointSchedule: need warmup_epochs >= 0 and every >= 1, got {warmup_epochs}, {every}"
             )
         if max_checkpoints is not None and max_checkpoints < 1:
-            raise ValueError(
-                f"CheckpointSchedule: max_checkpoints must be >= 1 or None, got {max_checkpoints}"
-            )
+            raise ValueError(f"CheckpointSchedule: max_checkpoints must be >= 1 or None, got {max_checkpoints}")
         self.warmup_epochs, self.every, self.max_checkpoints = warmup_epochs, every, max_checkpoints
 
     def should_checkpoint(self, epoch: int) -> bool:
@@ -126,9 +123,7 @@ def _as_schedule(value: ScheduleLike, what: str) -> Callable[[int], float]:
     if callable(value):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"CheckpointDistance: {what} must be a number or a callable epoch -> float, got {value!r}"
-        )
+        raise TypeError(f"CheckpointDistance: {what} must be a number or a callable epoch -> float, got {value!r}")
     v = float(value)
     return lambda epoch: v
 
@@ -355,30 +350,47 @@ def canonicalize(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _workspace(buffers: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
+    """Reusable scratch tensors shaped like ``like`` (fresh large allocations page-fault: ~3x slower on CPU)."""
+    if len(buffers) != len(like) or any(
+        b.shape != t.shape or b.dtype != t.dtype or b.device != t.device for b, t in zip(buffers, like)
+    ):
+        buffers[:] = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
+    return buffers
+
+
+def _sq_distances(theta: Sequence[Tensor], checkpoints: Sequence[Sequence[Tensor]], work: list[Tensor]) -> Tensor:
+    """``d_c = ||theta - theta_c||^2`` for every checkpoint, shape ``(C,)``, with fused foreach ops."""
+    dtype = theta[0].dtype
+    out = []
+    for ckpt in checkpoints:
+        torch._foreach_copy_(work, ckpt)
+        torch._foreach_sub_(work, theta)
+        norms = torch._foreach_norm(work)
+        out.append(torch.stack([n.to(dtype) for n in norms]).square().sum())
+    return torch.stack(out)
+
+
 class _KernelSum(torch.autograd.Function):
     """``strength * sum_c phi(||theta - theta_c||^2)`` with a closed-form, memory-light backward.
 
-    Forward: per checkpoint one fused ``_foreach_sub`` and ``_foreach_norm``; no differences are kept.
-    Backward: ``d/dtheta = strength * sum_c a_c (theta_c - theta)`` with ``a_c = -2 phi'(d_c)``
-    (``k_c / sigma^2`` for the RBF kernel, ``2`` for squared L2), recomputing the differences.
+    Forward: per checkpoint the difference is formed in a reused workspace and reduced with one fused
+    ``_foreach_norm``; nothing per checkpoint is kept for the backward (autograd through ``theta - theta_c``
+    would keep one model-sized difference per checkpoint). Backward: ``d/dtheta = strength * sum_c a_c
+    (theta_c - theta)`` with ``a_c = -2 phi'(d_c)`` (``k_c / sigma^2`` for the RBF kernel, ``2`` for squared
+    L2), recomputing the differences (so the result is exact also when ``theta ~ theta_c``).
     """
 
     @staticmethod
-    def forward(ctx, kernel, sigma, strength, checkpoints, *params):  # type: ignore[override]
-        dtype = params[0].dtype
-        sq = []
-        for ckpt in checkpoints:
-            norms = torch._foreach_norm(torch._foreach_sub(params, ckpt))
-            sq.append(torch.stack([n.to(dtype) for n in norms]).square().sum())
-        d = torch.stack(sq)
+    def forward(ctx, kernel, sigma, strength, checkpoints, work, *params):  # type: ignore[override]
+        d = _sq_distances(params, checkpoints, work)
         if kernel is Kernel.RBF:
             k = torch.exp(-d / (2.0 * sigma**2))
             coeff = k / sigma**2
         else:
             k = -d
             coeff = torch.full_like(d, 2.0)
-        ctx.checkpoints = checkpoints
-        ctx.strength = strength
+        ctx.checkpoints, ctx.work, ctx.strength = checkpoints, work, strength
         ctx.save_for_backward(coeff, *params)
         return strength * k.sum()
 
@@ -387,12 +399,19 @@ class _KernelSum(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         coeff, *params = ctx.saved_tensors
         w = grad_out * ctx.strength * coeff  # (C,)
-        grads = [torch.zeros_like(p) for p in params]
-        for c, ckpt in enumerate(ctx.checkpoints):
-            diff = torch._foreach_sub(ckpt, params)
-            torch._foreach_mul_(diff, w[c])
-            torch._foreach_add_(grads, diff)
-        return (None, None, None, None, *grads)
+        on_cpu = w.device.type == "cpu"
+        grads = torch._foreach_sub(ctx.checkpoints[0], params)
+        torch._foreach_mul_(grads, w[0])
+        for c in range(1, len(ctx.checkpoints)):
+            work = ctx.work
+            torch._foreach_copy_(work, ctx.checkpoints[c])
+            torch._foreach_sub_(work, params)
+            if on_cpu:  # a Python scalar saves one pass; on accelerators it would synchronise
+                torch._foreach_add_(grads, work, alpha=float(w[c]))
+            else:
+                torch._foreach_mul_(work, w[c])
+                torch._foreach_add_(grads, work)
+        return (None, None, None, None, None, *grads)
 
 
 class CheckpointDistance:
@@ -459,9 +478,7 @@ class CheckpointDistance:
         self.invariant = bool(invariant)
         self.epoch = 0
         if max_checkpoints is not None and max_checkpoints < 1:
-            raise ValueError(
-                f"CheckpointDistance: max_checkpoints must be >= 1 or None, got {max_checkpoints}"
-            )
+            raise ValueError(f"CheckpointDistance: max_checkpoints must be >= 1 or None, got {max_checkpoints}")
         self.max_checkpoints = max_checkpoints
         self.balance_tol, self.balance_max_iter = balance_tol, balance_max_iter
 
@@ -485,6 +502,7 @@ class CheckpointDistance:
         self.param_names: list[str] = selected
         self._sel = [self._all_names.index(n) for n in selected]
         self.checkpoints: list[list[Tensor]] = []
+        self._work: list[Tensor] = []
         self.last_balance_sweeps = 0
 
         self._balancer: _Balancer | None = None
@@ -512,9 +530,7 @@ class CheckpointDistance:
     def _check_sigma(self) -> float:
         sigma = self.sigma
         if self.kernel is Kernel.RBF and not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(
-                f"CheckpointDistance: sigma must be > 0 and finite, got {sigma} at epoch {self.epoch}"
-            )
+            raise ValueError(f"CheckpointDistance: sigma must be > 0 and finite, got {sigma} at epoch {self.epoch}")
         return sigma
 
     def step(self) -> None:
@@ -527,9 +543,7 @@ class CheckpointDistance:
         params = list(self.model.parameters())
         return [params[i] for i in self._sel]
 
-    def _source_tensors(
-        self, source: nn.Module | Mapping[str, Tensor] | None, names: Sequence[str]
-    ) -> list[Tensor]:
+    def _source_tensors(self, source: nn.Module | Mapping[str, Tensor] | None, names: Sequence[str]) -> list[Tensor]:
         if source is None:
             src: Mapping[str, Tensor] = dict(self.model.named_parameters())
         elif isinstance(source, nn.Module):
@@ -566,9 +580,7 @@ class CheckpointDistance:
         masses = self._balancer.masses(tensors, dtype)
         u0 = self._u if warm else None
         max_iter = self.balance_max_iter if warm else max(self.balance_max_iter, 10_000)
-        u, sweeps, _ = self._balancer.solve(
-            masses, u0, tol=self.balance_tol if warm else 1e-10, max_iter=max_iter
-        )
+        u, sweeps, _ = self._balancer.solve(masses, u0, tol=self.balance_tol if warm else 1e-10, max_iter=max_iter)
         self.last_balance_sweeps = sweeps
         return self._balancer.scales(u, tensors), u
 
@@ -606,13 +618,23 @@ class CheckpointDistance:
         self._u = u.detach()
         return [full[i] * scales[i] if i in scales else full[i] for i in self._sel]
 
-    def __call__(self) -> Tensor:
-        """The penalty ``strength * sum_c k(theta, theta_c)``: scalar with gradients (0 if no checkpoint)."""
+    def __call__(self, model: nn.Module | None = None) -> Tensor:
+        """The penalty ``strength * sum_c k(theta, theta_c)``: scalar with gradients (0 if no checkpoint).
+
+        ``model`` is optional and must be the regularised model: this lets the instance serve directly as
+        the ``penalty(model)`` hook of :func:`nnteleport.training.train`.
+        """
+        if model is not None and model is not self.model:
+            raise ValueError(
+                "CheckpointDistance: called with another model than the one it was built for; create one "
+                "CheckpointDistance per model"
+            )
         theta = self._theta() if self.checkpoints else self._current()
         if not self.checkpoints:
             return torch.zeros((), dtype=theta[0].dtype, device=theta[0].device)
         sigma = self._check_sigma()
-        return _KernelSum.apply(self.kernel, sigma, self.strength, self.checkpoints, *theta)
+        work = _workspace(self._work, theta)
+        return _KernelSum.apply(self.kernel, sigma, self.strength, self.checkpoints, work, *theta)
 
     forward = __call__
 
@@ -622,11 +644,7 @@ class CheckpointDistance:
         theta = [t.detach() for t in self._theta()]
         if not self.checkpoints:
             return torch.zeros(0, dtype=theta[0].dtype, device=theta[0].device)
-        out = []
-        for ckpt in self.checkpoints:
-            norms = torch._foreach_norm(torch._foreach_sub(theta, ckpt))
-            out.append(torch.stack([n.to(theta[0].dtype) for n in norms]).square().sum().sqrt())
-        return torch.stack(out)
+        return _sq_distances(theta, self.checkpoints, _workspace(self._work, theta)).sqrt()
 
     # -- serialisation --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
