@@ -142,11 +142,15 @@ class ChainLayer:
         The ``nn.Linear`` or ``nn.ConvNd``.
     rep : int
         Columns of the weight matrix per source neuron (kernel size, or ``H*W`` after a flatten).
+    out, cols : int
+        Shape of the weight viewed as a matrix (output neurons, ``in * kernel size`` columns).
     """
 
     name: str
     module: nn.Module
     rep: int
+    out: int
+    cols: int
 
     @property
     def weight(self) -> Tensor:
@@ -155,14 +159,6 @@ class ChainLayer:
     @property
     def bias(self) -> Tensor | None:
         return self.module.bias
-
-    @property
-    def out(self) -> int:
-        return self.module.weight.shape[0]
-
-    @property
-    def cols(self) -> int:
-        return self.module.weight[0].numel()
 
     @property
     def sources(self) -> int:
@@ -249,8 +245,7 @@ def trace_chain(model: nn.Module) -> list[ChainLayer]:
             )
         if any(a in attr_nodes for a in inputs):
             raise ValueError(
-                f"{desc} uses a parameter or buffer directly (functional layer); "
-                "use nn.Linear / nn.Conv modules"
+                f"{desc} uses a parameter or buffer directly (functional layer); use nn.Linear / nn.Conv modules"
             )
         name = _op_name(node)
         if name in _SHAPE_QUERIES:
@@ -259,9 +254,7 @@ def trace_chain(model: nn.Module) -> list[ChainLayer]:
             mod = model.get_submodule(str(node.target))
             if isinstance(mod, (nn.Linear, _ConvNd)) and not isinstance(mod, _ConvTransposeNd):
                 if isinstance(mod, _ConvNd) and mod.groups != 1:
-                    raise ValueError(
-                        f"{desc} has groups={mod.groups}; only groups=1 convolutions are supported"
-                    )
+                    raise ValueError(f"{desc} has groups={mod.groups}; only groups=1 convolutions are supported")
                 if any(m is mod for _, m in found):
                     raise ValueError(f"{desc} is called twice (shared weights); this is not supported")
                 if found and pending:
@@ -296,9 +289,7 @@ def trace_chain(model: nn.Module) -> list[ChainLayer]:
     chain_params = {id(p) for _, m in found for p in m.parameters()}
     stray = [n for n, p in model.named_parameters() if id(p) not in chain_params and p.requires_grad]
     if stray:
-        raise ValueError(
-            f"parameters {stray[:5]} are not in the Linear/Conv chain; G-space cannot represent them"
-        )
+        raise ValueError(f"parameters {stray[:5]} are not in the Linear/Conv chain; G-space cannot represent them")
 
     layers: list[ChainLayer] = []
     for i, (name, mod) in enumerate(found):
@@ -324,7 +315,7 @@ def trace_chain(model: nn.Module) -> list[ChainLayer]:
                         f"of {prev_name!r}"
                     )
                 rep = cols // prev_out
-        layers.append(ChainLayer(name, mod, rep))
+        layers.append(ChainLayer(name, mod, rep, mod.weight.shape[0], cols))
     return layers
 
 
@@ -362,9 +353,7 @@ class GSpace:
     ``(out, cols)`` weight matrix, then the biases. Fixed skeleton weights are constants of the chart.
     """
 
-    def __init__(
-        self, model: nn.Module, *, skeleton: str | Skeleton = "greedy", reparametrize: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, *, skeleton: str | Skeleton = "greedy", reparametrize: bool = False) -> None:
         self.model = model
         self.skeleton = Skeleton.parse(skeleton)
         self.layers = trace_chain(model)
@@ -459,27 +448,58 @@ class GSpace:
     def _build_indices(self) -> None:
         L = len(self.layers)
         dev = self._device
-        self._fixed_flat: list[Tensor] = [self._long([]), *self._succ_flat]  # per layer i: fixed entries
-        self._fixed_col = [f % lay.cols for f, lay in zip(self._fixed_flat, self.layers)]
-        self._fixed_vals = [
-            lay.matrix().reshape(-1)[f].clone() for f, lay in zip(self._fixed_flat, self.layers)
-        ]
+        self._fixed_flat: list[Tensor] = [self._long([]), *self._succ_flat]  # per layer, local flat index
+        self._fixed_vals = [lay.matrix().reshape(-1)[f].clone() for f, lay in zip(self._fixed_flat, self.layers)]
         self._free_flat = []
         for f, lay in zip(self._fixed_flat, self.layers):
             mask = torch.ones(lay.out * lay.cols, dtype=torch.bool, device=dev)
             mask[f] = False
             self._free_flat.append(mask.nonzero().flatten())
-        # pred edges: source neuron, whether the pred entry is itself a fixed skeleton weight
+        # dense flat layout: per layer the (out, cols) weight matrix, then the bias
+        self._w_off: list[int] = []
+        self._b_off: list[int | None] = []
+        off = 0
+        for lay in self.layers:
+            self._w_off.append(off)
+            off += lay.out * lay.cols
+            self._b_off.append(None if lay.bias is None else off)
+            off += 0 if lay.bias is None else lay.out
+        self.dense_numel = off
+        self._fixed_global = torch.cat([f + o for f, o in zip(self._fixed_flat, self._w_off)])
+        mask = torch.ones(off, dtype=torch.bool, device=dev)
+        mask[self._fixed_global] = False
+        self._free_global = mask.nonzero().flatten()
+        # pred edges. A neuron whose pred entry is itself a fixed skeleton weight inherits the root (nearest
+        # non-fixed pred edge up the prefix tree) of its pred's source: P(a) = P(root(a)) * c(a), c(a) the
+        # product of the fixed pred weights in between (constant); P(root) = v_pred(root) / S(root).
         self._pred_src = [pf % lay.cols // lay.rep for pf, lay in zip(self._pred_flat, self.layers)]
-        self._pred_fixed = []
+        self._hidden_sizes = [lay.out for lay in self.layers[:-1]]
+        hid_off = [0]
+        for n in self._hidden_sizes:
+            hid_off.append(hid_off[-1] + n)
+        roots: list[Tensor] = []
+        coefs: list[Tensor] = []
         for i in range(L - 1):
-            is_fixed = torch.zeros(self.layers[i].out * self.layers[i].cols, dtype=torch.bool, device=dev)
+            lay = self.layers[i]
+            is_fixed = torch.zeros(lay.out * lay.cols, dtype=torch.bool, device=dev)
             is_fixed[self._fixed_flat[i]] = True
-            self._pred_fixed.append(is_fixed[self._pred_flat[i]])
-        self._pred_free_rows = [(~pf).nonzero().flatten() for pf in self._pred_fixed]
-        self._pred_free_flat = [pf[rows] for pf, rows in zip(self._pred_flat, self._pred_free_rows)]
-        self._pred_fixed_rows = [pf.nonzero().flatten() for pf in self._pred_fixed]
-        self._any_pred_fixed = any(len(r) > 0 for r in self._pred_fixed_rows)
+            pf_mask = is_fixed[self._pred_flat[i]]
+            own = torch.arange(lay.out, device=dev) + hid_off[i]
+            ones = torch.ones(lay.out, dtype=self._dtype, device=dev)
+            if i == 0:
+                roots.append(own)
+                coefs.append(ones)
+            else:
+                w_pred = lay.matrix().reshape(-1)[self._pred_flat[i]]
+                src = self._pred_src[i]
+                roots.append(torch.where(pf_mask, roots[i - 1][src], own))
+                coefs.append(torch.where(pf_mask, coefs[i - 1][src] * w_pred, ones))
+        empty = self._long([])
+        self._root = torch.cat(roots) if L > 1 else empty
+        self._root_c = torch.cat(coefs) if L > 1 else torch.ones(0, dtype=self._dtype, device=dev)
+        self._fast = bool((self._root == torch.arange(len(self._root), device=dev)).all())
+        self._pred_global = torch.cat([pf + o for pf, o in zip(self._pred_flat, self._w_off)]) if L > 1 else empty
+        self._root_pred_global = self._pred_global[self._root]
         self._refresh_suffix()
 
     @torch.no_grad()
@@ -489,6 +509,8 @@ class GSpace:
         self._S = S
         self._invS = [1.0 / s for s in S]
         self._invS_col = [s[:, None] for s in self._invS]
+        self._invS_hidden = torch.cat(self._invS[:-1]) if len(S) > 1 else self._invS[0][:0]
+        self._root_coef = self._invS_hidden[self._root] * self._root_c
 
     # -- function-preserving rescaling ---------------------------------------------------------------------
     @torch.no_grad()
@@ -497,7 +519,8 @@ class GSpace:
 
         Neuron ``k`` of layer ``i`` is rescaled by ``alpha = |S_i(k)|`` (incoming weights and bias times
         ``alpha``, outgoing divided): afterwards every suffix product and every skeleton weight is ``±1``.
-        Coordinates (path values) and the network function are unchanged.
+        Coordinates (path values) and the network function are unchanged. Optimizers built on this GSpace
+        before the call must be rebuilt.
         """
         S = self._suffix_from_current()
         rescale_chain(self.layers, [s.abs() for s in S[:-1]])
@@ -514,7 +537,7 @@ class GSpace:
             S[i] = nxt.matrix().reshape(-1)[self._succ_flat[i]] * S[i + 1][row]
         return S
 
-    # -- masks ----------------------------------------------------------------------------------------------
+    # -- masks and diagnostics ------------------------------------------------------------------------------
     @property
     def skeleton_masks(self) -> dict[str, Tensor]:
         """Parameter name -> bool mask (shape of the weight) of the fixed skeleton weights."""
@@ -530,8 +553,21 @@ class GSpace:
         """Current prefix products ``P_i`` and suffix products ``S_i`` per hidden layer (conditioning)."""
         return self._prefix([lay.matrix() for lay in self.layers]), self._S[:-1]
 
-    # -- core maps (dense, per layer) ----------------------------------------------------------------------
+    # -- core maps on the dense flat layout -----------------------------------------------------------------
+    def layout_views(self, flat: Tensor) -> list[tuple[Tensor, Tensor | None]]:
+        """Per layer ``(weight (out, cols) view, bias view or None)`` of a dense flat tensor of shape ``(m,)``.
+
+        The dense layout lists every layer's weight matrix (row-major) then its bias; at the ``H`` fixed
+        skeleton positions coordinates and their gradients are zero.
+        """
+        out = []
+        for lay, wo, bo in zip(self.layers, self._w_off, self._b_off):
+            w = flat[wo : wo + lay.out * lay.cols].view(lay.out, lay.cols)
+            out.append((w, None if bo is None else flat[bo : bo + lay.out]))
+        return out
+
     def _prefix(self, mats: list[Tensor]) -> list[Tensor]:
+        """Prefix products from weight matrices (recursion along the pred edges)."""
         P: list[Tensor] = []
         prev: Tensor | None = None
         for i in range(len(self.layers) - 1):
@@ -539,6 +575,12 @@ class GSpace:
             P.append(w if prev is None else prev[self._pred_src[i]] * w)
             prev = P[-1]
         return P
+
+    def _prefix_from_values(self, V: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Prefix products from dense coordinates, ``P(a) = v_pred(root(a)) / S(root(a)) * c(a)`` (one gather
+        and one product for all layers). Returns the per-layer list and the concatenation ``(H,)``."""
+        Pall = V.take(self._root_pred_global).mul_(self._root_coef)
+        return list(Pall.split(self._hidden_sizes)), Pall
 
     def _pcols(self, P: list[Tensor], i: int) -> Tensor | None:
         """Prefix factors of layer ``i``'s columns (None for the first layer: all ones)."""
@@ -548,42 +590,33 @@ class GSpace:
         return P[i - 1] if rep == 1 else P[i - 1].repeat_interleave(rep)
 
     @torch.no_grad()
-    def dense_values(self) -> list[Tensor]:
-        """Coordinates as dense per-layer tensors: ``(out, cols)`` weight coordinates with zeros at the fixed
-        entries, then ``(out,)`` bias coordinates, in :meth:`parameters` order."""
+    def dense_values(self, out: Tensor | None = None) -> Tensor:
+        """Coordinates in the dense flat layout (:meth:`layout_views`), shape ``(m,)``, zeros at fixed entries."""
         mats = [lay.matrix() for lay in self.layers]
         P = self._prefix(mats)
-        out = []
-        for i, lay in enumerate(self.layers):
-            V = mats[i] * self._S[i][:, None]
+        if out is None:
+            out = torch.empty(self.dense_numel, dtype=self._dtype, device=self._device)
+        for i, (lay, (Vw, Vb)) in enumerate(zip(self.layers, self.layout_views(out))):
+            torch.mul(mats[i], self._S[i][:, None], out=Vw)
             pc = self._pcols(P, i)
             if pc is not None:
-                V = V * pc[None, :]
-            V.view(-1)[self._fixed_flat[i]] = 0
-            out.append(V)
-            if lay.bias is not None:
-                out.append(lay.bias * self._S[i])
+                Vw.mul_(pc)
+            if Vb is not None:
+                torch.mul(lay.bias, self._S[i], out=Vb)
+        out.index_fill_(0, self._fixed_global, 0)
         return out
 
     def values(self) -> Tensor:
         """The flat coordinate vector, shape ``(dim,)``: path values of all basis paths."""
-        return self._flatten(self.dense_values())
-
-    def _flatten(self, dense: list[Tensor]) -> Tensor:
-        parts = []
-        it = iter(dense)
-        for i, lay in enumerate(self.layers):
-            parts.append(next(it).reshape(-1)[self._free_flat[i]])
-            if lay.bias is not None:
-                parts.append(next(it).reshape(-1))
-        return torch.cat(parts)
+        return self.dense_values().take(self._free_global)
 
     def weights_from_values(self, v: Tensor) -> dict[str, Tensor]:
         """Weight allocation ``w(v)`` (differentiable): parameter name -> tensor for flat coordinates ``v``.
 
         ``w = v / (P_{i-1}(src) S_i(dst))`` layer by layer, fixed skeleton weights at their constant values,
-        biases ``b = v_b / S_i`` (Jestädt Table 2.3). Used by :meth:`load_values` and as the autograd oracle
-        of the closed-form gradient.
+        biases ``b = v_b / S_i`` (Jestädt Table 2.3). The prefix products are recomputed from the allocated
+        weights (recursion), independently of the closed-form path; this is the autograd oracle of
+        :meth:`gradient`.
         """
         if v.shape != (self.dim,):
             raise ValueError(f"expected a coordinate vector of shape ({self.dim},), got {tuple(v.shape)}")
@@ -617,101 +650,79 @@ class GSpace:
             self.model.get_parameter(name).copy_(w)
 
     @torch.no_grad()
-    def write_dense(self, dense: list[Tensor]) -> None:
-        """Weight allocation from dense per-layer coordinates (see :meth:`dense_values`), in place."""
-        it = iter(dense)
-        P_prev: Tensor | None = None
-        last = len(self.layers) - 1
-        for i, lay in enumerate(self.layers):
-            V = next(it)
+    def write_dense(self, V: Tensor, views: list[tuple[Tensor, Tensor | None]] | None = None) -> None:
+        """Weight allocation from dense coordinates ``V`` (shape ``(m,)``), in place:
+        ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
+        P, _ = self._prefix_from_values(V)
+        views = self.layout_views(V) if views is None else views
+        for i, (lay, (Vw, Vb)) in enumerate(zip(self.layers, views)):
             M = lay.matrix()
-            torch.mul(V, self._invS_col[i], out=M)
-            if P_prev is not None:
-                pc = P_prev if lay.rep == 1 else P_prev.repeat_interleave(lay.rep)
-                M.div_(pc)
-            M.view(-1)[self._fixed_flat[i]] = self._fixed_vals[i]
-            if lay.bias is not None:
-                torch.mul(next(it), self._invS[i], out=lay.bias)
-            if i < last:
-                w = M.view(-1)[self._pred_flat[i]]
-                P_prev = w if P_prev is None else P_prev[self._pred_src[i]] * w
+            torch.mul(Vw, self._invS_col[i], out=M)
+            if i > 0:
+                M.div_(self._pcols(P, i))
+                M.view(-1).index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
+            if Vb is not None:
+                torch.mul(Vb, self._invS[i], out=lay.bias)
 
     @torch.no_grad()
-    def dense_gradient(self, out: list[Tensor] | None = None) -> list[Tensor] | None:
-        """``dL/dv`` from the model's ``.grad`` (after ``loss.backward()``), dense per layer.
+    def dense_gradient(
+        self,
+        V: Tensor,
+        out: Tensor,
+        views_out: list[tuple[Tensor, Tensor | None]] | None = None,
+    ) -> bool:
+        """``dL/dv`` in the dense layout from the model's ``.grad`` (after ``loss.backward()``), into ``out``.
 
-        Closed-form inverse chain rule (module docstring): ``dL/dv_e = G_e / (P S)`` for every non-fixed
-        entry, minus ``T_i(r) / v_pred(r)`` on the pred edges, where ``T_i(r)`` sums ``g_f = w_f G_f`` over
-        the non-fixed weights whose source neuron hangs below ``r`` on the prefix tree; zero at fixed entries.
-        Writes into ``out`` (same layout as :meth:`dense_values`) when given. Returns None when no chain
-        parameter has a gradient.
+        ``V`` are the current dense coordinates. Closed-form inverse chain rule (module docstring):
+        ``D = G / (S P)`` on every non-fixed entry (two broadcast products per layer), zero at fixed
+        entries; then on the pred edges of the roots ``- T / v_pred`` with ``T(r)`` the sum of
+        ``g_f = w_f G_f = v_f D_f`` over the weights leaving neurons whose root is ``r`` (one product, one
+        column sum per layer, one scatter). Returns False (``out`` untouched) when no chain parameter has a
+        gradient.
         """
-        params = self.parameters()
-        if all(p.grad is None for p in params):
-            return None
-        L = len(self.layers)
-        mats = [lay.matrix() for lay in self.layers]
-        P = self._prefix(mats)
-        if out is None:
-            out = [torch.empty_like(d) for d in self._dense_shapes()]
-        grads_w, grads_b = [], []
-        for lay in self.layers:
-            g = lay.weight.grad
-            grads_w.append(torch.zeros_like(lay.matrix()) if g is None else g.view(lay.out, lay.cols))
-            if lay.bias is not None:
+        layers = self.layers
+        if all(lay.weight.grad is None and (lay.bias is None or lay.bias.grad is None) for lay in layers):
+            return False
+        views_out = self.layout_views(out) if views_out is None else views_out
+        P, Pall = self._prefix_from_values(V)
+        for i, (lay, (Dw, Db)) in enumerate(zip(layers, views_out)):
+            G = lay.weight.grad
+            if G is None:
+                Dw.zero_()
+            else:
+                torch.mul(G.view(lay.out, lay.cols), self._invS_col[i], out=Dw)
+                if i > 0:
+                    Dw.div_(self._pcols(P, i))
+            if Db is not None:
                 gb = lay.bias.grad
-                grads_b.append(torch.zeros_like(lay.bias) if gb is None else gb)
-        # h[i]: sum over non-fixed entries of layer i of w*G, per source neuron (layer i-1), i >= 1
-        h: list[Tensor | None] = [None] * L
-        for i in range(1, L):
-            lay = self.layers[i]
-            g = mats[i] * grads_w[i]
-            hc = g.sum(0)
-            hc.index_add_(0, self._fixed_col[i], g.view(-1)[self._fixed_flat[i]], alpha=-1)
-            h[i] = hc if lay.rep == 1 else hc.view(lay.sources, lay.rep).sum(1)
-        T: list[Tensor] = [torch.empty(0)] * (L - 1)
-        for i in range(L - 2, -1, -1):
-            t = h[i + 1]
-            assert t is not None
-            if i + 1 <= L - 2 and len(self._pred_fixed_rows[i + 1]):
-                rows = self._pred_fixed_rows[i + 1]
-                t = t.index_add(0, self._pred_src[i + 1][rows], T[i + 1][rows])
-            T[i] = t
-        k = 0
-        bi = 0
-        for i, lay in enumerate(self.layers):
-            D = out[k]
-            torch.mul(grads_w[i], self._invS_col[i], out=D)
-            pc = self._pcols(P, i)
-            if pc is not None:
-                D.div_(pc)
-            Dv = D.view(-1)
-            Dv[self._fixed_flat[i]] = 0
-            if i < L - 1:
-                rows = self._pred_free_rows[i]
-                corr = T[i][rows] * self._invS[i][rows] / P[i][rows]
-                Dv.index_add_(0, self._pred_free_flat[i], corr, alpha=-1)
-            k += 1
-            if lay.bias is not None:
-                torch.mul(grads_b[bi], self._invS[i], out=out[k])
-                bi += 1
-                k += 1
-        return out
-
-    def _dense_shapes(self) -> list[Tensor]:
-        shapes = []
-        for lay in self.layers:
-            shapes.append(lay.matrix())
-            if lay.bias is not None:
-                shapes.append(lay.bias)
-        return shapes
+                if gb is None:
+                    Db.zero_()
+                else:
+                    torch.mul(gb, self._invS[i], out=Db)
+        out.index_fill_(0, self._fixed_global, 0)
+        if len(layers) == 1:
+            return True
+        start = self._w_off[1]
+        prod = V[start:] * out[start:]
+        h: list[Tensor] = []
+        for lay, wo in zip(layers[1:], self._w_off[1:]):
+            n = lay.out * lay.cols
+            hc = prod[wo - start : wo - start + n].view(lay.out, lay.cols).sum(0)
+            h.append(hc if lay.rep == 1 else hc.view(lay.sources, lay.rep).sum(1))
+        T = torch.cat(h)
+        if not self._fast:
+            T = torch.zeros_like(T).index_add_(0, self._root, T)
+        corr = T.mul_(self._invS_hidden).div_(Pall)
+        out.index_add_(0, self._pred_global, corr, alpha=-1)
+        return True
 
     def gradient(self) -> Tensor:
         """Flat ``dL/dv`` (shape ``(dim,)``) from the model's ``.grad`` after ``loss.backward()``."""
-        dense = self.dense_gradient()
-        if dense is None:
+        V = self.dense_values()
+        D = torch.empty_like(V)
+        if not self.dense_gradient(V, D):
             raise ValueError("no parameter of the chain has a gradient; call loss.backward() first")
-        return self._flatten(dense)
+        return D.take(self._free_global)
 
     def __repr__(self) -> str:
         names = ", ".join(lay.name for lay in self.layers)
@@ -762,20 +773,20 @@ class GSpaceOptimizer(torch.optim.Optimizer):
     skeleton, reparametrize
         Passed to :class:`GSpace`.
     reset_state_each_step : bool
-        Clear the inner optimizer's state after every step (thesis behaviour; Adam then takes ``lr * g/|g|``
-        steps, momentum is lost).
+        Clear the inner optimizer's state after every step (thesis behaviour; Adam then takes
+        ``lr * g / (|g| + eps)`` steps, momentum is lost).
     **optimizer_kwargs
         All arguments of ``optimizer_cls`` (``lr``, ``momentum``, ``betas``, ``weight_decay``, ...). Weight
         decay then acts on the path values.
 
     Notes
     -----
-    The inner optimizer holds one dense coordinate tensor per weight and bias (:meth:`GSpace.dense_values`);
-    the ``H`` entries at the fixed skeleton positions are zero with zero gradient, so they stay zero under
-    every element-wise optimizer and contribute nothing to norms. ``param_groups``, ``state``,
-    ``state_dict`` and ``load_state_dict`` are the inner optimizer's, so learning-rate schedulers work.
-    If the model's weights are changed from outside (e.g. ``load_state_dict`` on the model), the coordinates
-    are re-read automatically at the next step (tracked through the parameters' version counters).
+    The inner optimizer holds one tensor, the dense coordinates (shape ``(m,)``, :meth:`GSpace.layout_views`);
+    the ``H`` entries at the fixed skeleton positions are zero with zero gradient, so they stay zero under every
+    element-wise optimizer and add nothing to norms. ``param_groups``, ``state``, ``state_dict`` and
+    ``load_state_dict`` are the inner optimizer's, so learning-rate schedulers work. If the model's weights are
+    changed from outside (e.g. ``model.load_state_dict``), the coordinates are re-read at the next step
+    (tracked through the parameters' version counters); :meth:`sync` does it explicitly.
     """
 
     def __init__(
@@ -789,16 +800,18 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         **optimizer_kwargs: Any,
     ) -> None:
         self.gspace = (
-            model
-            if isinstance(model, GSpace)
-            else GSpace(model, skeleton=skeleton, reparametrize=reparametrize)
+            model if isinstance(model, GSpace) else GSpace(model, skeleton=skeleton, reparametrize=reparametrize)
         )
         self.reset_state_each_step = bool(reset_state_each_step)
-        self._coords = [d.detach().clone().requires_grad_(True) for d in self.gspace.dense_values()]
-        self.inner = optimizer_cls(self._coords, **optimizer_kwargs)
-        super().__init__(self._coords, {})
+        gs = self.gspace
+        self._coords = gs.dense_values().clone().requires_grad_(True)
+        self._cviews = gs.layout_views(self._coords.detach())
+        self._grad_buf = torch.zeros_like(self._coords)
+        self._gviews = gs.layout_views(self._grad_buf)
+        self.inner = optimizer_cls([self._coords], **optimizer_kwargs)
+        super().__init__([self._coords], {})
         self._alias()
-        self._params = self.gspace.parameters()
+        self._params = gs.parameters()
         self._versions = self._current_versions()
 
     def _alias(self) -> None:
@@ -812,23 +825,20 @@ class GSpaceOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def sync(self) -> None:
         """Re-read the coordinates from the model's current weights (keeps the inner optimizer's state)."""
-        for c, d in zip(self._coords, self.gspace.dense_values()):
-            c.copy_(d)
+        self.gspace.dense_values(out=self._coords.detach())
         self._versions = self._current_versions()
 
     def _pull_grads(self) -> None:
         if self._current_versions() != self._versions:
             self.sync()
-        grads = [c.grad if c.grad is not None else torch.empty_like(c) for c in self._coords]
-        if self.gspace.dense_gradient(out=grads) is None:
-            for c in self._coords:
-                c.grad = None
-            return
-        for c, g in zip(self._coords, grads):
-            c.grad = g
+        c = self._coords
+        if self.gspace.dense_gradient(c.detach(), self._grad_buf, self._gviews):
+            c.grad = self._grad_buf
+        else:
+            c.grad = None
 
     def _push_weights(self) -> None:
-        self.gspace.write_dense([c.detach() for c in self._coords])
+        self.gspace.write_dense(self._coords.detach(), self._cviews)
         self._versions = self._current_versions()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -852,8 +862,9 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the model's gradients (the ones ``loss.backward()`` fills) and the coordinates'."""
-        for p in self._params:  # the coordinates' gradients are overwritten at every step
+        """Clear the model's gradients (the ones ``loss.backward()`` fills); the coordinates' gradient is
+        recomputed from them at every step."""
+        for p in self._params:
             if p.grad is None:
                 continue
             if set_to_none:
@@ -870,9 +881,9 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         self.sync()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if getattr(self, "inner", None) is not None and hasattr(self, "_params"):
+        if hasattr(self, "_params"):
             raise ValueError("GSpaceOptimizer covers the whole chain; parameter groups cannot be added")
         super().add_param_group(param_group)
 
     def __repr__(self) -> str:
-        return f"GSpaceOptimizer({self.gspace!r}, inner={self.inner!r})"
+        return f"GSpaceOptimizer({self.gspace!r}, inner={type(self.inner).__name__})"
