@@ -237,9 +237,16 @@ def test_interrupted_run_resumes_bit_identical(digits, fake_engine, tmp_path):
 
 
 def test_resume_with_augmentation_and_more_epochs(tmp_path):
-    from test_data import write_cifar
+    import pickle
 
-    write_cifar(tmp_path / "data", n_per_batch=4)
+    import numpy as np
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"  # tiny CIFAR-10 in its real pickle format
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), b"labels": rng.integers(0, 10, 4).tolist()}
+        (folder / f).write_bytes(pickle.dumps(batch))
     data = load_dataset("cifar10", tmp_path / "data")
 
     def net():

@@ -267,8 +267,9 @@ def teleport_check(
     """
     import torch
 
-    import nnteleport
+    from nnteleport.graph import analyze
     from nnteleport.models import build_model
+    from nnteleport.teleport import teleport
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -279,9 +280,9 @@ def teleport_check(
     x = torch.randn((batch_size, *input_shape), generator=g, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
-    plan = nnteleport.analyze(model, x)
+    plan = analyze(model, x)
     w0 = torch.cat([p.detach().flatten() for p in model.parameters()])
-    teleported = nnteleport.teleport(model, x, cob_range=cob_range, sampling=sampling, generator=g)
+    teleported = teleport(model, x, cob_range=cob_range, sampling=sampling, generator=g)
     with torch.no_grad():
         after = teleported(x)
     w1 = torch.cat([p.detach().flatten() for p in teleported.parameters()])
