@@ -228,6 +228,16 @@ def test_cifar_augmentation_is_crop_and_flip_of_padded_image(tmp_path):
         assert dists[k] < 1e-3  # exactly one of the 162 crops/flips (float32 round-off only)
         seen.add(k)
     assert len(seen) > 5  # it is random
+    # the batched path (used by the training loop) draws from the same set of crops and flips
+    xb, _ = b.train.get_batch([0] * 40)
+    seen_b = set()
+    for x in xb:
+        pix = x.double() * b.train.std.double() + b.train.mean.double()
+        dists = [float((pix * 255 - c).abs().max()) for c in candidates]
+        k = int(np.argmin(dists))
+        assert dists[k] < 1e-3
+        seen_b.add(k)
+    assert len(seen_b) > 5 and any(k >= 81 for k in seen_b) and any(k < 81 for k in seen_b)  # flips and not
     # validation split never augmented
     assert torch.equal(b.val[0][0], b.val[0][0])
 
@@ -280,3 +290,21 @@ def test_example_batch_is_deterministic(tmp_path):
     x2, _ = b.example_batch(4)
     assert x1.shape == (4, 3, 32, 32) and y1.shape == (4,)
     assert torch.equal(x1, x2)
+
+
+def test_cifar_download_and_extract_from_local_url(tmp_path, monkeypatch):
+    import tarfile
+
+    from nnteleport import data as data_mod
+
+    src_dir = tmp_path / "src"
+    batches = write_cifar(src_dir, n_per_batch=3)
+    archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    src = dict(data_mod._SOURCES[data_mod.DatasetName.CIFAR10])
+    src["url"] = archive.as_uri()
+    monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.CIFAR10, src)
+    b = load_dataset("cifar10", tmp_path / "root", download=True, augment=False)
+    assert len(b.train) == 15 and int(b.val[2][1]) == batches["test_batch"][1][2]

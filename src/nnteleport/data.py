@@ -155,16 +155,12 @@ class ImageDataset(Dataset):
         pad: int = 4,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
         c = images.shape[1]
         if len(mean) != c or len(std) != c:
-            raise ValueError(
-                f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}"
-            )
+            raise ValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
         self.images = images
         self.labels = labels.to(torch.int64)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
@@ -188,6 +184,21 @@ class ImageDataset(Dataset):
             img = img.flip(-1)
         return img
 
+    def _augment_batch(self, imgs: torch.Tensor) -> torch.Tensor:
+        # the same random crop + flip as _augment, drawn for a whole batch at once (one gather)
+        b, c, h, w = imgs.shape
+        p = self.pad
+        if p > 0:
+            padded = torch.zeros((b, c, h + 2 * p, w + 2 * p), dtype=imgs.dtype)
+            padded[:, :, p : p + h, p : p + w] = imgs
+            off = torch.randint(0, 2 * p + 1, (2, b))
+            rows = (off[0][:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * p)
+            imgs = padded.gather(2, rows)
+            cols = (off[1][:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(b, c, h, w)
+            imgs = imgs.gather(3, cols)
+        flip = torch.rand(b) < 0.5
+        return torch.where(flip[:, None, None, None], imgs.flip(-1), imgs)
+
     def _normalise(self, img: torch.Tensor) -> torch.Tensor:
         return (img.to(torch.float32) / 255.0 - self.mean) / self.std
 
@@ -197,15 +208,13 @@ class ImageDataset(Dataset):
             img = self._augment(img)
         return self._normalise(img), self.labels[i]
 
-    def get_batch(
-        self, indices: Sequence[int], *, augment: bool | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: Sequence[int], *, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Examples ``indices`` stacked; ``augment=None`` follows the dataset's setting."""
         aug = self.augment if augment is None else augment
         idx = torch.as_tensor(list(indices), dtype=torch.int64)
         imgs = self.images[idx]
         if aug:
-            imgs = torch.stack([self._augment(im) for im in imgs])
+            imgs = self._augment_batch(imgs)
         x = (imgs.to(torch.float32) / 255.0 - self.mean) / self.std
         return x, self.labels[idx]
 
@@ -393,9 +402,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(
-            f"cannot read IDX file {path}: {e}; the file is corrupt, delete it and get it again"
-        ) from e
+        raise ValueError(f"cannot read IDX file {path}: {e}; the file is corrupt, delete it and get it again") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in types:
         raise ValueError(
             f"{path} is not an IDX file (bad magic number); the file is corrupt, delete it and get it again"
@@ -473,18 +480,14 @@ def _load_cifar(name: DatasetName, root: Path, augment: bool) -> DataBundle:
                 raise _missing(name, fname, _searched(name, root))
             x, y = _read_cifar_batch(p, src["label_key"])
             if y.min(initial=0) < 0 or y.max(initial=0) >= src["num_classes"]:
-                raise ValueError(
-                    f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?"
-                )
+                raise ValueError(f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?")
             xs.append(x)
             ys.append(y)
         parts[split] = (np.concatenate(xs), np.concatenate(ys))
 
     def make(split: str, aug: bool) -> ImageDataset:
         x, y = parts[split]
-        return ImageDataset(
-            torch.from_numpy(x.copy()), torch.from_numpy(y), src["mean"], src["std"], augment=aug
-        )
+        return ImageDataset(torch.from_numpy(x.copy()), torch.from_numpy(y), src["mean"], src["std"], augment=aug)
 
     return DataBundle(name.value, make("train", augment), make("val", False), (3, 32, 32), src["num_classes"])
 
@@ -504,8 +507,19 @@ def _download(name: DatasetName, root: Path) -> None:
         archive = root / src["url"].rsplit("/", 1)[-1]
         if not archive.is_file():
             _fetch(src["url"], archive)
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(root, filter="data")
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                try:
+                    tar.extractall(root, filter="data")
+                except TypeError:  # Python < 3.11.4 has no extraction filters: check the member paths
+                    base = root.resolve()
+                    for m in tar.getmembers():
+                        target = (root / m.name).resolve()
+                        if base not in (target, *target.parents) or m.issym() or m.islnk():
+                            raise ValueError(f"{archive}: unsafe member {m.name!r}; not extracting") from None
+                    tar.extractall(root)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ValueError(f"{archive}: cannot extract ({e}); the download is corrupt, delete it and retry") from e
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -592,9 +606,7 @@ def load_dataset(
                 f"unknown option(s) {sorted(set(options) - allowed_opts)} for dataset {ds_name.value!r}; "
                 f"allowed: {', '.join(sorted(allowed_opts)) or '(none)'}"
             )
-        fn = {DatasetName.DIGITS: _digits, DatasetName.MNIST1D: _mnist1d, DatasetName.RANDOM: _random}[
-            ds_name
-        ]
+        fn = {DatasetName.DIGITS: _digits, DatasetName.MNIST1D: _mnist1d, DatasetName.RANDOM: _random}[ds_name]
         bundle = fn(seed, **options)
     else:
         allowed_opts = {"augment"} if ds_name in (DatasetName.CIFAR10, DatasetName.CIFAR100) else set()
