@@ -241,10 +241,16 @@ def _to(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tens
     return x.to(device=device)
 
 
-def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+def _correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """Number of correct argmax predictions (a tensor on the device), ``None`` if not classification."""
     if out.ndim == 2 and not y.is_floating_point() and y.ndim == 1:
-        return float((out.argmax(1) == y).sum())
-    return float("nan")
+        return (out.argmax(1) == y).sum()
+    return None
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    c = _correct(out, y)
+    return float("nan") if c is None else float(c)
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -335,9 +341,7 @@ def _teleport_fn() -> Callable[..., Any]:
     try:
         from nnteleport.teleport import teleport
     except ImportError as e:  # pragma: no cover - only while the engine is missing
-        raise RuntimeError(
-            f"teleportation needs the engine (nnteleport.teleport), which failed to import: {e}"
-        ) from e
+        raise RuntimeError(f"teleportation needs the engine (nnteleport.teleport), which failed to import: {e}") from e
     return teleport
 
 
@@ -358,9 +362,7 @@ def _apply_teleport(
     if not pseudo:
         out = teleport(model, x, cob_range=cob_range, sampling=sampling, generator=gen, inplace=True)
         if isinstance(out, nn.Module) and out is not model:
-            raise RuntimeError(
-                "nnteleport.teleport(..., inplace=True) returned a new module; train needs in-place"
-            )
+            raise RuntimeError("nnteleport.teleport(..., inplace=True) returned a new module; train needs in-place")
         after = _flat_params(model)
         dist = _distance(before, after)
     else:
@@ -567,9 +569,7 @@ def train(
         InitScheme.parse(init)
     teleport_epochs: list[int] = []
     if teleport_at is not None:
-        teleport_epochs = sorted(
-            {int(teleport_at)} if isinstance(teleport_at, int) else {int(e) for e in teleport_at}
-        )
+        teleport_epochs = sorted({int(teleport_at)} if isinstance(teleport_at, int) else {int(e) for e in teleport_at})
         bad = [e for e in teleport_epochs if not 0 <= e < max(epochs, 1)]
         if bad:
             raise ValueError(
@@ -606,9 +606,7 @@ def train(
     history = History()
     fingerprint = {
         "batch_size": batch_size,
-        "optimizer": optimizer
-        if isinstance(optimizer, str)
-        else getattr(optimizer, "__qualname__", "callable"),
+        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__qualname__", "callable"),
         "lr": lr,
         "momentum": momentum,
         "weight_decay": weight_decay,
@@ -638,9 +636,7 @@ def train(
                     f"cannot read checkpoint {ckpt_path}: {type(e).__name__}: {e}; delete it to start afresh"
                 ) from e
             diff = {
-                k: (ckpt["fingerprint"].get(k), v)
-                for k, v in fingerprint.items()
-                if ckpt["fingerprint"].get(k) != v
+                k: (ckpt["fingerprint"].get(k), v) for k, v in fingerprint.items() if ckpt["fingerprint"].get(k) != v
             }
             if diff:
                 pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -713,9 +709,13 @@ def train(
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
             model.train()
-            seen, loss_sum, correct, pen_sum, n_it = 0, 0.0, 0.0, 0.0, 0
+            # per-iteration values stay on the device until the end of the epoch (no sync per step)
+            losses: list[torch.Tensor] = []
+            corrects: list[torch.Tensor] = []
+            pens: list[torch.Tensor] = []
+            sizes: list[int] = []
             for x, y in _batches(train_ds, batch_size, loader_gen, shuffle=True):
-                if n_it >= iters:
+                if len(sizes) >= iters:
                     break
                 x, y = _to(x, device_, dtype_), _to(y, device_, dtype_)
                 opt.zero_grad()
@@ -726,26 +726,30 @@ def train(
                     pen = penalty(model)
                     if pen is not None:
                         total = total + pen
-                        pen_sum += float(pen.detach())
+                        pens.append(pen.detach().reshape(()))
                 if explicit_l2:
                     total = total + 0.5 * weight_decay * sum(
                         p.pow(2).sum() for p in model.parameters() if p.requires_grad
                     )
                 total.backward()
                 opt.step()
-                li = float(loss.detach())
-                history.iter_loss.append(li)
-                tb.scalar("loss/train_iter", li, len(history.iter_loss) - 1)
-                loss_sum += li * len(x)
-                correct += _accuracy(out.detach(), y)
-                seen += len(x)
-                n_it += 1
+                losses.append(loss.detach())
+                c = _correct(out.detach(), y)
+                if c is not None:
+                    corrects.append(c)
+                sizes.append(len(x))
                 if bar is not None:
                     bar.update(1)
+            n_it, seen = len(sizes), sum(sizes)
+            iter_losses = torch.stack(losses).double().cpu().tolist()
+            for li in iter_losses:
+                tb.scalar("loss/train_iter", li, len(history.iter_loss))
+                history.iter_loss.append(li)
             history.epoch.append(epoch)
-            history.train_loss.append(loss_sum / seen)
+            history.train_loss.append(sum(li * n for li, n in zip(iter_losses, sizes)) / seen)
+            correct = float(torch.stack(corrects).sum()) if len(corrects) == n_it else float("nan")
             history.train_acc.append(correct / seen)
-            history.penalty.append(pen_sum / n_it if penalty is not None else float("nan"))
+            history.penalty.append(float(torch.stack(pens).double().mean()) if pens else float("nan"))
             history.lr.append(float(opt.param_groups[0]["lr"]))
             history.iters_per_epoch.append(n_it)
             if val_ds is not None and ((epoch + 1) % eval_every == 0 or epoch == epochs - 1):

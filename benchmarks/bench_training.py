@@ -1,0 +1,98 @@
+"""Overhead of ``nnteleport.training.train`` against a bare hand-written PyTorch loop, measured side by side.
+
+Same model (MLP 64-128-128-10), data (digits, 1437 training images), batch size, optimizer and epochs; the bare
+loop slices tensors the same way (no DataLoader). Also: the cost of a checkpoint per epoch, of a progress bar,
+and of a teleport at initialisation, and the DataLoader path of ``nnteleport.data.loader`` for comparison.
+
+    python -m benchmarks.bench_training
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnteleport.data import load_dataset, loader
+from nnteleport.training import train
+
+EPOCHS = 5
+BS = 64
+REPEATS = 3
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 10))  # fmt: skip
+
+
+def bare(data) -> None:
+    m = model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    x_all, y_all = data.train.x, data.train.y
+    for _ in range(EPOCHS):
+        perm = torch.randperm(len(x_all), generator=g)
+        for i in range(0, len(x_all), BS):
+            idx = perm[i : i + BS]
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x_all[idx]), y_all[idx])
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            F.cross_entropy(m(data.val.x), data.val.y)
+
+
+def with_dataloader(data) -> None:
+    m = model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    dl = loader(data.train, BS, seed=0)
+    for _ in range(EPOCHS):
+        for x, y in dl:
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+
+
+def best(fn) -> float:
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    kw = dict(epochs=EPOCHS, batch_size=BS, lr=0.01, progress=False)
+    train(model(), data, **kw)  # warm-up (first optimizer step imports torch._dynamo)
+    t_bare = best(lambda: bare(data))
+    t_train = best(lambda: train(model(), data, **kw))
+    with tempfile.TemporaryDirectory() as d:
+        counter = iter(range(10**6))
+        t_ckpt = best(lambda: train(model(), data, checkpoint_dir=f"{d}/{next(counter)}", **kw))
+    t_bar = best(lambda: train(model(), data, **{**kw, "progress": True}))
+    try:
+        t_tp = best(lambda: train(model(), data, teleport_at=0, **kw))
+    except Exception as e:  # engine missing
+        t_tp = float("nan")
+        print(f"(teleport run failed: {e})")
+    t_dl = best(lambda: with_dataloader(data))
+    n_iter = EPOCHS * -(-len(data.train) // BS)
+    print(f"digits MLP, {EPOCHS} epochs x {n_iter // EPOCHS} iterations, batch {BS}, 1 thread, best of {REPEATS}")
+    print(f"  bare loop (tensor slicing)          {t_bare:7.3f} s   1.00x")
+    print(f"  train()                             {t_train:7.3f} s   {t_train / t_bare:.2f}x")
+    print(f"  train() + checkpoint every epoch    {t_ckpt:7.3f} s   {t_ckpt / t_bare:.2f}x")
+    print(f"  train() + progress bar              {t_bar:7.3f} s   {t_bar / t_bare:.2f}x")
+    print(f"  train() + teleport at init          {t_tp:7.3f} s   {t_tp / t_bare:.2f}x")
+    print(f"  bare loop over a torch DataLoader   {t_dl:7.3f} s   {t_dl / t_bare:.2f}x  (per-sample collate)")
+
+
+if __name__ == "__main__":
+    main()
