@@ -501,6 +501,14 @@ class GSpace:
         self._pred_global = torch.cat([pf + o for pf, o in zip(self._pred_flat, self._w_off)]) if L > 1 else empty
         self._root_pred_global = self._pred_global[self._root]
         self._refresh_suffix()
+        for i, (P, S) in enumerate(zip(*self.path_factors())):
+            self._check_nonzero(S, i, "outgoing skeleton path (suffix product S)")
+            self._check_nonzero(P, i, "incoming prefix path (prefix product P)")
+
+    def refresh(self) -> None:
+        """Re-read the chart's constants (fixed skeleton weights, path factors) from the model's current
+        weights, keeping the skeleton positions. Needed after the weights were changed from outside."""
+        self._build_indices()
 
     @torch.no_grad()
     def _refresh_suffix(self) -> None:
@@ -824,7 +832,9 @@ class GSpaceOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Re-read the coordinates from the model's current weights (keeps the inner optimizer's state)."""
+        """Re-read the chart constants and the coordinates from the model's current weights (same skeleton
+        positions; the inner optimizer's state is kept)."""
+        self.gspace.refresh()
         self.gspace.dense_values(out=self._coords.detach())
         self._versions = self._current_versions()
 
