@@ -381,3 +381,27 @@ def test_real_engine_pseudo_teleport_radius(digits):
     r_real = float((flat(real) - flat(base)).norm())
     assert float((flat(pseudo) - flat(base)).norm()) == pytest.approx(r_real, rel=1e-12)
     assert hp.teleports[0]["distance"] == pytest.approx(r_real, rel=1e-12)
+
+
+def test_evaluate_never_augments(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (3, 3072)).astype(np.uint8), b"labels": rng.integers(0, 10, 3).tolist()}
+        (folder / f).write_bytes(pickle.dumps(batch))
+    data = load_dataset("cifar10", tmp_path)
+    assert data.train.augment
+    model = mlp(3 * 32 * 32, 4, 10)
+    torch.manual_seed(0)
+    a = evaluate(model, data.train)
+    torch.manual_seed(1)
+    b = evaluate(model, data.train)
+    x, y = data.train.get_batch(range(len(data.train)), augment=False)
+    with torch.no_grad():
+        ref = float(F.cross_entropy(model(x), y))
+    assert a == b and a[0] == pytest.approx(ref, rel=1e-6)  # float32 mean over 15 examples

@@ -211,7 +211,7 @@ def _derived_seed(seed: int, *words: int) -> int:
 
 
 def _batches(
-    ds: Dataset, batch_size: int, generator: torch.Generator | None, *, shuffle: bool
+    ds: Dataset, batch_size: int, generator: torch.Generator | None, *, shuffle: bool, augment: bool = True
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of ``ds`` in a (seeded) random order; tensor datasets are sliced directly (fast path)."""
     n = len(ds)  # type: ignore[arg-type]
@@ -221,7 +221,7 @@ def _batches(
         if isinstance(ds, TensorPairDataset):
             yield ds.x[idx], ds.y[idx]
         elif isinstance(ds, ImageDataset):
-            yield ds.get_batch(idx.tolist())
+            yield ds.get_batch(idx.tolist(), augment=None if augment else False)
         else:
             yield default_collate([ds[i] for i in idx.tolist()])
 
@@ -270,8 +270,8 @@ def evaluate(
     """Mean loss and accuracy of ``model`` (in eval mode) on ``dataset``, on the model's device and dtype.
 
     ``loss_fn(out, y)`` must return the mean over the batch (default: cross-entropy); the result is the mean
-    over all examples. Accuracy is ``mean(argmax(out) == y)`` (NaN for non-classification outputs). The
-    model's train/eval mode is restored afterwards.
+    over all examples (never augmented). Accuracy is ``mean(argmax(out) == y)`` (NaN for non-classification
+    outputs). The model's train/eval mode is restored afterwards.
     """
     loss_fn = loss_fn or F.cross_entropy
     device, dtype = _model_device_dtype(model)
@@ -279,7 +279,7 @@ def evaluate(
     model.eval()
     total, loss_sum, correct = 0, 0.0, 0.0
     try:
-        for x, y in _batches(dataset, batch_size, None, shuffle=False):
+        for x, y in _batches(dataset, batch_size, None, shuffle=False, augment=False):
             x, y = _to(x, device, dtype), _to(y, device, dtype)
             out = model(x)
             loss_sum += float(loss_fn(out, y)) * len(x)
