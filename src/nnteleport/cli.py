@@ -38,9 +38,12 @@ def _experiment_names() -> list[str]:
 
 
 def _first_line(text: str | None) -> str:
+    """The first line of a description; of a one-paragraph description, its first sentence."""
     for line in (text or "").strip().splitlines():
         if line.strip():
-            return line.strip()
+            line = line.strip()
+            m = re.search(r"(?<=[a-z0-9)\]])\.\s+(?=[A-Z(])", line)
+            return line[: m.start() + 1] if m else line
     return ""
 
 
@@ -58,8 +61,9 @@ def _experiment_list() -> str:
             desc = f"(not available: module {e.name} is missing)"
         except Exception as e:  # a broken module must not hide the others either
             desc = f"(not available: {type(e).__name__}: {e})"
-        desc = textwrap.shorten(desc, width=max(40, 110 - width), placeholder=" ...")
-        lines.append(f"  {name:<{width}}  {desc}")
+        lines.append(
+            textwrap.fill(desc, 110, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
+        )
     return "\n".join(lines)
 
 
@@ -116,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} experiment micro-teleport --set batch_sizes=[8] --out results/micro\n"
             f"  {PROG} teleport --model resnet18 --cob-range 0.9\n\n"
             f"`{PROG} COMMAND --help` explains a command; `{PROG} experiment NAME --help` shows an experiment's "
-            "defaults."
+            "defaults.\n\nexperiments:\n"
+            + textwrap.fill(
+                ", ".join(_experiment_names()), 100, initial_indent="  ", break_on_hyphens=False, subsequent_indent="  "
+            )
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
