@@ -269,7 +269,7 @@ class RuleContext:
 
     def merge(self, Sa: Tensor, Sb: Tensor) -> Tensor:
         """Unite the variables of two spaces element by element (broadcasting); returns the common space."""
-        shape = torch.broadcast_shapes(Sa.shape, Sb.shape)
+        shape = rules.broadcast_shape(Sa.shape, Sb.shape)
         a, b = Sa.expand(shape).reshape(-1), Sb.expand(shape).reshape(-1)
         pairs = torch.unique(torch.stack([a, b], dim=1), dim=0)
         const = (pairs == 0).any(dim=1)
@@ -295,7 +295,7 @@ class RuleContext:
             z = torch.zeros((), dtype=torch.long)
             new = new if new is not None else z
             old = old if old is not None else z
-            shape = torch.broadcast_shapes(new.shape, old.shape)
+            shape = rules.broadcast_shape(new.shape, old.shape)
             pairs = torch.unique(torch.stack([new.expand(shape).reshape(-1), old.expand(shape).reshape(-1)], 1), dim=0)
             const = (pairs == 0).any(dim=1)
             if bool(const.any()):

@@ -135,7 +135,8 @@ def build_report(
         m = o != 0
         if i is not None:
             m = m | (i != 0)
-        moving += int(m.expand(p.shape).sum()) if m.dim() <= p.dim() else p.numel()
+        # m broadcasts against p (e.g. (O, I, 1, 1) for a conv kernel): count without materialising p's shape
+        moving += int(m.sum()) * (p.numel() // max(m.numel(), 1))
     groups = [
         {
             "name": g.name,

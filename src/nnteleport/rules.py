@@ -70,8 +70,16 @@ def compress(S: Tensor) -> Tensor:
     return S.contiguous()
 
 
-def expand_to(S: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    return S.expand(tuple(shape))
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of two shapes (``torch.broadcast_shapes`` imports sympy on first use: seconds)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(max(x, y) if 1 in (x, y) else x)
+    return tuple(out)
 
 
 def is_tensor_space(S: Any) -> bool:
