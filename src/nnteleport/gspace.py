@@ -465,6 +465,8 @@ class GSpace:
             self._b_off.append(None if lay.bias is None else off)
             off += 0 if lay.bias is None else lay.out
         self.dense_numel = off
+        self._work = None
+        self._mat_cache = None
         self._fixed_global = torch.cat([f + o for f, o in zip(self._fixed_flat, self._w_off)])
         mask = torch.ones(off, dtype=torch.bool, device=dev)
         mask[self._fixed_global] = False
@@ -663,14 +665,37 @@ class GSpace:
         ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
         P, _ = self._prefix_from_values(V)
         views = self.layout_views(V) if views is None else views
-        for i, (lay, (Vw, Vb)) in enumerate(zip(self.layers, views)):
-            M = lay.matrix()
+        for i, ((M, Mflat), lay, (Vw, Vb)) in enumerate(zip(self._matrix_views(), self.layers, views)):
             torch.mul(Vw, self._invS_col[i], out=M)
             if i > 0:
                 M.div_(self._pcols(P, i))
-                M.view(-1).index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
+                Mflat.index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
             if Vb is not None:
                 torch.mul(Vb, self._invS[i], out=lay.bias)
+
+    def _matrix_views(self) -> list[tuple[Tensor, Tensor]]:
+        """Cached ``(matrix, flat)`` views of the weights (rebuilt if a parameter's storage was replaced)."""
+        cache = getattr(self, "_mat_cache", None)
+        ptrs = [lay.weight.data_ptr() for lay in self.layers]
+        if cache is None or cache[0] != ptrs:
+            mats = [lay.matrix() for lay in self.layers]
+            cache = (ptrs, [(m, m.view(-1)) for m in mats])
+            self._mat_cache = cache
+        return cache[1]
+
+    def _work_views(self, like: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Scratch buffer for ``v * dL/dv`` of layers ``1..L-1`` and its per-layer matrix views."""
+        work = getattr(self, "_work", None)
+        if work is None or work[0].dtype != like.dtype or work[0].device != like.device:
+            start = self._w_off[1]
+            buf = torch.empty(self.dense_numel - start, dtype=like.dtype, device=like.device)
+            views = [
+                buf[wo - start : wo - start + lay.out * lay.cols].view(lay.out, lay.cols)
+                for lay, wo in zip(self.layers[1:], self._w_off[1:])
+            ]
+            work = (buf, views)
+            self._work = work
+        return work
 
     @torch.no_grad()
     def dense_gradient(
@@ -711,11 +736,11 @@ class GSpace:
         if len(layers) == 1:
             return True
         start = self._w_off[1]
-        prod = V[start:] * out[start:]
+        buf, work = self._work_views(V)
+        torch.mul(V[start:], out[start:], out=buf)
         h: list[Tensor] = []
-        for lay, wo in zip(layers[1:], self._w_off[1:]):
-            n = lay.out * lay.cols
-            hc = prod[wo - start : wo - start + n].view(lay.out, lay.cols).sum(0)
+        for lay, w in zip(layers[1:], work):
+            hc = w.sum(0)
             h.append(hc if lay.rep == 1 else hc.view(lay.sources, lay.rep).sum(1))
         T = torch.cat(h)
         if not self._fast:
