@@ -405,3 +405,39 @@ def test_evaluate_never_augments(tmp_path):
     with torch.no_grad():
         ref = float(F.cross_entropy(model(x), y))
     assert a == b and a[0] == pytest.approx(ref, rel=1e-6)  # float32 mean over 15 examples
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nnteleport.distance") is None, reason="distance module not written")
+def test_checkpoint_distance_penalty_and_callback_resume(digits, tmp_path):
+    # the checkpoint-distance regulariser as penalty + a callback that stores a checkpoint every epoch: the
+    # penalty's checkpoints are part of the training checkpoint, so an interrupted run resumes exactly
+    from nnteleport.distance import CheckpointDistance
+
+    def setup():
+        m = mlp()
+        dist = CheckpointDistance(m, sigma=1.0, strength=0.05)
+
+        def store(model, epoch, history):
+            dist.add_checkpoint()
+            dist.step()
+
+        return m, dist, store
+
+    kw = dict(epochs=3, batch_size=32, lr=0.05, seed=4, progress=False)
+    m_ref, d_ref, cb_ref = setup()
+    ref = train(m_ref, digits, penalty=d_ref, callbacks=[cb_ref], **kw)
+    assert len(d_ref) == 3 and ref.penalty[0] == 0.0 and all(v > 0 for v in ref.penalty[1:])  # no checkpoint yet at 0
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(model, epoch, history):
+        if epoch == 2:
+            raise Interrupt
+
+    m1, d1, cb1 = setup()
+    with pytest.raises(Interrupt):
+        train(m1, digits, penalty=d1, callbacks=[cb1, crash], checkpoint_dir=tmp_path, **kw)
+    m2, d2, cb2 = setup()
+    resumed = train(m2, digits, penalty=d2, callbacks=[cb2], checkpoint_dir=tmp_path, **kw)
+    assert resumed == ref and state_equal(m2, m_ref) and len(d2) == 3
