@@ -90,8 +90,17 @@ class TeleportReport:
             lines.append(f"    {g['name']:<{width}}  {g['size']:>6} neurons  {'; '.join(extra)}")
         if self.pinned:
             lines.append("  pinned to tau = 1:")
+            norm = [p for p in self.pinned if p["category"] == "normalization"]
+            if norm:
+                names = [p["why"].split(":")[0] for p in norm]
+                shown = ", ".join(names[:3]) + (f", ... ({len(names)} modules)" if len(names) > 3 else "")
+                lines.append(
+                    f"    {sum(p['neurons'] for p in norm):>6} neurons  [normalization] inputs of {shown} "
+                    "(paper rule: statistics untouched)"
+                )
             for p in self.pinned:
-                lines.append(f"    {p['neurons']:>6} neurons  [{p['category']}] {p['why']}")
+                if p["category"] != "normalization":
+                    lines.append(f"    {p['neurons']:>6} neurons  [{p['category']}] {p['why']}")
         if self.positive_only:
             lines.append("  restricted to tau > 0:")
             for p in self.positive_only:
