@@ -95,9 +95,7 @@ def test_squared_l2_is_negative_distance():
     value = dist()
     value.backward()
     torch.testing.assert_close(value, -0.5 * (theta - c).square().sum(), rtol=1e-13, atol=0)
-    torch.testing.assert_close(
-        flat(p.grad for p in model.parameters()), 0.5 * 2 * (c - theta), rtol=1e-13, atol=0
-    )
+    torch.testing.assert_close(flat(p.grad for p in model.parameters()), 0.5 * 2 * (c - theta), rtol=1e-13, atol=0)
     torch.testing.assert_close(dist.distances(), (theta - c).norm().reshape(1), rtol=1e-13, atol=0)
 
 
@@ -202,7 +200,7 @@ def test_schedules():
         theta = flat(p.detach() for p in model.parameters())
         c = flat(dist.checkpoints[0])
         expected = dist.strength * torch.exp(-(theta - c).square().sum() / (2 * dist.sigma**2))
-        values.append((float(dist()), float(expected)))
+        values.append((dist().item(), float(expected)))
         dist.step()
     assert [v for v, _ in values] == pytest.approx([e for _, e in values], rel=1e-13)
 
@@ -250,11 +248,7 @@ def mlp_balancer(model: nn.Sequential) -> _Balancer:
     indices, groups, off, prev = {}, [], 1, None
     for li, (name, lin) in enumerate(zip([n for n in names if n.endswith("weight")], linears)):
         last = li == len(linears) - 1
-        out_idx = (
-            torch.zeros(lin.out_features, dtype=torch.long)
-            if last
-            else torch.arange(off, off + lin.out_features)
-        )
+        out_idx = torch.zeros(lin.out_features, dtype=torch.long) if last else torch.arange(off, off + lin.out_features)
         in_idx = torch.zeros(1, dtype=torch.long) if prev is None else prev
         indices[name] = (out_idx[:, None], in_idx[None, :])
         indices[name.replace("weight", "bias")] = (out_idx, None)
@@ -275,9 +269,7 @@ def rescale_mlp(model: nn.Sequential, seed: int) -> nn.Sequential:
             tau = (
                 torch.ones(lin.out_features, dtype=lin.weight.dtype)
                 if li == len(linears) - 1
-                else torch.exp(
-                    torch.empty(lin.out_features, dtype=torch.float64).uniform_(-1, 1, generator=g)
-                )
+                else torch.exp(torch.empty(lin.out_features, dtype=torch.float64).uniform_(-1, 1, generator=g))
             )
             lin.weight.mul_(tau[:, None] / (1 if prev is None else prev[None, :]))
             lin.bias.mul_(tau)
@@ -333,6 +325,140 @@ def test_balancer_deep_mlp_is_balanced_invariant_and_minimal():
 # invariant distance through the engine
 # ----------------------------------------------------------------------------------------------------------
 
-engine = pytest.mark.skipif(
-    not HAS_ENGINE, reason="teleportation engine (nnteleport.graph) not available yet"
-)
+engine = pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.graph) not available yet")
+
+
+def homogeneous_cob(model: nn.Module, x: torch.Tensor, seed: int, cob_range: float = 0.8):
+    """A positive (intra) CoB on the groups the balancing acts on; the other groups keep tau = 1."""
+    import nnteleport
+
+    plan = nnteleport.analyze(model, x)
+    cob = nnteleport.sample_cob(model, x, cob_range=cob_range, sampling="intra",
+                                generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return {name: (f if plan.groups[name].homogeneous else torch.ones_like(f)) for name, f in cob.items()}
+
+
+def zoo(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    from nnteleport.models import build_model
+
+    torch.manual_seed(seed)
+    kw = {"width": 0.125} if name != "mlp" else {"hidden": (12, 10, 8)}
+    shape = (1, 8, 8) if name != "mlp" else (6,)
+    model = build_model(name, in_shape=shape, num_classes=4, **kw).double()
+    with torch.no_grad():  # non-trivial BatchNorm affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval(), torch.randn(5, *shape, dtype=torch.float64)
+
+
+@engine
+@pytest.mark.parametrize("name", ["mlp", "resnet18", "mobilenetv2"])
+def test_canonicalize_orbit_invariant_function_preserving_minimal(name):
+    import nnteleport
+
+    model, x = zoo(name)
+    can = nnteleport.canonicalize(model, x)
+    torch.testing.assert_close(can(x), model(x), rtol=1e-10, atol=1e-12)
+    norm = flat(p.detach() for p in can.parameters()).square().sum()
+    assert norm <= flat(p.detach() for p in model.parameters()).square().sum()
+    for seed in range(2):
+        tele = nnteleport.teleport(model, x, homogeneous_cob(model, x, seed))
+        assert flat(p.detach() for p in tele.parameters()).square().sum() > norm
+        can_tele = nnteleport.canonicalize(tele, x)
+        torch.testing.assert_close(
+            flat(p.detach() for p in can_tele.parameters()), flat(p.detach() for p in can.parameters()),
+            rtol=1e-8, atol=1e-10,
+        )  # fmt: skip
+
+
+@engine
+def test_canonicalize_matches_hand_built_mlp_balancing():
+    import nnteleport
+
+    model = mlp(11, widths=(5, 8, 7, 6, 3))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    can, cob = nnteleport.canonicalize(model, x, return_cob=True)
+    bal = mlp_balancer(model)
+    ps = [p.detach().clone() for p in model.parameters()]
+    u, _, _ = bal.solve(bal.masses(ps, torch.float64), tol=1e-13, max_iter=5000)
+    for i, s in bal.scales(u, ps).items():
+        ps[i] = ps[i] * s
+    torch.testing.assert_close(flat(p.detach() for p in can.parameters()), flat(ps), rtol=1e-9, atol=1e-12)
+    # the returned CoB teleports the model onto its canonical representative
+    tele = nnteleport.teleport(model, x, cob)
+    torch.testing.assert_close(
+        flat(p.detach() for p in tele.parameters()), flat(p.detach() for p in can.parameters()), rtol=1e-13, atol=0
+    )
+
+
+@engine
+@pytest.mark.parametrize("name", ["mlp", "resnet18"])
+def test_invariant_distance_zero_to_teleported_copy_and_penalty_unchanged(name):
+    import nnteleport
+
+    model, x = zoo(name, seed=1)
+    # balance to float64 round-off (the default balance_tol=1e-7 is meant for training)
+    dist = CheckpointDistance(model, sigma=0.5, strength=0.7, invariant=True, example_input=x, balance_tol=1e-13)
+    plain = CheckpointDistance(model, sigma=0.5, strength=0.7)
+    dist.add_checkpoint()
+    plain.add_checkpoint()
+    tele = nnteleport.teleport(model, x, homogeneous_cob(model, x, 3))
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), tele.parameters()):
+            p.copy_(q)
+    assert float(plain.distances()[0]) > 0.1  # the raw parameters did move
+    assert float(dist.distances()[0]) < 1e-7
+    torch.testing.assert_close(dist().detach(), torch.tensor(0.7, dtype=torch.float64), rtol=1e-13, atol=0)
+
+    # away from the checkpoint: the penalty is the same for the model and any teleported copy of it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = dist().detach()
+    moved = nnteleport.teleport(model, x, homogeneous_cob(model, x, 4))
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), moved.parameters()):
+            p.copy_(q)
+    assert float(before) < 0.7 * 0.999
+    torch.testing.assert_close(dist().detach(), before, rtol=1e-8, atol=0)
+
+
+@engine
+def test_invariant_gradient_is_constant_tau_chain_rule():
+    import nnteleport
+
+    model, x = zoo("mlp", seed=2)
+    sigma, strength = 2.0, 0.4
+    dist = CheckpointDistance(model, sigma=sigma, strength=strength, invariant=True, example_input=x, balance_tol=1e-13)
+    other = perturbed_copy(model, 0.1, 5)
+    dist.add_checkpoint(other)
+    ckpt = flat(p.detach() for p in nnteleport.canonicalize(other, x).parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theta = flat(p.detach() for p in model.parameters())
+    can = flat(p.detach() for p in nnteleport.canonicalize(model, x).parameters())
+    scale = can / theta  # t[out] / t[in] per entry (theta has no zero entries here)
+    k = torch.exp(-(can - ckpt).square().sum() / (2 * sigma**2))
+    model.zero_grad()
+    value = dist()
+    value.backward()
+    assert 0.01 < float(k) < 0.99
+    torch.testing.assert_close(value.detach(), strength * k, rtol=1e-10, atol=0)
+    expected = scale * strength * (ckpt - can) / sigma**2 * k
+    torch.testing.assert_close(flat(p.grad for p in model.parameters()), expected, rtol=1e-7, atol=1e-12)
+
+
+@engine
+def test_invariant_resume_and_errors():
+    model, x = zoo("resnet18", seed=3)
+    dist = CheckpointDistance(model, invariant=True, example_input=x, sigma=2.0)
+    dist.add_checkpoint(perturbed_copy(model, 0.1, 0))
+    state = dist.state_dict()
+    restored = CheckpointDistance(model, invariant=True, example_input=x, sigma=2.0)
+    restored.load_state_dict(state)
+    torch.testing.assert_close(restored(), dist(), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="invariant=True"):
+        CheckpointDistance(model, sigma=2.0).load_state_dict(state)
