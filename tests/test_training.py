@@ -268,10 +268,28 @@ def test_checkpoint_of_other_settings_is_refused(digits, tmp_path):
         train(mlp(), digits, epochs=2, lr=0.2, checkpoint_dir=tmp_path, progress=False)
 
 
-def test_tensorboard_event_files(digits, tmp_path):
+def test_tensorboard_event_files_survive_resume(digits, tmp_path):
     pytest.importorskip("tensorboard")
-    train(mlp(), digits, epochs=1, batch_size=64, tensorboard_dir=tmp_path / "tb", progress=False)
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(model, epoch, history):
+        if epoch == 2:
+            raise Interrupt
+
+    kw = dict(epochs=4, batch_size=32, progress=False, tensorboard_dir=tmp_path / "tb", checkpoint_dir=tmp_path)
+    with pytest.raises(Interrupt):
+        train(mlp(), digits, callbacks=[crash], **kw)
+    h = train(mlp(), digits, **kw)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    events = acc.Scalars("loss/train")
+    # one value per epoch (the epoch-2 values of the interrupted run were purged), at iteration steps
+    assert [e.step for e in events] == [3, 7, 11, 15]
+    assert [e.value for e in events] == pytest.approx(h.train_loss, rel=1e-6)  # stored as float32
+    assert len(acc.Scalars("loss/train_iter")) == len(h.iter_loss) == 16
 
 
 # ----------------------------------------------------------------------------- teleportation in training

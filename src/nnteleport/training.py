@@ -674,7 +674,12 @@ def train(
         opt, base_lrs = new_optimizer()
 
     explicit_l2 = weight_decay > 0 and not isinstance(optimizer, str)
-    tb = _TensorBoard(tensorboard_dir, purge_step=start_epoch if start_epoch > 0 else None)
+    # TensorBoard steps are iteration indices for every tag (epoch-level values at the epoch's last one), so a
+    # resumed run can purge what was logged after its checkpoint with one purge step
+    done_iters = len(history.iter_loss)
+    tb = _TensorBoard(
+        tensorboard_dir if start_epoch < epochs else None, purge_step=done_iters if start_epoch > 0 else None
+    )
     n_train = len(train_ds)  # type: ignore[arg-type]
     iters = math.ceil(n_train / batch_size)
     if max_iters_per_epoch is not None:
@@ -699,7 +704,7 @@ def train(
                     pseudo=pseudo_teleport,
                 )
                 history.teleports.append(rec)
-                tb.scalar("teleport/distance", rec["distance"], epoch)
+                tb.scalar("teleport/distance", rec["distance"], len(history.iter_loss))
                 if state_policy is OptimizerStateOnTeleport.RESET:
                     opt, base_lrs = new_optimizer()
             if epoch == 0 and val_ds is not None:
@@ -761,9 +766,11 @@ def train(
             for cb in callbacks:
                 cb(model, epoch, history)
             history.seconds.append(time.perf_counter() - t0)
+            last_iter = len(history.iter_loss) - 1
             for tag, v in (("loss/train", history.train_loss[-1]), ("accuracy/train", history.train_acc[-1]),
-                           ("loss/val", vl), ("accuracy/val", va), ("lr", history.lr[-1])):  # fmt: skip
-                tb.scalar(tag, v, epoch)
+                           ("loss/val", vl), ("accuracy/val", va), ("lr", history.lr[-1]),
+                           ("epoch", epoch)):  # fmt: skip
+                tb.scalar(tag, v, last_iter)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{history.train_loss[-1]:.4g}", val_acc=f"{va:.3f}")
             if ckpt_path is not None:
