@@ -73,9 +73,7 @@ def test_mobilenetv2_paper_size_matches_torchvision_reference():
 def test_densenet121_matches_torchvision_reference_up_to_stem_and_head():
     # torchvision densenet121 (1000 classes): 7,978,856 parameters with a 7x7 stem conv (3*64*49) + BN (128);
     # ours has a 3x3 stem conv without BN (3*64*9) and a 10-class head.
-    model = build_model(
-        "densenet", in_shape=(3, 32, 32), num_classes=10, blocks=(6, 12, 24, 16), growth_rate=32
-    )
+    model = build_model("densenet", in_shape=(3, 32, 32), num_classes=10, blocks=(6, 12, 24, 16), growth_rate=32)
     expected = 7_978_856 - 3 * 64 * 49 - 128 + 3 * 64 * 9 - (1024 * 1000 + 1000) + (1024 * 10 + 10)
     assert n_params(model) == expected
 
@@ -95,9 +93,7 @@ def test_vgg11_param_count_by_hand():
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_mlp_param_count_by_hand(bias, batchnorm):
     hidden = (13, 7, 5)
-    model = build_model(
-        "mlp", in_shape=(1, 8, 8), num_classes=3, hidden=hidden, bias=bias, batchnorm=batchnorm
-    )
+    model = build_model("mlp", in_shape=(1, 8, 8), num_classes=3, hidden=hidden, bias=bias, batchnorm=batchnorm)
     widths = [64, *hidden, 3]
     expected = sum(a * b + (b if bias else 0) for a, b in itertools.pairwise(widths))
     expected += 2 * sum(hidden) if batchnorm else 0
@@ -135,3 +131,18 @@ def test_bad_arguments_name_the_problem():
         build_model("resnet18", in_shape=(1, 8, 8), num_classes=10, width=0)
     with pytest.raises(TypeError, match="build_model\\('mlp'\\)"):
         build_model("mlp", in_shape=(1, 8, 8), num_classes=10, widht=3)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_default_kwargs_rebuild_the_default_model(name):
+    from nnteleport.models import default_kwargs
+
+    kw = default_kwargs(name)
+    assert "in_shape" not in kw and "num_classes" not in kw
+    torch.manual_seed(0)
+    a = build_model(name, in_shape=(1, 8, 8), num_classes=10)
+    torch.manual_seed(0)
+    b = build_model(name, in_shape=(1, 8, 8), num_classes=10, **kw)
+    assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
+    with pytest.raises(ValueError, match="unknown model"):
+        default_kwargs("lenet")

@@ -5,9 +5,8 @@ Every experiment writes ``results.json`` (all numbers behind its plots) and CSVs
 (:func:`new_figure` / :func:`save_figure`, Agg canvas, no pyplot state, safe in worker processes), so a figure can
 be redrawn from the files without re-running anything (:func:`read_csv`).
 
-Also here: the small helpers every experiment shares -- merging a config over its defaults with a clear error
-(:func:`merge_config`), summary statistics (:func:`summary`), angles between flat vectors (:func:`angle_deg`) and
-optional progress bars (:func:`progress`).
+Also here: the small helpers every experiment shares -- summary statistics (:func:`summary`), angles between
+flat vectors (:func:`angle_deg`) and optional progress bars (:func:`progress`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ __all__ = [
     "COLORS",
     "angle_deg",
     "band",
-    "merge_config",
     "new_figure",
     "progress",
     "read_csv",
@@ -46,24 +44,6 @@ COLORS = {
     "pseudo": "#7a7a7a",
     "grid": ["#1b65a6", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d"],
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# configs
-
-
-def merge_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None, experiment: str) -> dict[str, Any]:
-    """``defaults`` updated with ``config``; unknown keys raise a ``ValueError`` listing the allowed ones.
-
-    Values are taken as given (the CLI converts ``--set`` strings); ``None`` in ``config`` means "default".
-    """
-    config = dict(config or {})
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"{experiment}: unknown config key(s) {unknown}; allowed keys: {', '.join(sorted(defaults))}")
-    merged = dict(defaults)
-    merged.update({k: v for k, v in config.items() if v is not None})
-    return merged
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,14 +123,18 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def summary(values: Iterable[float]) -> dict[str, float]:
-    """``mean``, ``std`` (population), ``min``, ``max`` and ``n`` of ``values`` (NaN when empty)."""
+    """``mean``, ``std``, ``min``, ``max`` and ``n`` of ``values`` (NaN when empty).
+
+    ``std`` is the sample standard deviation (``ddof=1``; 0 for a single value), as used for the paper's
+    ``mean +- 2 std`` bands.
+    """
     arr = np.asarray(list(values), dtype=np.float64)
     if arr.size == 0:
         nan = float("nan")
         return {"mean": nan, "std": nan, "min": nan, "max": nan, "n": 0}
     return {
         "mean": float(arr.mean()),
-        "std": float(arr.std()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
         "min": float(arr.min()),
         "max": float(arr.max()),
         "n": int(arr.size),

@@ -30,13 +30,13 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
+from nnteleport.experiments.config import merge_config
 from nnteleport.experiments.level_curves import parse_dtype
 from nnteleport.experiments.micro_teleport import flat_grad
-from nnteleport.models import build_model
+from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import (
     COLORS,
     band,
-    merge_config,
     new_figure,
     progress,
     save_figure,
@@ -53,7 +53,7 @@ DESCRIPTION = (
 
 DEFAULTS: dict[str, Any] = {
     "models": ["mlp", "vgg", "resnet18", "densenet"],
-    "model_kwargs": {},
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},
     "dataset": "digits",
     "data_root": None,
     "batch_size": 64,
@@ -62,6 +62,14 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "inter",
     "dtype": "float32",
     "seed": 0,
+}
+
+
+CHOICES: dict[str, list] = {
+    "models": list(MODELS),
+    "dataset": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "sampling": ["intra", "inter"],
+    "dtype": ["float32", "float64"],
 }
 
 
@@ -81,7 +89,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, two CSVs and a PNG."""
-    cfg = merge_config(DEFAULTS, config, "gradient-scale")
+    cfg = merge_config(DEFAULTS, config or {}, source="gradient-scale")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])

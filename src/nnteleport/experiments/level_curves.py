@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.models import build_model
+from nnteleport.experiments.config import merge_config
+from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import (
     COLORS,
-    merge_config,
     new_figure,
     progress,
     save_figure,
@@ -43,7 +43,7 @@ DESCRIPTION = (
 
 DEFAULTS: dict[str, Any] = {
     "models": ["mlp", "vgg", "resnet18", "densenet", "mobilenetv2"],
-    "model_kwargs": {},  # per model name: keyword arguments of nnteleport.models.build_model
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},  # options of build_model, per model
     "dataset": "digits",
     "data_root": None,
     "num_examples": 256,  # validation examples the loss and outputs are measured on
@@ -52,6 +52,13 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "inter",
     "dtypes": ["float32", "float64"],
     "seed": 0,
+}
+
+CHOICES: dict[str, list] = {
+    "models": list(MODELS),
+    "dataset": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "sampling": ["intra", "inter"],
+    "dtypes": ["float32", "float64", "bfloat16"],
 }
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -73,7 +80,7 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor, train: bool) -> torch.Tens
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``teleports.csv``, a PNG."""
-    cfg = merge_config(DEFAULTS, config, "level-curves")
+    cfg = merge_config(DEFAULTS, config or {}, source="level-curves")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])

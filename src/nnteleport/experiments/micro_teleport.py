@@ -25,12 +25,12 @@ import torch.nn.functional as F
 
 import nnteleport
 from nnteleport.data import load_dataset
+from nnteleport.experiments.config import merge_config
 from nnteleport.experiments.level_curves import parse_dtype
-from nnteleport.models import build_model
+from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import (
     COLORS,
     angle_deg,
-    merge_config,
     new_figure,
     progress,
     save_figure,
@@ -47,7 +47,7 @@ DESCRIPTION = (
 
 DEFAULTS: dict[str, Any] = {
     "models": ["mlp", "vgg", "resnet18", "densenet"],
-    "model_kwargs": {"mlp": {"hidden": [128]}},  # the paper's MLP here: one hidden layer of 128 neurons
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},
     "datasets": ["digits", "random"],  # "random": N(0, 1) inputs shaped like the first real dataset
     "data_root": None,
     "batch_sizes": [8, 64],
@@ -56,6 +56,15 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "intra",
     "dtype": "float64",
     "seed": 0,
+}
+
+DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128]  # the paper's MLP here: one hidden layer of 128 neurons
+
+CHOICES: dict[str, list] = {
+    "models": list(MODELS),
+    "datasets": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "sampling": ["intra", "inter"],
+    "dtype": ["float32", "float64"],
 }
 
 KINDS = ("micro_vs_grad", "micro_vs_random", "grad_vs_random", "random_vs_random")
@@ -87,7 +96,7 @@ def _datasets(cfg: dict) -> dict[str, Any]:
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``angles.csv`` and PNGs."""
-    cfg = merge_config(DEFAULTS, config, "micro-teleport")
+    cfg = merge_config(DEFAULTS, config or {}, source="micro-teleport")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])

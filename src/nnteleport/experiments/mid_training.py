@@ -14,16 +14,19 @@ Reported per arm (paired by seed, against ``none``): the validation-accuracy cha
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.training import CHOICES as TRAINING_CHOICES
 from nnteleport.experiments.training import (
     DEFAULTS as TRAINING_DEFAULTS,
 )
 from nnteleport.experiments.training import aggregate, arm, grid_tasks, plot_curves, run_grid
-from nnteleport.plotting import COLORS, merge_config, summary, write_csv, write_json
+from nnteleport.plotting import COLORS, summary, write_csv, write_json
 
 DESCRIPTION = (
     "Teleport once in the middle of training (paper: epoch 30, CoB range 0.7/0.8/0.9) vs no teleport; "
@@ -32,9 +35,8 @@ DESCRIPTION = (
 )
 
 DEFAULTS: dict[str, Any] = {
-    **TRAINING_DEFAULTS,
+    **copy.deepcopy(TRAINING_DEFAULTS),
     "models": ["vgg", "resnet18"],
-    "model_kwargs": {},
     "optimizers": ["sgd"],
     "lrs": [0.001],  # paper: 1e-4 for 100 epochs
     "seeds": 2,
@@ -44,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "init": "default",
 }
 del DEFAULTS["cob_range"], DEFAULTS["early_epochs"], DEFAULTS["early_iters"]
+CHOICES = TRAINING_CHOICES
 
 
 def _arm_name(s: float) -> str:
@@ -52,7 +55,7 @@ def _arm_name(s: float) -> str:
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
-    cfg = merge_config(DEFAULTS, config, "mid-training")
+    cfg = merge_config(DEFAULTS, config or {}, source="mid-training")
     t = int(cfg["teleport_at"])
     if not 0 < t < int(cfg["epochs"]):
         raise ValueError(f"mid-training: teleport_at must be in [1, epochs - 1] = [1, {cfg['epochs'] - 1}], got {t}")

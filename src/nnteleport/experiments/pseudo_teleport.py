@@ -13,9 +13,12 @@ initialisation and the batch order per seed; gaps are reported for each arm agai
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.training import CHOICES as TRAINING_CHOICES
 from nnteleport.experiments.training import (
     DEFAULTS as TRAINING_DEFAULTS,
 )
@@ -29,7 +32,7 @@ from nnteleport.experiments.training import (
     plot_curves,
     run_grid,
 )
-from nnteleport.plotting import COLORS, merge_config, write_csv, write_json
+from nnteleport.plotting import COLORS, write_csv, write_json
 
 DESCRIPTION = (
     "Train with no teleport, with a pseudo-teleportation (a random jump on the sphere of radius ||W - tau W|| "
@@ -37,12 +40,13 @@ DESCRIPTION = (
     "early-loss gaps against no teleport (Armenta et al. 2023, Sec. 5.2, Fig. 9)."
 )
 
-DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "include_teleport": True}
+DEFAULTS: dict[str, Any] = {**copy.deepcopy(TRAINING_DEFAULTS), "include_teleport": True}
+CHOICES = TRAINING_CHOICES
 
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
-    cfg = merge_config(DEFAULTS, config, "pseudo-teleport")
+    cfg = merge_config(DEFAULTS, config or {}, source="pseudo-teleport")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [

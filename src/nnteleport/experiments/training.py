@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
-import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nnteleport.experiments.config import merge_config
+from nnteleport.models import MODELS, Activation, default_kwargs
 from nnteleport.plotting import (
     COLORS,
     band,
-    merge_config,
     new_figure,
-    progress,
     save_figure,
     summary,
     write_csv,
@@ -55,7 +54,7 @@ DESCRIPTION = (
 
 DEFAULTS: dict[str, Any] = {
     "models": ["mlp"],
-    "model_kwargs": {"mlp": {"hidden": [128, 128, 128, 128, 128]}},  # paper: 5 x 500
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},  # "activation" comes from activations
     "datasets": ["digits"],
     "data_root": None,
     "activations": ["relu"],  # paper, Fig. 7: also leaky_relu, tanh, elu (MLP, default init)
@@ -74,6 +73,16 @@ DEFAULTS: dict[str, Any] = {
     "max_iters_per_epoch": None,
     "workers": 2,
     "tensorboard": True,
+}
+DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128, 128, 128, 128, 128]  # paper: 5 x 500
+
+CHOICES: dict[str, list] = {
+    "models": list(MODELS),
+    "datasets": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "activations": [a.value for a in Activation],
+    "init": ["kaiming", "xavier", "normal", "default"],
+    "optimizers": ["sgd", "momentum", "adam"],
+    "sampling": ["intra", "inter"],
 }
 
 
@@ -135,7 +144,7 @@ def run_id(task: dict[str, Any]) -> str:
         f"seed{task['seed']}",
         task["arm"],
     ]
-    return "_".join(str(p).replace("/", "-") for p in parts)
+    return re.sub(r"[^A-Za-z0-9_.,=+\-]", "-", "_".join(str(p) for p in parts))
 
 
 @functools.lru_cache(maxsize=8)
@@ -145,23 +154,19 @@ def _data(name: str, root: str | None):
     return load_dataset(name, root, seed=0)
 
 
-def train_one(task: dict[str, Any], out: str) -> dict[str, Any]:
-    """Train one run of the grid (in this process) and return ``{"task": ..., "history": ...}``.
+def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one run of the grid (in this process) and return ``{"history": History.to_dict()}``.
 
-    The result is cached in ``out/runs/<id>/history.json``: a finished run is read back, not re-trained; an
-    interrupted one resumes from its checkpoint.
+    Called by :func:`nnteleport.experiments.sweep.run_sweep`, which stores the result in
+    ``run_dir/result.json`` and skips the run next time; an interrupted run resumes from its checkpoint in
+    ``run_dir`` (deleted once the run has finished, to keep the disk use small).
     """
     import torch
 
     from nnteleport.models import build_model
     from nnteleport.training import train
 
-    folder = Path(out) / "runs" / task["id"]
-    done = folder / "history.json"
-    if done.is_file():
-        record = json.loads(done.read_text())
-        if record.get("task") == task:
-            return record
+    run_dir = Path(run_dir)
     data = _data(task["dataset"], task["data_root"])
     kwargs = dict(task["model_kwargs"])
     if task["activation"] is not None:
@@ -173,7 +178,7 @@ def train_one(task: dict[str, Any], out: str) -> dict[str, Any]:
         try:
             import tensorboard  # noqa: F401
 
-            tb_dir = folder / "tensorboard"
+            tb_dir = run_dir / "tensorboard"
         except ImportError:
             tb_dir = None
     history = train(
@@ -191,40 +196,26 @@ def train_one(task: dict[str, Any], out: str) -> dict[str, Any]:
         sampling=task["sampling"],
         pseudo_teleport=task["pseudo"],
         seed=task["seed"],
-        checkpoint_dir=folder,
+        checkpoint_dir=run_dir,
         tensorboard_dir=tb_dir,
         progress=False,
         max_iters_per_epoch=task["max_iters_per_epoch"],
     )
-    record = {"task": task, "history": history.to_dict()}
-    write_json(done, record)
-    (folder / "checkpoint.pt").unlink(missing_ok=True)  # the history is the result; keep disk use small
-    return record
+    from nnteleport.training import CHECKPOINT_NAME
 
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return {"history": history.to_dict()}
 
 
 def run_grid(
     tasks: Sequence[dict[str, Any]], out: Path, *, workers: int = 1, progress_bar: bool = True, desc: str = "runs"
 ) -> list[dict[str, Any]]:
-    """Run ``tasks`` with :func:`train_one`, in ``workers`` processes (1: in this process), in task order."""
-    out = Path(out)
-    fn: Callable[[dict[str, Any]], dict[str, Any]] = functools.partial(train_one, out=str(out))
-    workers = max(1, min(int(workers), len(tasks), os.cpu_count() or 1))
-    if workers == 1:
-        return [fn(t) for t in progress(tasks, enabled=progress_bar, desc=desc, total=len(tasks))]
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    """Run ``tasks`` with :func:`train_one` through :func:`~nnteleport.experiments.sweep.run_sweep` in
+    ``workers`` processes (finished runs are read back, not re-trained); returns ``[{"task", "history"}]``."""
+    from nnteleport.experiments.sweep import run_sweep
 
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        futures = [pool.submit(fn, t) for t in tasks]
-        for _ in progress(cf.as_completed(futures), enabled=progress_bar, desc=desc, total=len(futures)):
-            pass
-        return [f.result() for f in futures]
+    results = run_sweep(train_one, tasks, out, workers=max(1, int(workers)), progress=progress_bar, desc=desc)
+    return [{"task": t, "history": results[t["id"]]["history"]} for t in tasks]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +229,7 @@ def _key(task: dict[str, Any]) -> tuple:
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch mean and std across seeds of the curves, one row per (group, arm, epoch).
+    """Per-epoch mean and sample std across seeds of the curves, one row per (group, arm, epoch).
 
     Epoch 0 holds the validation loss/accuracy before training (after a teleport at 0), so the validation
     curves start at initialisation; ``train_loss`` is the mean over the mini-batches of epoch ``e - 1`` for
@@ -263,9 +254,16 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for name, arr in curves.items():
                 col = arr[:, e]
                 row[f"{name}_mean"] = float(np.mean(col)) if np.isfinite(col).all() else math.nan
-                row[f"{name}_std"] = float(np.std(col)) if np.isfinite(col).all() else math.nan
+                row[f"{name}_std"] = _sample_std(col)
             rows.append(row)
     return rows
+
+
+def _sample_std(col: np.ndarray) -> float:
+    """Sample standard deviation (``ddof=1``; 0 for one value; NaN if any value is not finite)."""
+    if not np.isfinite(col).all():
+        return math.nan
+    return float(np.std(col, ddof=1)) if col.size > 1 else 0.0
 
 
 def _float(v: Any) -> float:
@@ -445,7 +443,7 @@ def plot_curves(
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
-    cfg = merge_config(DEFAULTS, config, "training")
+    cfg = merge_config(DEFAULTS, config or {}, source="training")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [arm("none"), arm("teleport", teleport_at=0, cob_range=cfg["cob_range"], sampling=cfg["sampling"])]

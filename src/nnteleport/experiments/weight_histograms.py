@@ -17,8 +17,9 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.models import build_model
-from nnteleport.plotting import COLORS, merge_config, new_figure, save_figure, write_csv, write_json
+from nnteleport.experiments.config import merge_config
+from nnteleport.models import MODELS, build_model, default_kwargs
+from nnteleport.plotting import COLORS, new_figure, save_figure, write_csv, write_json
 
 DESCRIPTION = (
     "Histograms of the weights of an MLP (PyTorch default uniform initialisation) before and after one "
@@ -27,7 +28,7 @@ DESCRIPTION = (
 
 DEFAULTS: dict[str, Any] = {
     "model": "mlp",
-    "model_kwargs": {"hidden": [500, 500, 500, 500, 500]},  # the paper's training MLP: 5 x 500
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},
     "dataset": "digits",
     "data_root": None,
     "cob_range": 0.9,
@@ -35,6 +36,15 @@ DEFAULTS: dict[str, Any] = {
     "parameters": "weights",  # "weights": tensors with >= 2 dims (no biases / BatchNorm); "all"
     "bins": 101,
     "seed": 0,
+}
+
+DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [500, 500, 500, 500, 500]  # the paper's training MLP: 5 x 500
+
+CHOICES: dict[str, list] = {
+    "model": list(MODELS),
+    "dataset": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "sampling": ["intra", "inter"],
+    "parameters": ["weights", "all"],
 }
 
 
@@ -53,7 +63,7 @@ def _stats(t: torch.Tensor) -> dict[str, float]:
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs and a PNG."""
-    cfg = merge_config(DEFAULTS, config, "weight-histograms")
+    cfg = merge_config(DEFAULTS, config or {}, source="weight-histograms")
     if cfg["parameters"] not in ("weights", "all"):
         raise ValueError(f"weight-histograms: parameters must be 'weights' or 'all', got {cfg['parameters']!r}")
     out = Path(out)
@@ -61,7 +71,12 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
     x, _ = data.example_batch(16)
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"], in_shape=data.input_shape, num_classes=data.num_classes, **cfg["model_kwargs"])
+    model = build_model(
+        cfg["model"],
+        in_shape=data.input_shape,
+        num_classes=data.num_classes,
+        **cfg["model_kwargs"].get(cfg["model"], {}),
+    )
     gen = torch.Generator().manual_seed(cfg["seed"])
     tele = nnteleport.teleport(model, x, cob_range=cfg["cob_range"], sampling=cfg["sampling"], generator=gen)
 

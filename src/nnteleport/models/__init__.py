@@ -15,7 +15,9 @@ Conv models default to small widths for CPU work; ``width=1.0`` (VGG, ResNet, Mo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -36,6 +38,7 @@ __all__ = [
     "MobileNetV2",
     "ResNet",
     "build_model",
+    "default_kwargs",
     "make_activation",
 ]
 
@@ -47,6 +50,24 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "densenet": DenseNet,
     "mobilenetv2": MobileNetV2,
 }
+
+
+def default_kwargs(name: str) -> dict[str, Any]:
+    """The architecture options of zoo model ``name`` with their default values (tuples as lists).
+
+    Experiments put these in their ``DEFAULTS["model_kwargs"][name]``, so every option can be changed with
+    ``--set model_kwargs.<name>.<option>=...`` and is type-checked.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    cls = {"resnet18": ResNet}.get(name, MODELS[name])
+    out: dict[str, Any] = {}
+    for pname, param in inspect.signature(cls).parameters.items():
+        if pname in ("in_shape", "num_classes") or param.default is inspect.Parameter.empty:
+            continue
+        value = param.default
+        out[pname] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def build_model(name: str, *, in_shape: Sequence[int], num_classes: int, **kw) -> nn.Module:
@@ -75,7 +96,5 @@ def build_model(name: str, *, in_shape: Sequence[int], num_classes: int, **kw) -
         return MODELS[name](in_shape, num_classes, **kw)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
-            raise TypeError(
-                f"build_model({name!r}): {exc}; see help(nnteleport.models.MODELS[{name!r}])"
-            ) from exc
+            raise TypeError(f"build_model({name!r}): {exc}; see help(nnteleport.models.MODELS[{name!r}])") from exc
         raise
