@@ -102,8 +102,11 @@ def test_mnist1d_generated_small_and_leaves_global_rng_alone():
     assert np.random.rand() == expected_next  # the package's set_seed did not leak
     assert b.input_shape == (1, 40) and b.num_classes == 10
     assert len(b.train) == 160 and len(b.val) == 40
-    b2 = load_dataset("mnist1d", seed=1, num_samples=200)
+    b2 = load_dataset("mnist1d", seed=1, num_samples=200)  # from the in-process cache
     assert torch.equal(b.train.x, b2.train.x) and torch.equal(b.val.y, b2.val.y)
+    b2.train.x.zero_()  # independent copies
+    assert not torch.equal(b.train.x, b2.train.x)
+    assert not torch.equal(load_dataset("mnist1d", seed=2, num_samples=200).train.x, b.train.x)
     with pytest.raises(ValueError, match="nonsense"):
         load_dataset("mnist1d", nonsense=1)
 

@@ -250,6 +250,9 @@ def _digits(seed: int, val_fraction: float = 0.2) -> DataBundle:
     )
 
 
+_MNIST1D_CACHE: dict[str, tuple[np.ndarray, ...]] = {}  # generation takes seconds; the result is deterministic
+
+
 def _mnist1d(seed: int, num_samples: int = 5000, train_split: float = 0.8, **args: Any) -> DataBundle:
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -263,19 +266,26 @@ def _mnist1d(seed: int, num_samples: int = 5000, train_split: float = 0.8, **arg
     dargs.seed = int(seed)
     for k, v in args.items():
         setattr(dargs, k, v)
-    # the generator seeds numpy's (and python's) global generators: leave the caller's streams untouched
-    import random
+    key = repr(sorted((k, repr(v)) for k, v in vars(dargs).items()))
+    if key not in _MNIST1D_CACHE:
+        # the generator seeds numpy's (and python's) global generators: leave the caller's streams untouched
+        import random
 
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        d = make_dataset(dargs)
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-    x_tr = torch.from_numpy(np.asarray(d["x"], dtype=np.float32))[:, None]
-    x_va = torch.from_numpy(np.asarray(d["x_test"], dtype=np.float32))[:, None]
-    y_tr = torch.from_numpy(np.asarray(d["y"], dtype=np.int64))
-    y_va = torch.from_numpy(np.asarray(d["y_test"], dtype=np.int64))
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            d = make_dataset(dargs)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        _MNIST1D_CACHE[key] = tuple(
+            np.asarray(d[k], dtype=np.float32 if k.startswith("x") else np.int64)
+            for k in ("x", "x_test", "y", "y_test")
+        )
+        while len(_MNIST1D_CACHE) > 4:  # generated sets are small (5000 x 40 floats); keep a few
+            _MNIST1D_CACHE.pop(next(iter(_MNIST1D_CACHE)))
+    # fresh tensors every call: callers may modify their copy
+    x_tr, x_va, y_tr, y_va = (torch.from_numpy(a.copy()) for a in _MNIST1D_CACHE[key])
+    x_tr, x_va = x_tr[:, None], x_va[:, None]
     return DataBundle(
         "mnist1d",
         TensorPairDataset(x_tr, y_tr),
