@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,8 +13,6 @@ import pytest
 
 from nnteleport.cli import main
 from nnteleport.experiments import EXPERIMENTS
-
-HAS_ENGINE = all(importlib.util.find_spec(m) is not None for m in ("nnteleport.teleport", "nnteleport.models"))
 
 
 @pytest.fixture
@@ -149,7 +146,6 @@ def test_demo_missing_module_message(capsys, monkeypatch, tmp_path):
     assert code == 2 and "demo is not available" in err
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="engine or model zoo not written yet")
 def test_teleport_command_prints_report_and_roundoff_error(capsys):
     code, out, err = run_cli(["teleport", "--model", "mlp", "--input-shape", "1,8,8", "--cob-range", "0.9"], capsys)
     assert code == 0, err
@@ -162,7 +158,6 @@ def test_teleport_command_prints_report_and_roundoff_error(capsys):
     assert float(m.group(1)) > 0.05  # it did move
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="engine or model zoo not written yet")
 def test_teleport_command_bad_model(capsys):
     code, _, err = run_cli(["teleport", "--model", "nope"], capsys)
     assert code == 2 and "unknown model 'nope'" in err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 
 import pytest
@@ -14,8 +13,6 @@ from torch import nn
 from nnteleport import training as training_mod
 from nnteleport.data import load_dataset
 from nnteleport.training import History, evaluate, train
-
-HAS_ENGINE = importlib.util.find_spec("nnteleport.teleport") is not None
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -345,7 +342,6 @@ def test_optimizer_state_policy_on_teleport(digits, fake_engine):
     assert state_equal(runs["sgd", "reset"], runs["sgd", None])
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
 def test_real_engine_teleport_at_init_preserves_function(digits):
     model = mlp().double()
     base = copy.deepcopy(model)
@@ -358,7 +354,6 @@ def test_real_engine_teleport_at_init_preserves_function(digits):
         assert float((model(x) - base(x)).abs().max()) < 1e-10
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
 def test_real_engine_resume_after_teleport_with_activation_wrappers(digits, tmp_path):
     # tanh is not positively homogeneous: the engine wraps the activations (tau * tanh(x / tau)); a resumed
     # run must rebuild that structure before loading the checkpoint
@@ -388,7 +383,6 @@ def test_real_engine_resume_after_teleport_with_activation_wrappers(digits, tmp_
     assert any("tau" in k for k in model.state_dict())  # the wrappers are there
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.teleport) not written yet")
 def test_real_engine_pseudo_teleport_radius(digits):
     base = mlp().double()
     real, pseudo = copy.deepcopy(base), copy.deepcopy(base)
@@ -425,7 +419,6 @@ def test_evaluate_never_augments(tmp_path):
     assert a == b and a[0] == pytest.approx(ref, rel=1e-6)  # float32 mean over 15 examples
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nnteleport.distance") is None, reason="distance module not written")
 def test_checkpoint_distance_penalty_and_callback_resume(digits, tmp_path):
     # the checkpoint-distance regulariser as penalty + a callback that stores a checkpoint every epoch: the
     # penalty's checkpoints are part of the training checkpoint, so an interrupted run resumes exactly
@@ -461,7 +454,6 @@ def test_checkpoint_distance_penalty_and_callback_resume(digits, tmp_path):
     assert resumed == ref and state_equal(m2, m_ref) and len(d2) == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nnteleport.gspace") is None, reason="gspace module not written")
 def test_gspace_optimizer_as_callable(digits):
     # an optimizer-like object wrapping a torch optimizer (G-space SGD with momentum) through the factory API
     from nnteleport.gspace import GSpaceOptimizer
@@ -482,7 +474,6 @@ def test_gspace_optimizer_as_callable(digits):
     "initial weights nor the master coordinates, so a resumed run rebuilds another chart",
     strict=False,
 )
-@pytest.mark.skipif(importlib.util.find_spec("nnteleport.gspace") is None, reason="gspace module not written")
 def test_gspace_optimizer_resumes_exactly(digits, tmp_path):
     from nnteleport.gspace import GSpaceOptimizer
 
