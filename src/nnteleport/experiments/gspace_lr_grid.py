@@ -11,8 +11,8 @@ Methods (``methods`` in the config):
   the network function at initialisation is the same as for ``sgd``; the thesis' "constant path factor");
 * ``gadam-reset`` -- G-Adam with the inner optimizer's state reset every step (the thesis' published wrapper
   builds a fresh optimizer each step, so Adam's moments never accumulate);
-* ``gsgd-set1`` -- G-SGD after overwriting the skeleton weights with ``±1`` (Meng et al. / thesis convention;
-  changes the initial function);
+* ``gsgd-set1``, ``gadam-set1``, ``gadam-reset-set1`` -- the same after overwriting the skeleton weights with
+  ``±1`` (Meng et al. / thesis convention, which changes the initial function);
 * ``fixed-sgd``, ``fixed-adam`` -- :func:`nnteleport.fix_weights` (diagonal selection) after overwriting the fixed
   weights with ``±1`` (the thesis' default "Fixed"; changes the initial function);
 * ``fixed-sgd-not1`` -- fixed weights keep their values ("Fixed not 1", Fig. 4.6);
@@ -53,6 +53,8 @@ METHODS = (
     "gadam",
     "gadam-reset",
     "gsgd-set1",
+    "gadam-set1",
+    "gadam-reset-set1",
     "fixed-sgd",
     "fixed-adam",
     "fixed-sgd-not1",
@@ -133,15 +135,14 @@ def make_optimizer(method: str, model: nn.Module, lr: float) -> tuple[torch.opti
         return torch.optim.SGD(model.parameters(), lr=lr), None
     if method == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr), None
-    if method == "gsgd":
-        return GSpaceOptimizer(model, torch.optim.SGD, lr=lr), None
-    if method == "gadam":
-        return GSpaceOptimizer(model, torch.optim.Adam, lr=lr), None
-    if method == "gadam-reset":
-        return GSpaceOptimizer(model, torch.optim.Adam, lr=lr, reset_state_each_step=True), None
-    if method == "gsgd-set1":
-        set_fixed_to_sign(model, GSpace(model).skeleton_masks)
-        return GSpaceOptimizer(model, torch.optim.SGD, lr=lr), None
+    if method.startswith("g"):
+        base = method.removesuffix("-set1")
+        if base not in ("gsgd", "gadam", "gadam-reset"):
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method.endswith("-set1"):
+            set_fixed_to_sign(model, GSpace(model).skeleton_masks)
+        cls = torch.optim.SGD if base == "gsgd" else torch.optim.Adam
+        return GSpaceOptimizer(model, cls, lr=lr, reset_state_each_step=base == "gadam-reset"), None
     if method in ("fixed-sgd", "fixed-adam"):
         first = fix_weights(model)
         first.remove()
@@ -313,7 +314,9 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
 
 PANELS = {
-    "lr_grid_gspace.png": ("G-space (Fig. 4.1)", ["sgd", "adam", "gsgd", "gadam", "gadam-reset", "gsgd-set1"]),
+    "lr_grid_gspace.png": ("G-space, skeleton kept (Fig. 4.1)", ["sgd", "adam", "gsgd", "gadam", "gadam-reset"]),
+    "lr_grid_gspace_set1.png": ("G-space, skeleton set to ±1 (Fig. 4.1)", ["sgd", "adam", "gsgd-set1",
+                                                                          "gadam-set1", "gadam-reset-set1"]),
     "lr_grid_fixed.png": ("Weight fixing (Figs. 4.4, 4.6)", ["sgd", "adam", "fixed-sgd", "fixed-adam",
                                                              "fixed-sgd-not1", "fixed-sgd-rescaled"]),
     "lr_grid_compare.png": ("SGD vs G-SGD vs Fixed-SGD (Fig. 4.10)", ["sgd", "gsgd", "gsgd-set1", "fixed-sgd"]),
