@@ -140,8 +140,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
         M[values.index(g["value"]), lrs.index(g["lr"])] = np.log10(v) if math.isfinite(v) else np.nan
     fig, axes = new_figure(1, 1, size=(5.0, 3.8))
     ax = axes[0, 0]
-    cmap = __import__("matplotlib").colormaps["viridis"].copy()
-    cmap.set_bad("white")
+    cmap = __import__("matplotlib").colormaps["viridis"].with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, aspect="auto", origin="lower")
     ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize=7)
     ax.set_yticks(range(len(values)), [f"{v:g}" for v in values], fontsize=7)
