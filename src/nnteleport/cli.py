@@ -274,9 +274,8 @@ def teleport_check(
     """
     import torch
 
-    from nnteleport.graph import analyze
+    import nnteleport  # the public names (a direct submodule import would shadow nnteleport.teleport)
     from nnteleport.models import build_model
-    from nnteleport.teleport import teleport
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -287,9 +286,9 @@ def teleport_check(
     x = torch.randn((batch_size, *input_shape), generator=g, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
-    plan = analyze(model, x)
+    plan = nnteleport.analyze(model, x)
     w0 = torch.cat([p.detach().flatten() for p in model.parameters()])
-    teleported = teleport(model, x, cob_range=cob_range, sampling=sampling, generator=g)
+    teleported = nnteleport.teleport(model, x, cob_range=cob_range, sampling=sampling, generator=g)
     with torch.no_grad():
         after = teleported(x)
     w1 = torch.cat([p.detach().flatten() for p in teleported.parameters()])

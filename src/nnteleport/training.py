@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -338,11 +339,14 @@ def _norm(a: dict[str, torch.Tensor]) -> float:
 
 
 def _teleport_fn() -> Callable[..., Any]:
-    try:
-        from nnteleport.teleport import teleport
-    except ImportError as e:  # pragma: no cover - only while the engine is missing
-        raise RuntimeError(f"teleportation needs the engine (nnteleport.teleport), which failed to import: {e}") from e
-    return teleport
+    # through the package's lazy public name: importing the submodule directly (``from nnteleport.teleport
+    # import ...``) would bind the attribute ``nnteleport.teleport`` to the module instead of the function
+    import nnteleport
+
+    fn = nnteleport.teleport
+    if isinstance(fn, ModuleType):  # someone else imported the submodule first
+        fn = fn.teleport
+    return fn
 
 
 def _apply_teleport(
