@@ -465,6 +465,10 @@ class GSpace:
             self._b_off.append(None if lay.bias is None else off)
             off += 0 if lay.bias is None else lay.out
         self.dense_numel = off
+        # the parameter objects (assumed stable; their storage may be replaced, see _matrix_views)
+        self._weights = [lay.weight for lay in self.layers]
+        self._biases = [lay.bias for lay in self.layers]
+        self._params_list = self.parameters()
         self._work = None
         self._mat_cache = None
         self._fixed_global = torch.cat([f + o for f, o in zip(self._fixed_flat, self._w_off)])
@@ -589,10 +593,10 @@ class GSpace:
     def _prefix_from_values(self, V: Tensor) -> tuple[list[Tensor], Tensor]:
         """Prefix products from dense coordinates, ``P(a) = v_pred(root(a)) / S(root(a)) * c(a)`` (one gather
         and one product for all layers). Returns the per-layer list and the concatenation ``(H,)``."""
-        Pall = V.take(self._root_pred_global).mul_(self._root_coef)
-        return list(Pall.split(self._hidden_sizes)), Pall
+        Pall = V.index_select(0, self._root_pred_global).mul_(self._root_coef)
+        return Pall.split_with_sizes(self._hidden_sizes), Pall
 
-    def _pcols(self, P: list[Tensor], i: int) -> Tensor | None:
+    def _pcols(self, P: Any, i: int) -> Tensor | None:
         """Prefix factors of layer ``i``'s columns (None for the first layer: all ones)."""
         if i == 0:
             return None
@@ -618,7 +622,7 @@ class GSpace:
 
     def values(self) -> Tensor:
         """The flat coordinate vector, shape ``(dim,)``: path values of all basis paths."""
-        return self.dense_values().take(self._free_global)
+        return self.dense_values().index_select(0, self._free_global)
 
     def weights_from_values(self, v: Tensor) -> dict[str, Tensor]:
         """Weight allocation ``w(v)`` (differentiable): parameter name -> tensor for flat coordinates ``v``.
@@ -665,18 +669,18 @@ class GSpace:
         ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
         P, _ = self._prefix_from_values(V)
         views = self.layout_views(V) if views is None else views
-        for i, ((M, Mflat), lay, (Vw, Vb)) in enumerate(zip(self._matrix_views(), self.layers, views)):
+        for i, ((M, Mflat), b, (Vw, Vb)) in enumerate(zip(self._matrix_views(), self._biases, views)):
             torch.mul(Vw, self._invS_col[i], out=M)
             if i > 0:
                 M.div_(self._pcols(P, i))
                 Mflat.index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
             if Vb is not None:
-                torch.mul(Vb, self._invS[i], out=lay.bias)
+                torch.mul(Vb, self._invS[i], out=b)
 
     def _matrix_views(self) -> list[tuple[Tensor, Tensor]]:
         """Cached ``(matrix, flat)`` views of the weights (rebuilt if a parameter's storage was replaced)."""
         cache = getattr(self, "_mat_cache", None)
-        ptrs = [lay.weight.data_ptr() for lay in self.layers]
+        ptrs = [w.data_ptr() for w in self._weights]
         if cache is None or cache[0] != ptrs:
             mats = [lay.matrix() for lay in self.layers]
             cache = (ptrs, [(m, m.view(-1)) for m in mats])
@@ -714,12 +718,12 @@ class GSpace:
         gradient.
         """
         layers = self.layers
-        if all(lay.weight.grad is None and (lay.bias is None or lay.bias.grad is None) for lay in layers):
+        if all(p.grad is None for p in self._params_list):
             return False
         views_out = self.layout_views(out) if views_out is None else views_out
         P, Pall = self._prefix_from_values(V)
         for i, (lay, (Dw, Db)) in enumerate(zip(layers, views_out)):
-            G = lay.weight.grad
+            G = self._weights[i].grad
             if G is None:
                 Dw.zero_()
             else:
@@ -727,7 +731,7 @@ class GSpace:
                 if i > 0:
                     Dw.div_(self._pcols(P, i))
             if Db is not None:
-                gb = lay.bias.grad
+                gb = self._biases[i].grad
                 if gb is None:
                     Db.zero_()
                 else:
@@ -755,7 +759,7 @@ class GSpace:
         D = torch.empty_like(V)
         if not self.dense_gradient(V, D):
             raise ValueError("no parameter of the chain has a gradient; call loss.backward() first")
-        return D.take(self._free_global)
+        return D.index_select(0, self._free_global)
 
     def __repr__(self) -> str:
         names = ", ".join(lay.name for lay in self.layers)
