@@ -372,12 +372,15 @@ _SOURCES: dict[DatasetName, dict[str, Any]] = {
 }
 
 
-def _missing(name: DatasetName, file: str, searched: list[Path]) -> FileNotFoundError:
+def _missing(name: DatasetName, file: str, root: Path) -> FileNotFoundError:
+    searched = _searched(name, root)
     src = _SOURCES[name]
     where = ", ".join(str(p) for p in searched)
+    page = src["page"].replace("ROOT", str(root))
     return FileNotFoundError(
-        f"{name.value}: file {file!r} not found (searched: {where}). Get it from {src['page']} and put it in "
-        f"one of these folders, or pass download=True (CLI: --set download=true) to fetch it."
+        f"{name.value}: file {file!r} not found (searched: {where}). Get it from {page} and put it in "
+        f"one of these folders, or fetch it once with nnteleport.data.load_dataset({name.value!r}, "
+        f"{str(root)!r}, download=True)."
     )
 
 
@@ -438,7 +441,7 @@ def _load_mnist(name: DatasetName, root: Path, augment: bool) -> DataBundle:
     for key, fname in _MNIST_FILES.items():
         p = _find(name, root, fname, gz=True)
         if p is None:
-            raise _missing(name, fname + "[.gz]", _searched(name, root))
+            raise _missing(name, fname + "[.gz]", root)
         arrays[key] = read_idx(p)
         arrays[key + "_path"] = p
     for split in ("train", "val"):
@@ -487,7 +490,7 @@ def _load_cifar(name: DatasetName, root: Path, augment: bool) -> DataBundle:
         for fname in src[split]:
             p = _find(name, root, fname, gz=False)
             if p is None:
-                raise _missing(name, fname, _searched(name, root))
+                raise _missing(name, fname, root)
             x, y = _read_cifar_batch(p, src["label_key"])
             if y.min(initial=0) < 0 or y.max(initial=0) >= src["num_classes"]:
                 raise ValueError(f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?")
