@@ -37,7 +37,9 @@ Determinism: ``seed`` seeds python's, numpy's and torch's global generators at t
 a separate ``torch.Generator`` (seeded from ``seed``), each teleport its own generator seeded from
 ``(seed, epoch)`` -- so a teleported run and its non-teleported baseline with the same seed share the
 initialisation and the order of the batches. Checkpoints hold the model, optimizer, schedule, all generator
-states, the history, and the state of ``penalty`` and of callbacks that have ``state_dict``.
+states, the history, and the state of ``penalty`` and of callbacks that have ``state_dict``. Resumed runs are
+bit-identical on CPU (tested); on CUDA they are as deterministic as the kernels (set
+``torch.use_deterministic_algorithms(True)`` and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for bit-identity).
 """
 
 from __future__ import annotations
