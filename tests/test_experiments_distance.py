@@ -23,6 +23,7 @@ TINY = {
     "overhead_reps": 1,
     "sigma": 0.5,
     "strength": 0.5,
+    "workers": 1,
 }
 
 
@@ -65,6 +66,9 @@ def test_tiny_run_writes_results(tmp_path, models):
     assert lrs == pytest.approx([expected] * 3, rel=1e-12)
     with open(tmp_path / "curves.csv") as f:
         assert len(list(csv.DictReader(f))) == len(models) * 4 * 3
+    # finished runs are read back, not recomputed
+    again = dt.run({**TINY, "models": models, "width": 0.125}, tmp_path, progress=False)
+    assert again["summary"] == results["summary"]
 
 
 def test_bad_config():

@@ -34,6 +34,7 @@ from torch import nn
 from nnteleport.data import load_dataset
 from nnteleport.distance import CheckpointDistance, CheckpointSchedule
 from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_snapshot_epochs
+from nnteleport.experiments.sweep import run_sweep
 from nnteleport.models import build_model
 from nnteleport.training import History, train
 
@@ -67,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0],
     "max_iters_per_epoch": 0,  # 0: no limit
     "overhead_reps": 5,
-    "threads": 0,  # torch CPU threads (0: leave torch's default)
+    "threads": 0,  # torch CPU threads when workers == 1 (0: leave torch's default)
+    "workers": 2,  # parallel runs (processes, each with cpu_count // workers threads); finished runs resume
 }
 
 _VARIANTS = ("baseline", "distance", "distance_invariant", "sgdr")
@@ -282,6 +284,18 @@ def _run_one(cfg: dict[str, Any], data, model_name: str, variant: str, seed: int
     return result
 
 
+def _sweep_run(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One (model, variant, seed) run; module-level so that the sweep's worker processes can pickle it."""
+    data = load_dataset(
+        task["dataset"],
+        task["data_root"],
+        seed=int(task["seed"]),
+        train_size=int(task["train_size"]) or None,
+        val_size=int(task["val_size"]) or None,
+    )
+    return _run_one(task, data, task["model"], task["variant"], int(task["seed"]), False)
+
+
 def _nan_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -406,18 +420,14 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     if int(cfg["threads"]) > 0:
         torch.set_num_threads(int(cfg["threads"]))
-    runs = []
-    for seed in cfg["seeds"]:
-        data = load_dataset(
-            cfg["dataset"],
-            cfg["data_root"],
-            seed=int(seed),
-            train_size=int(cfg["train_size"]) or None,
-            val_size=int(cfg["val_size"]) or None,
-        )
-        for model_name in cfg["models"]:
-            for variant in cfg["variants"]:
-                runs.append(_run_one(cfg, data, model_name, variant, int(seed), progress))
+    tasks = [
+        {**cfg, "id": f"{model_name}-{variant}-seed{seed}", "model": model_name, "variant": variant, "seed": int(seed)}
+        for seed in cfg["seeds"]
+        for model_name in cfg["models"]
+        for variant in cfg["variants"]
+    ]
+    done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), progress=progress, desc="distance-training")
+    runs = [done[t["id"]] for t in tasks]
     results = _nan_safe({"config": cfg, "runs": runs, "summary": _summary(runs)})
     (out / "results.json").write_text(json.dumps(results, indent=1))
     with open(out / "curves.csv", "w", newline="") as f:
