@@ -5,7 +5,7 @@ with fixed weights (gradient zeroing hook after accumulation + restore after eve
 momentum + weight decay and AdamW, timed side by side in interleaved blocks (median per-block ratio): the step
 alone and a whole iteration. Also the one-off cost of ``fix_weights(value=1.0, select=...)``.
 
-Run: ``python -m benchmarks.bench_fixing [--blocks 30] [--reps 20] [--threads 1]``.
+Run: ``python -m benchmarks.bench_fixing [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall]``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.bench_gspace import compare, thesis_mlp
+from benchmarks.bench_gspace import CLOCK, compare, set_clock, thesis_mlp
 from nnteleport import fix_weights
 
 OPTIMIZERS = {
@@ -81,10 +81,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
     args = parser.parse_args()
+    set_clock(args.clock)
     torch.set_num_threads(args.threads)
     res = bench(args.blocks, args.reps)
-    print(f"fix_weights overhead, MLP 784-64-64-64-64-10 bias-free, batch 64, float32, {args.threads} thread(s)")
+    print(
+        f"fix_weights overhead, MLP 784-64-64-64-64-10, batch 64, float32, {args.threads} thread(s), {args.clock} clock"
+    )
     for name, r in res.items():
         if "setup_ms" in r:
             print(f"{name:22s} one-off setup {r['setup_ms']:.1f} ms")

@@ -669,11 +669,15 @@ class GSpace:
         ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
         P, _ = self._prefix_from_values(V)
         views = self.layout_views(V) if views is None else views
-        for i, ((M, Mflat), b, (Vw, Vb)) in enumerate(zip(self._matrix_views(), self._biases, views)):
-            torch.mul(Vw, self._invS_col[i], out=M)
-            if i > 0:
-                M.div_(self._pcols(P, i))
-                Mflat.index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
+        mats = self._matrix_views()
+        torch.mul(views[0][0], self._invS_col[0], out=mats[0][0])
+        if len(mats) > 1:  # layers 1..L-1 with foreach kernels (fewer dispatches; they are the small layers)
+            R = torch._foreach_mul([v[0] for v in views[1:]], self._invS_col[1:])
+            torch._foreach_div_(R, [self._pcols(P, i) for i in range(1, len(mats))])
+            torch._foreach_copy_([m[0] for m in mats[1:]], R)
+            for i in range(1, len(mats)):
+                mats[i][1].index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
+        for i, (b, (_, Vb)) in enumerate(zip(self._biases, views)):
             if Vb is not None:
                 torch.mul(Vb, self._invS[i], out=b)
 
@@ -722,11 +726,13 @@ class GSpace:
             return False
         views_out = self.layout_views(out) if views_out is None else views_out
         P, Pall = self._prefix_from_values(V)
+        grads = [w.grad for w in self._weights]
+        rest = len(layers) > 1 and all(g is not None for g in grads[1:])
         for i, (lay, (Dw, Db)) in enumerate(zip(layers, views_out)):
-            G = self._weights[i].grad
+            G = grads[i]
             if G is None:
                 Dw.zero_()
-            else:
+            elif i == 0 or not rest:
                 torch.mul(G.view(lay.out, lay.cols), self._invS_col[i], out=Dw)
                 if i > 0:
                     Dw.div_(self._pcols(P, i))
@@ -736,6 +742,12 @@ class GSpace:
                     Db.zero_()
                 else:
                     torch.mul(gb, self._invS[i], out=Db)
+        if rest:  # layers 1..L-1 with foreach kernels
+            R = torch._foreach_mul(
+                [g.view(lay.out, lay.cols) for g, lay in zip(grads[1:], layers[1:])], self._invS_col[1:]
+            )
+            torch._foreach_div_(R, [self._pcols(P, i) for i in range(1, len(layers))])
+            torch._foreach_copy_([v[0] for v in views_out[1:]], R)
         out.index_fill_(0, self._fixed_global, 0)
         if len(layers) == 1:
             return True
