@@ -155,7 +155,8 @@ def fix_weights(
     -------
     FixedWeights
         ``.masks`` (parameter name -> bool mask), ``.values``, ``.restore()``, ``.remove()``. While the handle
-        is active the fixed entries never change under any ``torch.optim`` optimizer.
+        is active the fixed entries never change under any ``torch.optim`` optimizer; the global hook keeps a
+        reference to the model until ``.remove()`` is called.
 
     Raises
     ------

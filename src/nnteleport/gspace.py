@@ -350,7 +350,9 @@ class GSpace:
     Notes
     -----
     The flat coordinate vector lists, layer by layer, the non-fixed weight entries in row-major order of the
-    ``(out, cols)`` weight matrix, then the biases. Fixed skeleton weights are constants of the chart.
+    ``(out, cols)`` weight matrix, then the biases. Fixed skeleton weights are constants of the chart; if the
+    weights are changed from outside, call :meth:`refresh` (``GSpaceOptimizer`` does it automatically). The
+    parameter objects must stay the same (``module.weight = nn.Parameter(...)`` needs a new GSpace).
     """
 
     def __init__(self, model: nn.Module, *, skeleton: str | Skeleton = "greedy", reparametrize: bool = False) -> None:
