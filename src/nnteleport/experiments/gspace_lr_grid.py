@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 64,
     "good_factor": 1.5,  # a learning rate is "good" if its loss is within this factor of the overall best
+    "skeleton": "greedy",  # G-space skeleton selection: "greedy" (invariant, well conditioned) or "diagonal"
     "threads": 1,
 }
 
@@ -128,8 +129,10 @@ def set_fixed_to_sign(model: nn.Module, masks: dict[str, torch.Tensor], value: f
         p[mask] = torch.where(s == 0, torch.ones_like(s), s) * value
 
 
-def make_optimizer(method: str, model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer of ``method`` (and the FixedWeights handle, or None)."""
+def make_optimizer(
+    method: str, model: nn.Module, lr: float, skeleton: str = "greedy"
+) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer of ``method`` (and the FixedWeights handle, or None); ``skeleton`` for G-space methods."""
     handle = None
     if method == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr), None
@@ -140,9 +143,10 @@ def make_optimizer(method: str, model: nn.Module, lr: float) -> tuple[torch.opti
         if base not in ("gsgd", "gadam", "gadam-reset"):
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if method.endswith("-set1"):
-            set_fixed_to_sign(model, GSpace(model).skeleton_masks)
+            set_fixed_to_sign(model, GSpace(model, skeleton=skeleton).skeleton_masks)
         cls = torch.optim.SGD if base == "gsgd" else torch.optim.Adam
-        return GSpaceOptimizer(model, cls, lr=lr, reset_state_each_step=base == "gadam-reset"), None
+        reset = base == "gadam-reset"
+        return GSpaceOptimizer(model, cls, lr=lr, skeleton=skeleton, reset_state_each_step=reset), None
     if method in ("fixed-sgd", "fixed-adam"):
         first = fix_weights(model)
         first.remove()
@@ -245,7 +249,15 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
         bar = _progress(jobs, progress)
         for method, lr, seed in bar:
             r = train_run(
-                method, lr, seed, data, cfg["hidden"], cfg["bias"], int(cfg["epochs"]), int(cfg["batch_size"])
+                method,
+                lr,
+                seed,
+                data,
+                cfg["hidden"],
+                cfg["bias"],
+                int(cfg["epochs"]),
+                int(cfg["batch_size"]),
+                build=lambda model, m=method, lr=lr: make_optimizer(m, model, lr, cfg["skeleton"]),
             )
             runs.append({"method": method, "lr": lr, "seed": seed, **r})
     finally:
