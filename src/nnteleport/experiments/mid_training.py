@@ -43,7 +43,6 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 16,  # paper: 100
     "teleport_at": 8,  # paper: 30 (teleport after this many epochs)
     "cob_ranges": [0.7, 0.8, 0.9],
-    "init": "default",
 }
 del DEFAULTS["cob_range"], DEFAULTS["early_epochs"], DEFAULTS["early_iters"]
 CHOICES = TRAINING_CHOICES

@@ -405,9 +405,10 @@ def plot_curves(
                         key=lambda r: r["epoch"],
                     )
                     color = palette.get(a, COLORS["grid"][c % len(COLORS["grid"])])
-                    n_all = len(cur)
+                    # epoch 0 has no training loss by construction; a NaN later means a seed diverged: say so
+                    diverged = any(not math.isfinite(r[f"{metric}_mean"]) for r in cur if r["epoch"] > 0)
                     cur = [r for r in cur if math.isfinite(r[f"{metric}_mean"])]
-                    if len(cur) < n_all:  # a seed diverged (NaN/inf loss): say so instead of hiding it
+                    if diverged:
                         ax.plot([], [], color=color, linestyle="--", label=f"{a}: diverged (NaN)")
                     if not cur:
                         continue
