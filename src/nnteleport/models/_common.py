@@ -68,9 +68,7 @@ def check_in_shape(in_shape: Sequence[int], model: str, *, dims: tuple[int, ...]
     try:
         shape = tuple(int(d) for d in in_shape)
     except TypeError as exc:
-        raise TypeError(
-            f"{model}: in_shape must be a sequence of ints such as (1, 8, 8), got {in_shape!r}"
-        ) from exc
+        raise TypeError(f"{model}: in_shape must be a sequence of ints such as (1, 8, 8), got {in_shape!r}") from exc
     if len(shape) not in dims or any(d < 1 for d in shape):
         wanted = " or ".join(f"{d}-d" for d in dims)
         raise ValueError(

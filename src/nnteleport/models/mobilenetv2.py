@@ -113,9 +113,7 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in CONFIG:
             out_planes = scaled(c, width)
             for i in range(n):
-                layers.append(
-                    InvertedResidual(planes, out_planes, t, s if i == 0 else 1, conv, bn, activation)
-                )
+                layers.append(InvertedResidual(planes, out_planes, t, s if i == 0 else 1, conv, bn, activation))
                 planes = out_planes
         last = scaled(1280, width)
         layers += [conv(planes, last, kernel_size=1, bias=False), bn(last), make_activation(activation)]
