@@ -20,7 +20,7 @@ from nnteleport.distance import (
 )
 
 HAS_ENGINE = importlib.util.find_spec("nnteleport.graph") is not None and (
-    importlib.util.find_spec("nnteleport.teleport") is not None
+    importlib.util.find_spec("nnteleport.teleportation") is not None
 )
 
 

@@ -268,7 +268,7 @@ def test_report_names_pins_and_coverage():
     rep = nt.analyze(m, x).report
     text = str(rep)
     assert "torch.cumsum" in text and "unsupported" in text
-    assert "normalisation input" in text
+    assert "[normalization] inputs of 'bn'" in text
     # l1 (pinned: BN input), bn and l2 (merged into one set of 9 by the shared Softplus), l3 (pinned: cumsum);
     # l4 is the output. Merged neurons count once.
     assert rep.hidden_neurons == 9 + 9 + 6
@@ -376,3 +376,11 @@ def test_untraceable_model_names_the_call_and_the_way_out():
     v = nt.teleport(m, x, cob_range=0.9, leaf_modules=["block"])
     assert rel_err(m(x), v(x)) < rel_tol(0.9)
     assert nt.analyze(m, x, leaf_modules=[_DataDependent]).num_free == 0
+
+
+def test_public_name_not_shadowed_by_a_submodule():
+    """Importing the implementation module must not turn ``nnteleport.teleport`` into a module."""
+    import importlib
+
+    importlib.import_module("nnteleport.teleportation")
+    assert callable(nt.teleport) and nt.teleport.__module__ == "nnteleport.teleportation"

@@ -27,9 +27,9 @@ _EXPORTS: dict[str, str] = {
     "CoB": "nnteleport.cob",
     "Sampling": "nnteleport.cob",
     "sample_cob": "nnteleport.cob",
-    "teleport": "nnteleport.teleport",
-    "micro_teleport": "nnteleport.teleport",
-    "TeleportedActivation": "nnteleport.teleport",
+    "teleport": "nnteleport.teleportation",
+    "micro_teleport": "nnteleport.teleportation",
+    "TeleportedActivation": "nnteleport.teleportation",
     "TeleportReport": "nnteleport.report",
     # scale-invariant parameter spaces
     "GSpace": "nnteleport.gspace",
@@ -64,4 +64,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nnteleport.graph import GroupInfo, TeleportPlan, analyze
     from nnteleport.gspace import GSpace, GSpaceOptimizer
     from nnteleport.report import TeleportReport
-    from nnteleport.teleport import TeleportedActivation, micro_teleport, teleport
+    from nnteleport.teleportation import TeleportedActivation, micro_teleport, teleport
