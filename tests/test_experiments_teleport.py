@@ -346,3 +346,13 @@ def test_feature_maps_are_channelwise_multiples(tmp_path):
     assert maps["tanh_original"].shape[1] == 4
     with pytest.raises(ValueError, match="no module 'nope'"):
         feature_maps.run({"layer": "nope", "activations": ["relu"], "epochs": 1}, tmp_path / "bad", progress=False)
+
+
+def test_epochs_to_reach_interpolates():
+    from nnteleport.experiments.training import epochs_to_reach
+
+    assert epochs_to_reach([3.0, 2.0, 1.0], 1.0) == 3.0
+    assert epochs_to_reach([3.0, 2.0, 1.0], 1.5) == pytest.approx(2.5)  # halfway between epochs 2 and 3
+    assert epochs_to_reach([0.5, 0.4], 1.0) == 1.0
+    assert math.isnan(epochs_to_reach([3.0, 2.0], 1.0))
+    assert math.isnan(epochs_to_reach([3.0, float("nan")], 1.0))

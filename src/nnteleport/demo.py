@@ -386,12 +386,23 @@ def _gap_rows(gaps: list[dict]) -> list[tuple[str, str]]:
             (
                 label,
                 f"gap epoch 1 {_pm(g['gap_first_epoch'])}, first {g['early_epochs']} epochs "
-                f"{_pm(g['gap_early'])} (n = {g['gap_early']['n']} seeds); final val acc "
+                f"{_pm(g['gap_early'])} (n = {g['gap_early']['n']} seeds); "
+                + _speedup_text(g)
+                + "; final val acc "
                 + ", ".join(f"{a} {_pm(s, 3)}" for a, s in g["final_val_acc"].items())
                 + (f"; diverged runs {div}" if div else ""),
             )
         )
     return rows
+
+
+def _speedup_text(g: dict) -> str:
+    s = g.get("speedup")
+    if not s:
+        return "speed-up n/a"
+    missed = g.get("speedup_not_reached", 0)
+    text = f"speed-up ×{_pm(s, 3)}" if s.get("n") else "speed-up n/a"
+    return text + (f" ({missed} seed(s) never reached the baseline's final loss)" if missed else "")
 
 
 def _training(res: dict, d: Path) -> tuple[Section, list[Headline]]:
@@ -446,7 +457,22 @@ def _training(res: dict, d: Path) -> tuple[Section, list[Headline]]:
         else "no data",
         "good" if good and not bad else ("bad" if bad else "neutral"),
     )
-    return sec, [head]
+    heads = [head]
+    speed = [g["speedup"] for g in res["gaps"] if g.get("speedup") and g["speedup"].get("n")]
+    if speed:
+        means = [s["mean"] for s in speed]
+        missed = sum(g.get("speedup_not_reached", 0) for g in res["gaps"])
+        heads.append(
+            Headline(
+                "speed-up of teleported training",
+                f"×{min(means):.2f} … ×{max(means):.2f}",
+                "baseline epochs ÷ epochs the teleported run needs to reach the baseline's final train loss, "
+                f"per setting (mean over seeds; seed std up to {max(s['std'] for s in speed):.2f})"
+                + (f"; {missed} run(s) never reached it" if missed else ""),
+                "good" if min(means) > 1 and not missed else ("bad" if max(means) < 1 else "neutral"),
+            )
+        )
+    return sec, heads
 
 
 def _pseudo(res: dict, d: Path) -> tuple[Section, list[Headline]]:

@@ -12,6 +12,9 @@ Numbers reported (paired by seed, teleported minus baseline is negative when tel
 * ``gap_first_epoch``: baseline minus teleported mean training loss of the first epoch;
 * ``gap_early``: the same averaged over the first ``early_epochs`` epochs (default: a quarter of the run);
 * ``gap_iter_early``: baseline minus teleported loss averaged over the first ``early_iters`` iterations;
+* ``speedup``: the baseline's number of epochs divided by the (interpolated) epoch at which the teleported run
+  first reaches the baseline's final training loss (> 1: teleportation gets there sooner; runs that never get
+  there are counted in ``speedup_not_reached``);
 * ``final_val_acc``: validation accuracy at the end, per arm;
 
 each as mean and standard deviation across seeds; plus how many configurations have a positive mean gap.
@@ -290,7 +293,7 @@ def paired_gaps(
         if baseline not in arms or arm_name not in arms:
             continue
         seeds = sorted(set(arms[baseline]) & set(arms[arm_name]))
-        first, early, it_early, acc_b, acc_a, loss_b, loss_a = [], [], [], [], [], [], []
+        first, early, it_early, acc_b, acc_a, loss_b, loss_a, speedup = [], [], [], [], [], [], [], []
         for s in seeds:
             hb, ha = arms[baseline][s], arms[arm_name][s]
             tb, ta = np.array(_floats(hb["train_loss"])), np.array(_floats(ha["train_loss"]))
@@ -303,6 +306,8 @@ def paired_gaps(
             acc_a.append(_float(ha["val_acc"][-1]))
             loss_b.append(tb[-1])
             loss_a.append(ta[-1])
+            reach = epochs_to_reach(ta, tb[-1])
+            speedup.append(len(tb) / reach if math.isfinite(reach) else math.nan)
         row = dict(zip(GROUP_KEYS, key))
         row.update(
             {
@@ -319,6 +324,9 @@ def paired_gaps(
                 "gap_iter_early": summary(_finite(it_early)),
                 "early_epochs": early_epochs,
                 "early_iters": early_iters,
+                # epochs of the baseline / epochs the arm needs to reach the baseline's final training loss
+                "speedup": summary(_finite(speedup)),
+                "speedup_not_reached": sum(not math.isfinite(v) for v in speedup),
                 "final_train_loss": {baseline: summary(_finite(loss_b)), arm_name: summary(_finite(loss_a))},
                 "final_val_acc": {baseline: summary(_finite(acc_b)), arm_name: summary(_finite(acc_a))},
             }
@@ -327,13 +335,31 @@ def paired_gaps(
     return out
 
 
+def epochs_to_reach(losses: Sequence[float], target: float) -> float:
+    """First (fractional, 1-based) epoch at which the per-epoch loss curve reaches ``target``.
+
+    ``losses[i]`` is the loss of epoch ``i + 1``; between two epochs the curve is interpolated linearly. NaN if
+    the target is never reached (or not finite).
+    """
+    if not math.isfinite(target):
+        return math.nan
+    prev = None
+    for i, v in enumerate(losses):
+        if math.isfinite(v) and v <= target:
+            if i == 0 or prev is None or prev == v:
+                return float(i + 1)
+            return i + (prev - target) / (prev - v)
+        prev = v if math.isfinite(v) else None
+    return math.nan
+
+
 def gap_table(gaps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flatten :func:`paired_gaps` rows for a CSV."""
     rows = []
     for g in gaps:
         row = {k: g[k] for k in (*GROUP_KEYS, "arm", "baseline", "n_seeds")}
         row.update({f"diverged_{a}": n for a, n in g["diverged"].items()})
-        for name in ("gap_first_epoch", "gap_early", "gap_iter_early"):
+        for name in ("gap_first_epoch", "gap_early", "gap_iter_early", "speedup"):
             row[f"{name}_mean"] = g[name]["mean"]
             row[f"{name}_std"] = g[name]["std"]
         for a, s in g["final_val_acc"].items():
