@@ -135,9 +135,7 @@ def _candidates(nxt: ChainLayer, M: Tensor, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def fix_weights(
-    model: nn.Module, value: float | None = None, select: str | Selection = "diagonal"
-) -> FixedWeights:
+def fix_weights(model: nn.Module, value: float | None = None, select: str | Selection = "diagonal") -> FixedWeights:
     """Fix one outgoing weight per hidden neuron of a ReLU-family chain (Jestädt 2025, Ch. 3).
 
     Parameters
