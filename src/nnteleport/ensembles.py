@@ -50,9 +50,7 @@ def ensemble_probs(member_probs: Tensor, weights: Sequence[float] | Tensor | Non
     ``weights`` (``M`` non-negative numbers) are normalised to sum to 1; uniform when ``None``.
     """
     if member_probs.dim() != 3:
-        raise ValueError(
-            f"ensemble_probs: expected member probabilities (M, N, K), got {tuple(member_probs.shape)}"
-        )
+        raise ValueError(f"ensemble_probs: expected member probabilities (M, N, K), got {tuple(member_probs.shape)}")
     w = _check_weights(weights, member_probs.shape[0], member_probs)
     return torch.einsum("m,mnk->nk", w, member_probs)
 
@@ -148,9 +146,7 @@ def sgdr_scheduler(
     once per epoch. A thin wrapper of ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``.
     """
     if cycle_len < 1 or cycle_mult < 1:
-        raise ValueError(
-            f"sgdr_scheduler: need cycle_len >= 1 and cycle_mult >= 1, got {cycle_len}, {cycle_mult}"
-        )
+        raise ValueError(f"sgdr_scheduler: need cycle_len >= 1 and cycle_mult >= 1, got {cycle_len}, {cycle_mult}")
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cycle_len, T_mult=cycle_mult, eta_min=eta_min
     )
@@ -195,9 +191,7 @@ def error_correlation(member_probs: Tensor, targets: Tensor) -> Tensor:
     cov = centred @ centred.T / err.shape[1]
     std = cov.diagonal().sqrt()
     denom = std[:, None] * std[None, :]
-    return torch.where(denom > 0, cov / denom.clamp_min(1e-300), torch.full_like(cov, math.nan)).to(
-        member_probs.dtype
-    )
+    return torch.where(denom > 0, cov / denom.clamp_min(1e-300), torch.full_like(cov, math.nan)).to(member_probs.dtype)
 
 
 def _off_diagonal_mean(mat: Tensor) -> float:
