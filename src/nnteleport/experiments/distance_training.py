@@ -33,7 +33,7 @@ from torch import nn
 
 from nnteleport.data import load_dataset
 from nnteleport.distance import CheckpointDistance, CheckpointSchedule
-from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_snapshot_epochs
+from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_scheduler, sgdr_snapshot_epochs
 from nnteleport.experiments.sweep import run_sweep
 from nnteleport.models import build_model
 from nnteleport.training import History, train
@@ -78,38 +78,33 @@ _VARIANTS = ("baseline", "distance", "distance_invariant", "sgdr")
 class _SGDR:
     """SGD with momentum whose learning rate follows SGDR per iteration (``train`` sets it per epoch only).
 
-    ``lr = lr0 (1 + cos(pi * T_cur / T_i)) / 2`` with ``T_cur`` counted in (fractional) epochs.
+    Wraps :func:`nnteleport.ensembles.sgdr_scheduler` (``CosineAnnealingWarmRestarts``), stepped with the
+    fractional epoch ``it / iters`` before every update: ``lr = lr0 (1 + cos(pi * T_cur / T_i)) / 2``.
     """
 
     def __init__(self, model: nn.Module, lr: float, momentum: float, cycle: int, mult: int, iters: int) -> None:
         self.inner = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        self.lr0, self.cycle, self.mult, self.iters, self.it = lr, cycle, mult, iters, 0
+        self.scheduler = sgdr_scheduler(self.inner, cycle, mult)
+        self.iters, self.it = iters, 0
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.inner.param_groups
 
-    def lr_at(self, it: int) -> float:
-        t, length = it / self.iters, float(self.cycle)
-        while t >= length:
-            t -= length
-            length *= self.mult
-        return self.lr0 * (1 + math.cos(math.pi * t / length)) / 2
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
-        for g in self.inner.param_groups:
-            g["lr"] = self.lr_at(self.it)
+        self.scheduler.step(self.it / self.iters)
         self.inner.step()
         self.it += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.inner.state_dict(), "it": self.it}
+        return {"inner": self.inner.state_dict(), "scheduler": self.scheduler.state_dict(), "it": self.it}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state["inner"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.it = int(state["it"])
 
 
