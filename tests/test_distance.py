@@ -230,6 +230,9 @@ def test_bad_inputs_give_clear_errors():
         dist.add_checkpoint({"x": torch.zeros(1)})
     with pytest.raises(TypeError, match=r"expected None, an nn.Module or a mapping"):
         dist.add_checkpoint(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="another model than the one it was built for"):
+        dist(wider)
+    assert float(dist(model)) == 0.0  # the `penalty(model)` hook of nnteleport.training.train
     other = CheckpointDistance(model, params=["0.weight"])
     with pytest.raises(ValueError, match="selection differs"):
         dist.load_state_dict(other.state_dict())
