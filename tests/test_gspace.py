@@ -351,6 +351,79 @@ def test_optimizer_state_dict_round_trip_and_kept_state():
         torch.testing.assert_close(new.state_dict()[k], w, rtol=1e-12, atol=1e-14)
 
 
+def _same_skeleton(a, b):
+    sa, sb = a.chart_state(), b.chart_state()
+    return all(torch.equal(x, y) for k in ("succ", "pred") for x, y in zip(sa[k], sb[k]))
+
+
+@pytest.mark.parametrize("reparametrize", [False, True])
+def test_resume_from_state_dict_is_bit_identical(reparametrize):
+    """A run resumed from (model, optimizer) state dicts continues bitwise like the uninterrupted one, although
+    a chart selected from the checkpoint's weights has another skeleton (greedy selection moved)."""
+    model, _ = make("unequal-bias")
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, 5, generator=gen, dtype=DT), torch.randn(16, 2, generator=gen, dtype=DT))
+               for _ in range(30)]  # fmt: skip
+    kw = dict(lr=0.05, betas=(0.8, 0.95), reparametrize=reparametrize)
+
+    def run(m, o, data):
+        for x, t in data:
+            o.zero_grad()
+            F.mse_loss(m(x), t).backward()
+            o.step()
+
+    ref = copy.deepcopy(model)
+    ro = GSpaceOptimizer(ref, torch.optim.Adam, **kw)
+    run(ref, ro, batches[:20])
+    saved_model, saved_opt = copy.deepcopy(ref.state_dict()), copy.deepcopy(ro.state_dict())
+    run(ref, ro, batches[20:])
+
+    new = copy.deepcopy(model)
+    new.load_state_dict(saved_model)
+    no = GSpaceOptimizer(new, torch.optim.Adam, **kw)
+    assert not _same_skeleton(no.gspace, ro.gspace)  # the failure mode: another chart from later weights
+    no.load_state_dict(saved_opt)
+    assert _same_skeleton(no.gspace, ro.gspace)
+    for k, w in saved_model.items():
+        assert torch.equal(new.state_dict()[k], w), k  # weights are the checkpoint's (also after reparametrize)
+    run(new, no, batches[20:])
+    for k, w in ref.state_dict().items():
+        assert torch.equal(new.state_dict()[k], w), k
+    assert torch.equal(no._coords, ro._coords)
+
+
+def test_resume_after_external_weight_change_and_bad_state():
+    """Saved after the weights were changed from outside (coordinates stale): the resumed run re-reads them, as
+    the uninterrupted one does at its next step. A state dict of another network is rejected."""
+    model, x = make("unequal-bias")
+    t = torch.randn(7, 2, dtype=DT)
+
+    def run(m, o, n):
+        for _ in range(n):
+            o.zero_grad()
+            F.mse_loss(m(x), t).backward()
+            o.step()
+
+    ref = copy.deepcopy(model)
+    ro = GSpaceOptimizer(ref, torch.optim.SGD, lr=0.05, momentum=0.9)
+    run(ref, ro, 3)
+    with torch.no_grad():
+        ref[0].weight.mul_(1.5)  # changed outside the optimizer
+    saved_model, saved_opt = copy.deepcopy(ref.state_dict()), copy.deepcopy(ro.state_dict())
+    assert saved_opt["gspace"]["stale"]
+    run(ref, ro, 3)
+    new = copy.deepcopy(model)
+    new.load_state_dict(saved_model)
+    no = GSpaceOptimizer(new, torch.optim.SGD, lr=0.05, momentum=0.9)
+    no.load_state_dict(saved_opt)
+    run(new, no, 3)
+    for k, w in ref.state_dict().items():
+        assert torch.equal(new.state_dict()[k], w), k
+    other = GSpaceOptimizer(mlp((5, 7, 4, 6, 2)), torch.optim.SGD, lr=0.05, momentum=0.9)
+    with pytest.raises(ValueError, match="load it into the model it was saved from"):
+        other.load_state_dict(saved_opt)
+
+
 def test_reset_state_each_step_equals_fresh_inner_optimizer_each_step():
     model, x = make("unequal-bias")
     t = torch.randn(7, 2, dtype=DT)

@@ -469,11 +469,6 @@ def test_gspace_optimizer_as_callable(digits):
     assert ha.lr == pytest.approx([0.02, 0.02, 0.002], rel=1e-15)  # the schedule drives the inner optimizer
 
 
-@pytest.mark.xfail(
-    reason="GSpaceOptimizer.state_dict holds only the inner optimizer's state, not the skeleton chosen from the "
-    "initial weights nor the master coordinates, so a resumed run rebuilds another chart",
-    strict=False,
-)
 def test_gspace_optimizer_resumes_exactly(digits, tmp_path):
     from nnteleport.gspace import GSpaceOptimizer
 

@@ -553,6 +553,77 @@ class GSpace:
             S[i] = nxt.matrix().reshape(-1)[self._succ_flat[i]] * S[i + 1][row]
         return S
 
+    # -- the chart's choices, for checkpoints ---------------------------------------------------------------
+    def chart_state(self) -> dict[str, Any]:
+        """The choices that define the chart: skeleton rule, positions and the fixed skeleton weights' values.
+
+        ``succ[i]`` (shape ``(out_i,)``) are the flat indices into layer ``i+1``'s ``(out, cols)`` weight
+        matrix of the skeleton weights of layer ``i``'s neurons, ``pred[i]`` the flat indices into layer
+        ``i``'s matrix of their pred edges, ``fixed[i]`` the skeleton weights' values (the chart's constants).
+        The greedy selection depends on the weights, so a chart rebuilt from later weights differs: save this
+        with the coordinates to resume exactly (:meth:`load_chart_state`).
+        """
+        return {
+            "skeleton": self.skeleton.value,
+            "succ": [t.detach().clone() for t in self._succ_flat],
+            "pred": [t.detach().clone() for t in self._pred_flat],
+            "fixed": [t.detach().clone() for t in self._fixed_vals[1:]],
+        }
+
+    @torch.no_grad()
+    def load_chart_state(self, state: dict[str, Any], *, fixed_values: bool = True) -> bool:
+        """Adopt the skeleton of :meth:`chart_state` (instead of selecting one from the current weights).
+
+        With ``fixed_values=True`` the saved skeleton weights are written into the model where they differ
+        (e.g. after ``reparametrize=True`` rescaled a freshly built model); the chart constants are then
+        re-read from the model. Returns whether a weight of the model was changed (then the non-fixed weights
+        must be written from the coordinates as well, :meth:`write_dense`).
+
+        Raises
+        ------
+        ValueError
+            If the saved positions do not fit this chain (other layer count, widths, or an index that is not
+            an outgoing / incoming weight of its neuron).
+        """
+        L = len(self.layers)
+        succ, pred = list(state["succ"]), list(state["pred"])
+        if len(succ) != L - 1 or len(pred) != L - 1:
+            raise ValueError(
+                f"saved G-space chart has {len(succ)} hidden layers, this chain {L - 1}; load it into the model it "
+                "was saved from"
+            )
+        new_succ, new_pred = [], []
+        for i in range(L - 1):
+            lay, nxt = self.layers[i], self.layers[i + 1]
+            s = torch.as_tensor(succ[i]).to(device=self._device, dtype=torch.long)
+            p = torch.as_tensor(pred[i]).to(device=self._device, dtype=torch.long)
+            k = torch.arange(lay.out, device=self._device)
+            ok = (
+                s.shape == (lay.out,)
+                and p.shape == (lay.out,)
+                and bool(((s >= 0) & (s < nxt.out * nxt.cols) & (s % nxt.cols // nxt.rep == k)).all())
+                and bool(((p >= 0) & (p < lay.out * lay.cols) & (p // lay.cols == k)).all())
+            )
+            if not ok:
+                raise ValueError(
+                    f"saved G-space skeleton does not fit layers {lay.name!r} -> {nxt.name!r} (out={lay.out}, next "
+                    f"layer {nxt.out}x{nxt.cols}); load it into the model it was saved from"
+                )
+            new_succ.append(s)
+            new_pred.append(p)
+        self.skeleton = Skeleton.parse(state.get("skeleton", self.skeleton))
+        self._succ_flat, self._pred_flat = new_succ, new_pred
+        changed = False
+        if fixed_values and state.get("fixed") is not None:
+            for i, vals in enumerate(state["fixed"]):
+                flat = self.layers[i + 1].matrix().view(-1)
+                vals = torch.as_tensor(vals).to(device=self._device, dtype=self._dtype)
+                if not torch.equal(flat[new_succ[i]], vals):
+                    flat.index_copy_(0, new_succ[i], vals)
+                    changed = True
+        self._build_indices()
+        return changed
+
     # -- masks and diagnostics ------------------------------------------------------------------------------
     @property
     def skeleton_masks(self) -> dict[str, Tensor]:
@@ -926,12 +997,52 @@ class GSpaceOptimizer(torch.optim.Optimizer):
                 p.grad.detach_().zero_()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
+        """The inner optimizer's state dict plus, under ``"gspace"``, everything the chart needs to resume
+        exactly: the skeleton (:meth:`GSpace.chart_state`) and the master coordinates ``coords`` (dense
+        layout). ``stale`` records that the model's weights were changed from outside since the last step (the
+        coordinates are then re-read from the weights after loading, as the next step would do)."""
+        sd = self.inner.state_dict()
+        stale = self._current_versions() != self._versions
+        sd["gspace"] = {
+            **self.gspace.chart_state(),
+            "coords": self._coords.detach().clone(),
+            "stale": stale,
+        }
+        return sd
 
+    @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load :meth:`state_dict`: inner optimizer state, skeleton and coordinates.
+
+        Load the model's weights first (``model.load_state_dict``), then this: the chart adopts the saved
+        skeleton (not one selected from the loaded weights) and the saved coordinates, so training continues
+        bit-identically. If the model's skeleton weights differ from the saved ones (e.g. the optimizer was
+        built with ``reparametrize=True``, which rescaled the model), the chain's weights are written from the
+        saved skeleton weights and coordinates, i.e. restored to those of the checkpoint. A state dict without
+        ``"gspace"`` (older versions) keeps the current skeleton and re-reads the coordinates from the weights.
+        """
+        state_dict = dict(state_dict)
+        chart = state_dict.pop("gspace", None)
         self.inner.load_state_dict(state_dict)
         self._alias()
-        self.sync()
+        if chart is None:
+            self.sync()
+            return
+        coords = torch.as_tensor(chart["coords"])
+        if coords.shape != self._coords.shape:
+            raise ValueError(
+                f"saved G-space coordinates have shape {tuple(coords.shape)}, this chain's dense layout "
+                f"({self.gspace.dense_numel},); load it into the model it was saved from"
+            )
+        stale = bool(chart.get("stale", False))
+        changed = self.gspace.load_chart_state(chart, fixed_values=not stale)
+        if stale:
+            self.sync()
+            return
+        self._coords.detach().copy_(coords)
+        if changed:
+            self._push_weights()
+        self._versions = self._current_versions()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "_params"):
