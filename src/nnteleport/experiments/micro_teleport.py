@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "datasets": ["digits", "random"],  # "random": N(0, 1) inputs shaped like the first real dataset
     "data_root": None,
     "batch_sizes": [8, 64],
-    "num_samples": 100,
+    "num_samples": 40,  # per model, dataset and batch size (paper: 100)
     "cob_range": 0.001,
     "sampling": "intra",
     "dtype": "float64",
