@@ -4,8 +4,8 @@ The paper trains VGG, ResNet and DenseNet on CIFAR-10 with SGD at learning rate 
 epoch 30 with CoB range 0.7, 0.8 or 0.9, reporting a jump in validation accuracy right after the teleport that
 grows with the CoB range. The default here is scaled down to the embedded digits: 12 epochs with the teleport
 after epoch 6 and learning rate 1e-3 (the paper's ``lr x epochs`` budget of 1e-4 x 100 is of the same order as
-1e-3 x 12), on the MLP and VGG. The optimizer is re-created at the teleport (momentum buffers live in the old coordinates; see
-:mod:`nnteleport.training`).
+1e-3 x 12), on the MLP and VGG. The optimizer is re-created at the teleport (momentum buffers live in the old
+coordinates; see :mod:`nnteleport.training`).
 
 Arms: ``none`` and ``s=<cob_range>`` for each CoB range; all share the initialisation and batch order per seed.
 Reported per arm (paired by seed, against ``none``): the validation-accuracy change one epoch after the teleport
