@@ -84,6 +84,16 @@ def flat_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
 
 
+def _batch(ds: Any, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Examples ``idx`` of ``ds`` stacked (without augmentation for image datasets)."""
+    from nnteleport.data import ImageDataset
+
+    if isinstance(ds, ImageDataset):
+        return ds.get_batch(idx, augment=False)
+    xs, ys = zip(*(ds[i] for i in idx))
+    return torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys])
+
+
 def _datasets(cfg: dict) -> dict[str, Any]:
     real = [d for d in cfg["datasets"] if d != "random"]
     bundles = {d: load_dataset(d, cfg["data_root"], seed=cfg["seed"]) for d in real}
@@ -109,15 +119,14 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             kwargs = dict(cfg["model_kwargs"].get(name, {}))
             model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
             model = model.to(dtype).train()
-            x_all, y_all = data.example_batch(len(data.train), split="train")  # type: ignore[arg-type]
-            x_all = x_all.to(dtype)
             dim = sum(p.numel() for p in model.parameters())
             for bs in cfg["batch_sizes"]:
                 gen = torch.Generator().manual_seed(cfg["seed"] + 7919 * bs)
                 angles: dict[str, list[float]] = {k: [] for k in KINDS}
                 for i in _bar(cfg, progress, name, ds_name, bs):
-                    idx = torch.randperm(len(x_all), generator=gen)[:bs]
-                    x, y = x_all[idx], y_all[idx]
+                    idx = torch.randperm(len(data.train), generator=gen)[:bs].tolist()  # type: ignore[arg-type]
+                    x, y = _batch(data.train, idx)
+                    x = x.to(dtype)
                     grad = flat_grad(model, x, y)
                     micro = nnteleport.micro_teleport(
                         model, x, cob_range=cfg["cob_range"], sampling=cfg["sampling"], generator=gen
