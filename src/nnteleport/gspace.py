@@ -62,7 +62,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.autograd import profiler as _profiler_state
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.optim import optimizer as _optim_mod
+
+# the global optimizer step hooks (``register_optimizer_step_pre/post_hook``), run by GSpaceOptimizer.step itself
+_GLOBAL_PRE_HOOKS: dict[int, Any] = getattr(_optim_mod, "_global_optimizer_pre_hooks", {})
+_GLOBAL_POST_HOOKS: dict[int, Any] = getattr(_optim_mod, "_global_optimizer_post_hooks", {})
 
 __all__ = ["ChainLayer", "GSpace", "GSpaceOptimizer", "Skeleton", "trace_chain"]
 
@@ -457,26 +463,30 @@ class GSpace:
             mask = torch.ones(lay.out * lay.cols, dtype=torch.bool, device=dev)
             mask[f] = False
             self._free_flat.append(mask.nonzero().flatten())
-        # dense flat layout: per layer the (out, cols) weight matrix, then the bias
+        # dense flat layout: every layer's (out, cols) weight matrix (row-major, chain order), then every bias
+        # (the weights of layers 1..L-1 are then contiguous, so equal-shaped layers are one batched view)
         self._w_off: list[int] = []
         self._b_off: list[int | None] = []
         off = 0
         for lay in self.layers:
             self._w_off.append(off)
             off += lay.out * lay.cols
+        for lay in self.layers:
             self._b_off.append(None if lay.bias is None else off)
             off += 0 if lay.bias is None else lay.out
         self.dense_numel = off
-        # the parameter objects (assumed stable; their storage may be replaced, see _matrix_views)
+        # the parameter objects (assumed stable; their storage may be replaced: they are used directly)
         self._weights = [lay.weight for lay in self.layers]
         self._biases = [lay.bias for lay in self.layers]
         self._params_list = self.parameters()
-        self._work = None
-        self._mat_cache = None
         self._fixed_global = torch.cat([f + o for f, o in zip(self._fixed_flat, self._w_off)])
-        mask = torch.ones(off, dtype=torch.bool, device=dev)
-        mask[self._fixed_global] = False
-        self._free_global = mask.nonzero().flatten()
+        # flat coordinate order (values()): per layer its non-fixed weights, then its bias
+        free: list[Tensor] = []
+        for f, lay, wo, bo in zip(self._free_flat, self.layers, self._w_off, self._b_off):
+            free.append(f + wo)
+            if bo is not None:
+                free.append(torch.arange(bo, bo + lay.out, device=dev))
+        self._free_global = torch.cat(free)
         # pred edges. A neuron whose pred entry is itself a fixed skeleton weight inherits the root (nearest
         # non-fixed pred edge up the prefix tree) of its pred's source: P(a) = P(root(a)) * c(a), c(a) the
         # product of the fixed pred weights in between (constant); P(root) = v_pred(root) / S(root).
@@ -505,13 +515,110 @@ class GSpace:
         empty = self._long([])
         self._root = torch.cat(roots) if L > 1 else empty
         self._root_c = torch.cat(coefs) if L > 1 else torch.ones(0, dtype=self._dtype, device=dev)
-        self._fast = bool((self._root == torch.arange(len(self._root), device=dev)).all())
         self._pred_global = torch.cat([pf + o for pf, o in zip(self._pred_flat, self._w_off)]) if L > 1 else empty
         self._root_pred_global = self._pred_global[self._root]
+        self._hid_off = hid_off
         self._refresh_suffix()
         for i, (P, S) in enumerate(zip(*self.path_factors())):
             self._check_nonzero(S, i, "outgoing skeleton path (suffix product S)")
             self._check_nonzero(P, i, "incoming prefix path (prefix product P)")
+        self._build_kernels()
+
+    @torch.no_grad()
+    def _build_kernels(self) -> None:
+        """Constants and buffers of the hot path (:meth:`_dense_gradient`, :meth:`_write`).
+
+        Dense factor ``K = 1 / (P(src) S(dst))`` (zero at fixed entries): the gradient is ``G * K`` plus the
+        pred-edge corrections, the weights are ``F + V * K`` (``F``: fixed values at fixed entries, zero
+        elsewhere). For layer 0 (``P = 1``, no fixed entries) ``K`` is the constant column ``1 / S_0``; for the
+        biases it is the constant ``1 / S``; only the weights of layers ``1..L-1`` depend on ``P``, i.e. on the
+        ``H`` root pred-edge coordinates ``V_r``: ``1 / P = (1 / c_root) / V_r``. Consecutive layers with equal
+        ``(out, cols, rep)`` form one group, a batched ``(n, out, sources, rep)`` view, so the per-step work is a
+        fixed handful of operations whatever the depth.
+        """
+        dev, dt = self._device, self._dtype
+        L, m = len(self.layers), self.dense_numel
+        lay0 = self.layers[0]
+        n0 = lay0.out * lay0.cols
+        self._n0 = n0
+        Kc = torch.empty(m, dtype=dt, device=dev)
+        for lay, wo, bo, inv in zip(self.layers, self._w_off, self._b_off, self._invS):
+            Kc[wo : wo + lay.out * lay.cols].view(lay.out, lay.cols).copy_(inv[:, None].expand(lay.out, lay.cols))
+            if bo is not None:
+                Kc[bo : bo + lay.out].copy_(inv)
+        Kc[self._fixed_global] = 0
+        Fd = torch.zeros(m, dtype=dt, device=dev)
+        Fd[self._fixed_global] = torch.cat(self._fixed_vals)
+        self._Kc_tail, self._F_tail = Kc[n0:], Fd[n0:]
+        self._K_tail = self._Kc_tail.clone()
+        self._ntw = self._w_off[-1] + self.layers[-1].out * self.layers[-1].cols - n0  # weights of layers 1..L-1
+        self._wbuf = torch.empty(m - n0, dtype=dt, device=dev)
+        self._work = torch.empty(self._ntw, dtype=dt, device=dev)
+        H = self.num_hidden
+        self._Vr = torch.empty(H, dtype=dt, device=dev)
+        self._Pinv = torch.empty(H, dtype=dt, device=dev)
+        self._T = torch.empty(H, dtype=dt, device=dev)
+        self._corr = torch.empty(H, dtype=dt, device=dev)
+        self._inv_root_coef = 1.0 / self._root_coef
+        # tail parameters in dense order: weights of layers 1..L-1, then all biases
+        self._tail_params: list[Tensor] = [lay.weight for lay in self.layers[1:]]
+        self._tail_params += [b for b in self._biases if b is not None]
+        self._dense_params: list[Tensor] = [self._weights[0], *self._tail_params]
+        # groups of consecutive layers 1..L-1 with equal (out, cols, rep)
+        groups: list[tuple[int, int]] = []
+        i = 1
+        while i < L:
+            j = i + 1
+            key = (self.layers[i].out, self.layers[i].cols, self.layers[i].rep)
+            while j < L and (self.layers[j].out, self.layers[j].cols, self.layers[j].rep) == key:
+                j += 1
+            groups.append((i, j))
+            i = j
+        self._groups = groups
+        self._K_groups = self._group_views(self._K_tail, n0)
+        self._Kc_groups = self._group_views(self._Kc_tail, n0)
+        self._work_groups = self._group_views(self._work, n0)
+        self._Pinv_groups, self._T_groups = [], []
+        for i0, i1 in groups:
+            lay = self.layers[i0]
+            h0, h1 = self._hid_off[i0 - 1], self._hid_off[i1 - 1]
+            self._Pinv_groups.append(self._Pinv[h0:h1].view(i1 - i0, 1, lay.sources, 1))
+            self._T_groups.append(self._T[h0:h1].view(i1 - i0, lay.sources))
+        self._wbuf_views = self._param_views(self._wbuf, self._tail_params)
+        self._factors_of: Tensor | None = None  # the coordinate tensor the factors were computed from
+
+    def _group_views(self, tail: Tensor, base: int) -> list[Tensor]:
+        """Per group, the ``(n, out, sources, rep)`` view of the weights of a flat tensor starting at ``base``."""
+        out = []
+        for i0, i1 in self._groups:
+            lay = self.layers[i0]
+            a = self._w_off[i0] - base
+            b = a + (i1 - i0) * lay.out * lay.cols
+            out.append(tail[a:b].view(i1 - i0, lay.out, lay.sources, lay.rep))
+        return out
+
+    @staticmethod
+    def _param_views(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """Consecutive views of ``flat`` shaped like ``params``."""
+        views, off = [], 0
+        for p in params:
+            views.append(flat[off : off + p.numel()].view(p.shape))
+            off += p.numel()
+        return views
+
+    def _flat_views(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """Views of a dense flat tensor for the hot path: layer 0's ``(out, cols)`` matrix, the tail (everything
+        after it), the weights of layers ``1..L-1``, their group views, the tail split like the parameters."""
+        lay0 = self.layers[0]
+        n0 = self._n0
+        tail = X[n0:]
+        return (
+            X[:n0].view(lay0.out, lay0.cols),
+            tail,
+            tail[: self._ntw],
+            self._group_views(tail, n0),
+            self._param_views(tail, self._tail_params),
+        )
 
     def refresh(self) -> None:
         """Re-read the chart's constants (fixed skeleton weights, path factors) from the model's current
@@ -526,7 +633,7 @@ class GSpace:
         self._invS = [1.0 / s for s in S]
         self._invS_col = [s[:, None] for s in self._invS]
         self._invS_hidden = torch.cat(self._invS[:-1]) if len(S) > 1 else self._invS[0][:0]
-        self._root_coef = self._invS_hidden[self._root] * self._root_c
+        self._root_coef = self._invS_hidden[self._root] * self._root_c  # P(a) = V[root_pred(a)] * root_coef(a)
 
     # -- function-preserving rescaling ---------------------------------------------------------------------
     @torch.no_grad()
@@ -663,12 +770,6 @@ class GSpace:
             prev = P[-1]
         return P
 
-    def _prefix_from_values(self, V: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Prefix products from dense coordinates, ``P(a) = v_pred(root(a)) / S(root(a)) * c(a)`` (one gather
-        and one product for all layers). Returns the per-layer list and the concatenation ``(H,)``."""
-        Pall = V.index_select(0, self._root_pred_global).mul_(self._root_coef)
-        return Pall.split_with_sizes(self._hidden_sizes), Pall
-
     def _pcols(self, P: Any, i: int) -> Tensor | None:
         """Prefix factors of layer ``i``'s columns (None for the first layer: all ones)."""
         if i == 0:
@@ -737,106 +838,78 @@ class GSpace:
             self.model.get_parameter(name).copy_(w)
 
     @torch.no_grad()
-    def write_dense(self, V: Tensor, views: list[tuple[Tensor, Tensor | None]] | None = None) -> None:
-        """Weight allocation from dense coordinates ``V`` (shape ``(m,)``), in place:
-        ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
-        P, _ = self._prefix_from_values(V)
-        views = self.layout_views(V) if views is None else views
-        mats = self._matrix_views()
-        torch.mul(views[0][0], self._invS_col[0], out=mats[0][0])
-        if len(mats) > 1:  # layers 1..L-1 with foreach kernels (fewer dispatches; they are the small layers)
-            R = torch._foreach_mul([v[0] for v in views[1:]], self._invS_col[1:])
-            torch._foreach_div_(R, [self._pcols(P, i) for i in range(1, len(mats))])
-            torch._foreach_copy_([m[0] for m in mats[1:]], R)
-            for i in range(1, len(mats)):
-                mats[i][1].index_copy_(0, self._fixed_flat[i], self._fixed_vals[i])
-        for i, (b, (_, Vb)) in enumerate(zip(self._biases, views)):
-            if Vb is not None:
-                torch.mul(Vb, self._invS[i], out=b)
-
-    def _matrix_views(self) -> list[tuple[Tensor, Tensor]]:
-        """Cached ``(matrix, flat)`` views of the weights (rebuilt if a parameter's storage was replaced)."""
-        cache = getattr(self, "_mat_cache", None)
-        ptrs = [w.data_ptr() for w in self._weights]
-        if cache is None or cache[0] != ptrs:
-            mats = [lay.matrix() for lay in self.layers]
-            cache = (ptrs, [(m, m.view(-1)) for m in mats])
-            self._mat_cache = cache
-        return cache[1]
-
-    def _work_views(self, like: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Scratch buffer for ``v * dL/dv`` of layers ``1..L-1`` and its per-layer matrix views."""
-        work = getattr(self, "_work", None)
-        if work is None or work[0].dtype != like.dtype or work[0].device != like.device:
-            start = self._w_off[1]
-            buf = torch.empty(self.dense_numel - start, dtype=like.dtype, device=like.device)
-            views = [
-                buf[wo - start : wo - start + lay.out * lay.cols].view(lay.out, lay.cols)
-                for lay, wo in zip(self.layers[1:], self._w_off[1:])
-            ]
-            work = (buf, views)
-            self._work = work
-        return work
+    def _compute_factors(self, V: Tensor) -> None:
+        """Path factors of dense coordinates ``V``: root pred-edge values ``V_r``, ``1 / P`` and ``K`` of
+        layers ``1..L-1`` (one gather, one division, one broadcast product per group)."""
+        if self._Vr.numel():
+            torch.index_select(V, 0, self._root_pred_global, out=self._Vr)
+            torch.div(self._inv_root_coef, self._Vr, out=self._Pinv)
+            for Kg, Kcg, Pg in zip(self._K_groups, self._Kc_groups, self._Pinv_groups):
+                torch.mul(Kcg, Pg, out=Kg)
+        self._factors_of = V
 
     @torch.no_grad()
-    def dense_gradient(
+    def _write(self, V: Tensor, vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]) -> None:
+        """Hot path of :meth:`write_dense` (``vviews = _flat_views(V)``): 3 + (number of groups) + 3 ops."""
+        self._compute_factors(V)
+        lay0 = self.layers[0]
+        torch.mul(vviews[0], self._invS_col[0], out=self._weights[0].view(lay0.out, lay0.cols))
+        if self._tail_params:
+            torch.addcmul(self._F_tail, vviews[1], self._K_tail, out=self._wbuf)
+            torch._foreach_copy_(self._tail_params, self._wbuf_views)
+
+    @torch.no_grad()
+    def write_dense(self, V: Tensor) -> None:
+        """Weight allocation from dense coordinates ``V`` (shape ``(m,)``), in place:
+        ``M_i = V_i / (S_i P_{i-1}(src))`` at non-fixed entries, fixed entries at their constants."""
+        self._write(V, self._flat_views(V))
+
+    @torch.no_grad()
+    def _dense_gradient(
         self,
         V: Tensor,
         out: Tensor,
-        views_out: list[tuple[Tensor, Tensor | None]] | None = None,
+        oviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]],
+        vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]],
     ) -> bool:
+        """Hot path of :meth:`dense_gradient` (views from :meth:`_flat_views`); reuses the factors if they were
+        computed from this very tensor ``V`` (the caller guarantees ``V`` did not change since)."""
+        grads = [p.grad for p in self._dense_params]
+        if any(g is None for g in grads):
+            if all(g is None for g in grads):
+                return False
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._dense_params, grads)]
+        if self._factors_of is not V:
+            self._compute_factors(V)
+        lay0 = self.layers[0]
+        torch.mul(grads[0].reshape(lay0.out, lay0.cols), self._invS_col[0], out=oviews[0])
+        if not self._tail_params:
+            return True
+        torch._foreach_copy_(oviews[4], grads[1:])
+        oviews[1].mul_(self._K_tail)  # dL/dw / (P S), zero at fixed entries
+        if self._Vr.numel():
+            # pred-edge corrections: T(a) = sum of v_f dL/dv_f over the weights leaving hidden neuron a, sent to
+            # the pred edge of root(a) as -T(a) / v_root
+            torch.mul(vviews[2], oviews[2], out=self._work)
+            for wg, Tg in zip(self._work_groups, self._T_groups):
+                torch.sum(wg, dim=(1, 3), out=Tg)
+            torch.div(self._T, self._Vr, out=self._corr)
+            out.index_add_(0, self._root_pred_global, self._corr, alpha=-1)
+        return True
+
+    @torch.no_grad()
+    def dense_gradient(self, V: Tensor, out: Tensor) -> bool:
         """``dL/dv`` in the dense layout from the model's ``.grad`` (after ``loss.backward()``), into ``out``.
 
         ``V`` are the current dense coordinates. Closed-form inverse chain rule (module docstring):
-        ``D = G / (S P)`` on every non-fixed entry (two broadcast products per layer), zero at fixed
-        entries; then on the pred edges of the roots ``- T / v_pred`` with ``T(r)`` the sum of
-        ``g_f = w_f G_f = v_f D_f`` over the weights leaving neurons whose root is ``r`` (one product, one
-        column sum per layer, one scatter). Returns False (``out`` untouched) when no chain parameter has a
-        gradient.
+        ``D = G / (S P)`` on every non-fixed entry, zero at fixed entries; then on the pred edge of every root
+        ``r`` the correction ``- sum_a T(a) / v_pred(r)`` over the hidden neurons ``a`` with ``root(a) = r``,
+        ``T(a)`` the sum of ``g_f = w_f G_f = v_f D_f`` over the non-fixed weights leaving ``a``. About a dozen
+        whole-tensor operations whatever the depth (:meth:`_build_kernels`). Returns False (``out``
+        untouched) when no chain parameter has a gradient.
         """
-        layers = self.layers
-        if all(p.grad is None for p in self._params_list):
-            return False
-        views_out = self.layout_views(out) if views_out is None else views_out
-        P, Pall = self._prefix_from_values(V)
-        grads = [w.grad for w in self._weights]
-        rest = len(layers) > 1 and all(g is not None for g in grads[1:])
-        for i, (lay, (Dw, Db)) in enumerate(zip(layers, views_out)):
-            G = grads[i]
-            if G is None:
-                Dw.zero_()
-            elif i == 0 or not rest:
-                torch.mul(G.view(lay.out, lay.cols), self._invS_col[i], out=Dw)
-                if i > 0:
-                    Dw.div_(self._pcols(P, i))
-            if Db is not None:
-                gb = self._biases[i].grad
-                if gb is None:
-                    Db.zero_()
-                else:
-                    torch.mul(gb, self._invS[i], out=Db)
-        if rest:  # layers 1..L-1 with foreach kernels
-            R = torch._foreach_mul(
-                [g.view(lay.out, lay.cols) for g, lay in zip(grads[1:], layers[1:])], self._invS_col[1:]
-            )
-            torch._foreach_div_(R, [self._pcols(P, i) for i in range(1, len(layers))])
-            torch._foreach_copy_([v[0] for v in views_out[1:]], R)
-        out.index_fill_(0, self._fixed_global, 0)
-        if len(layers) == 1:
-            return True
-        start = self._w_off[1]
-        buf, work = self._work_views(V)
-        torch.mul(V[start:], out[start:], out=buf)
-        h: list[Tensor] = []
-        for lay, w in zip(layers[1:], work):
-            hc = w.sum(0)
-            h.append(hc if lay.rep == 1 else hc.view(lay.sources, lay.rep).sum(1))
-        T = torch.cat(h)
-        if not self._fast:
-            T = torch.zeros_like(T).index_add_(0, self._root, T)
-        corr = T.mul_(self._invS_hidden).div_(Pall)
-        out.index_add_(0, self._pred_global, corr, alpha=-1)
-        return True
+        self._factors_of = None
+        return self._dense_gradient(V, out, self._flat_views(out), self._flat_views(V))
 
     def gradient(self) -> Tensor:
         """Flat ``dL/dv`` (shape ``(dim,)``) from the model's ``.grad`` after ``loss.backward()``."""
@@ -927,9 +1000,10 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         self.reset_state_each_step = bool(reset_state_each_step)
         gs = self.gspace
         self._coords = gs.dense_values().clone().requires_grad_(True)
-        self._cviews = gs.layout_views(self._coords.detach())
+        self._cdet = self._coords.detach()  # same storage and version counter, one object for the factor cache
+        self._cviews = gs._flat_views(self._cdet)
         self._grad_buf = torch.zeros_like(self._coords)
-        self._gviews = gs.layout_views(self._grad_buf)
+        self._gviews = gs._flat_views(self._grad_buf)
         self.inner = optimizer_cls([self._coords], **optimizer_kwargs)
         super().__init__([self._coords], {})
         self._alias()
@@ -949,24 +1023,54 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         """Re-read the chart constants and the coordinates from the model's current weights (same skeleton
         positions; the inner optimizer's state is kept)."""
         self.gspace.refresh()
-        self.gspace.dense_values(out=self._coords.detach())
+        self.gspace.dense_values(out=self._cdet)
+        self.gspace._factors_of = None
         self._versions = self._current_versions()
 
     def _pull_grads(self) -> None:
-        if self._current_versions() != self._versions:
+        if [p._version for p in self._params] != self._versions:
             self.sync()
         c = self._coords
-        if self.gspace.dense_gradient(c.detach(), self._grad_buf, self._gviews):
-            c.grad = self._grad_buf
+        if self.gspace._dense_gradient(self._cdet, self._grad_buf, self._gviews, self._cviews):
+            if c.grad is not self._grad_buf:
+                c.grad = self._grad_buf
         else:
             c.grad = None
 
     def _push_weights(self) -> None:
-        self.gspace.write_dense(self._coords.detach(), self._cviews)
-        self._versions = self._current_versions()
+        self.gspace._write(self._cdet, self._cviews)
+        self._versions = [p._version for p in self._params]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One optimizer step in G-space; ``closure`` (optional) re-evaluates the model and calls backward."""
+        """One optimizer step in G-space; ``closure`` (optional) re-evaluates the model and calls backward.
+
+        Optimizer step pre/post hooks (global and registered on this optimizer) run as for any
+        ``torch.optim`` optimizer; the hook machinery is inlined (``step.hooked``) so that an empty hook list
+        costs nothing (the inner optimizer's step is wrapped as usual).
+        """
+        if _profiler_state._is_profiler_enabled:
+            with torch.autograd.profiler.record_function("Optimizer.step#GSpaceOptimizer.step"):
+                return self._hooked_step(closure)
+        return self._hooked_step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch.optim.Optimizer must not wrap it again
+
+    def _hooked_step(self, closure: Callable[[], Any] | None) -> Any:
+        args: tuple[Any, ...] = (self,) if closure is None else (self, closure)
+        kwargs: dict[str, Any] = {}
+        if _GLOBAL_PRE_HOOKS or self._optimizer_step_pre_hooks:
+            for pre_hook in (*_GLOBAL_PRE_HOOKS.values(), *self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        loss = self._step(closure)
+        if _GLOBAL_POST_HOOKS or self._optimizer_step_post_hooks:
+            for post_hook in (*self._optimizer_step_post_hooks.values(), *_GLOBAL_POST_HOOKS.values()):
+                post_hook(self, args, kwargs)
+        return loss
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
         if closure is None:
             self._pull_grads()
             loss = self.inner.step()
@@ -1039,7 +1143,8 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         if stale:
             self.sync()
             return
-        self._coords.detach().copy_(coords)
+        self._cdet.copy_(coords)
+        self.gspace._factors_of = None
         if changed:
             self._push_weights()
         self._versions = self._current_versions()
