@@ -175,10 +175,7 @@ class _Balancer:
         self.num = num_free + 1
         self.groups = list(groups)  # (start, stop) ranges in the extended vector, homogeneous groups only
         self.entries: list[tuple[int, Tensor, Tensor | None, tuple[int, ...]]] = []
-        active = torch.zeros(self.num, dtype=torch.bool)
-        for a, b in self.groups:
-            active[a:b] = True
-        self.active = active.to(device)
+        self.device = device
         for i, (name, shape) in enumerate(zip(self.names, shapes)):
             if name not in indices:
                 continue
@@ -251,7 +248,7 @@ class _Balancer:
     ) -> tuple[Tensor, int, float]:
         """Return ``(u, sweeps, last_step)``: log-factors of the balanced point, sweeps used, max |step|."""
         dtype = masses[0].dtype if masses else torch.float64
-        device = self.active.device
+        device = self.device
         u = torch.zeros(self.num, dtype=dtype, device=device) if u0 is None else u0.to(dtype).clone()
         step_max = 0.0
         for sweep in range(1, max_iter + 1):
