@@ -556,10 +556,9 @@ class GSpace:
         self._work = torch.empty(self._ntw, dtype=dt, device=dev)
         H = self.num_hidden
         self._Vr = torch.empty(H, dtype=dt, device=dev)
-        self._Pinv = torch.empty(H, dtype=dt, device=dev)
         self._T = torch.empty(H, dtype=dt, device=dev)
         self._corr = torch.empty(H, dtype=dt, device=dev)
-        self._inv_root_coef = 1.0 / self._root_coef
+        inv_root_coef = 1.0 / self._root_coef  # 1 / P(a) = inv_root_coef(a) / V_r(a)
         # tail parameters in dense order: weights of layers 1..L-1, then all biases
         self._tail_params: list[Tensor] = [lay.weight for lay in self.layers[1:]]
         self._tail_params += [b for b in self._biases if b is not None]
@@ -576,25 +575,30 @@ class GSpace:
             i = j
         self._groups = groups
         self._K_groups = self._group_views(self._K_tail, n0)
-        self._Kc_groups = self._group_views(self._Kc_tail, n0)
         self._work_groups = self._group_views(self._work, n0)
-        self._Pinv_groups, self._T_groups = [], []
-        for i0, i1 in groups:
+        # K = Kc * (1 / P(src)) = (Kc * inv_root_coef(src)) / V_r(src): one division per group
+        self._KcR_groups, self._Vr_groups, self._T_groups, self._sum_dims = [], [], [], []
+        for (i0, i1), Kcg in zip(groups, self._group_views(self._Kc_tail, n0)):
             lay = self.layers[i0]
             h0, h1 = self._hid_off[i0 - 1], self._hid_off[i1 - 1]
-            self._Pinv_groups.append(self._Pinv[h0:h1].view(i1 - i0, 1, lay.sources, 1))
+            src_shape = (i1 - i0, 1, lay.cols) if lay.rep == 1 else (i1 - i0, 1, lay.sources, 1)
+            self._KcR_groups.append(Kcg * inv_root_coef[h0:h1].view(src_shape))
+            self._Vr_groups.append(self._Vr[h0:h1].view(src_shape))
             self._T_groups.append(self._T[h0:h1].view(i1 - i0, lay.sources))
+            self._sum_dims.append((1,) if lay.rep == 1 else (1, 3))
         self._wbuf_views = self._param_views(self._wbuf, self._tail_params)
         self._factors_of: Tensor | None = None  # the coordinate tensor the factors were computed from
 
     def _group_views(self, tail: Tensor, base: int) -> list[Tensor]:
-        """Per group, the ``(n, out, sources, rep)`` view of the weights of a flat tensor starting at ``base``."""
+        """Per group, the ``(n, out, sources, rep)`` view (``(n, out, cols)`` if ``rep == 1``) of the weights of
+        a flat tensor starting at ``base``."""
         out = []
         for i0, i1 in self._groups:
             lay = self.layers[i0]
             a = self._w_off[i0] - base
             b = a + (i1 - i0) * lay.out * lay.cols
-            out.append(tail[a:b].view(i1 - i0, lay.out, lay.sources, lay.rep))
+            shape = (i1 - i0, lay.out, lay.cols) if lay.rep == 1 else (i1 - i0, lay.out, lay.sources, lay.rep)
+            out.append(tail[a:b].view(shape))
         return out
 
     @staticmethod
@@ -839,21 +843,20 @@ class GSpace:
 
     @torch.no_grad()
     def _compute_factors(self, V: Tensor) -> None:
-        """Path factors of dense coordinates ``V``: root pred-edge values ``V_r``, ``1 / P`` and ``K`` of
-        layers ``1..L-1`` (one gather, one division, one broadcast product per group)."""
+        """Path factors of dense coordinates ``V``: root pred-edge values ``V_r`` and ``K`` of layers
+        ``1..L-1`` (one gather, one broadcast division per group)."""
         if self._Vr.numel():
             torch.index_select(V, 0, self._root_pred_global, out=self._Vr)
-            torch.div(self._inv_root_coef, self._Vr, out=self._Pinv)
-            for Kg, Kcg, Pg in zip(self._K_groups, self._Kc_groups, self._Pinv_groups):
-                torch.mul(Kcg, Pg, out=Kg)
+            for Kg, KcR, Vrg in zip(self._K_groups, self._KcR_groups, self._Vr_groups):
+                torch.div(KcR, Vrg, out=Kg)
         self._factors_of = V
 
     @torch.no_grad()
     def _write(self, V: Tensor, vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]) -> None:
-        """Hot path of :meth:`write_dense` (``vviews = _flat_views(V)``): 3 + (number of groups) + 3 ops."""
+        """Hot path of :meth:`write_dense` (``vviews = _flat_views(V)``): 4 + (number of groups) ops."""
         self._compute_factors(V)
-        lay0 = self.layers[0]
-        torch.mul(vviews[0], self._invS_col[0], out=self._weights[0].view(lay0.out, lay0.cols))
+        w0 = self._weights[0]
+        torch.mul(vviews[0], self._invS_col[0], out=w0 if w0.dim() == 2 else w0.view(vviews[0].shape))
         if self._tail_params:
             torch.addcmul(self._F_tail, vviews[1], self._K_tail, out=self._wbuf)
             torch._foreach_copy_(self._tail_params, self._wbuf_views)
@@ -881,8 +884,8 @@ class GSpace:
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._dense_params, grads)]
         if self._factors_of is not V:
             self._compute_factors(V)
-        lay0 = self.layers[0]
-        torch.mul(grads[0].reshape(lay0.out, lay0.cols), self._invS_col[0], out=oviews[0])
+        g0 = grads[0]
+        torch.mul(g0 if g0.dim() == 2 else g0.reshape(oviews[0].shape), self._invS_col[0], out=oviews[0])
         if not self._tail_params:
             return True
         torch._foreach_copy_(oviews[4], grads[1:])
@@ -891,8 +894,8 @@ class GSpace:
             # pred-edge corrections: T(a) = sum of v_f dL/dv_f over the weights leaving hidden neuron a, sent to
             # the pred edge of root(a) as -T(a) / v_root
             torch.mul(vviews[2], oviews[2], out=self._work)
-            for wg, Tg in zip(self._work_groups, self._T_groups):
-                torch.sum(wg, dim=(1, 3), out=Tg)
+            for wg, Tg, dims in zip(self._work_groups, self._T_groups, self._sum_dims):
+                torch.sum(wg, dim=dims, out=Tg)
             torch.div(self._T, self._Vr, out=self._corr)
             out.index_add_(0, self._root_pred_global, self._corr, alpha=-1)
         return True
