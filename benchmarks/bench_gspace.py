@@ -4,7 +4,9 @@ The thesis' MNIST network (784-64-64-64-64-10, bias-free, ReLU), batch 64, float
 and Adam the plain and the G-space variant are timed side by side in one run, in interleaved blocks (the median
 over blocks of the per-block ratio is robust to the load of a shared machine): the optimizer step alone
 (gradients already computed) and a whole training iteration (zero_grad + forward + loss + backward + step).
-Targets (issue 4): step <= 1.5x, iteration <= 1.15x.
+Targets (issue 4): step <= 1.5x, iteration <= 1.15x. Also printed: the number of top-level ATen operations
+per step (profiler) and the cost of one tiny operation in this run (per-call dispatch cost), which bound what an
+eager implementation can reach.
 
 Run: ``python -m benchmarks.bench_gspace [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall]``.
 """
@@ -70,6 +72,28 @@ def compare(fns: dict[str, Callable[[], object]], blocks: int, reps: int) -> dic
     return out
 
 
+def top_level_ops(fn: Callable[[], object]) -> int:
+    """Number of ATen operations ``fn`` dispatches from Python (nested ATen calls not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def tiny_op_us(reps: int = 2000) -> float:
+    """Median cost of one tiny out-of-place product (64 floats, ``out=``): the per-call dispatch cost."""
+    a, b, c = torch.randn(64), torch.randn(64), torch.empty(64)
+    return 1e6 * statistics.median(per_call(lambda: torch.mul(a, b, out=c), reps) for _ in range(7))
+
+
 def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28)
@@ -91,6 +115,7 @@ def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
         for _ in range(20):  # warm-up: optimizer state, allocator
             iteration(plain_model, plain_opt)
             iteration(g_model, g_opt)
+        ops = (top_level_ops(plain_opt.step), top_level_ops(g_opt.step))
         step = compare({"plain": plain_opt.step, "gspace": g_opt.step}, blocks, reps)
         it = compare(
             {
@@ -107,6 +132,8 @@ def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
             "iter_plain_us": it["plain_us"],
             "iter_gspace_us": it["gspace_us"],
             "iter_ratio": it["gspace_ratio"],
+            "ops_plain": ops[0],
+            "ops_gspace": ops[1],
         }
     return results
 
@@ -127,14 +154,16 @@ def main() -> None:
     )
     print(
         f"{'optimizer':14s} {'step plain':>11s} {'step G':>10s} {'ratio':>6s}   {'iter plain':>11s} "
-        f"{'iter G':>10s} {'ratio':>6s}"
+        f"{'iter G':>10s} {'ratio':>6s}   {'ATen ops/step plain, G':>22s}"
     )
     for name, r in res.items():
         print(
             f"{name:14s} {r['step_plain_us']:9.1f}us {r['step_gspace_us']:8.1f}us {r['step_ratio']:6.2f}   "
-            f"{r['iter_plain_us']:9.1f}us {r['iter_gspace_us']:8.1f}us {r['iter_ratio']:6.2f}"
+            f"{r['iter_plain_us']:9.1f}us {r['iter_gspace_us']:8.1f}us {r['iter_ratio']:6.2f}   "
+            f"{r['ops_plain']:>14d}, {r['ops_gspace']:d}"
         )
     print("targets (issue 4): step <= 1.5x, iteration <= 1.15x")
+    print(f"one tiny ATen op (dispatch cost) in this run: {tiny_op_us():.2f}us")
 
 
 if __name__ == "__main__":

@@ -464,6 +464,38 @@ def test_lr_scheduler_and_closure_and_zero_grad():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_step_hooks_run_and_fixed_weight_restore_hook_sees_final_weights():
+    """GSpaceOptimizer.step runs its own and the global optimizer step hooks like any torch optimizer (the hook
+    machinery is inlined for speed): pre hooks before the gradient is read, post hooks after the weights are
+    written."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model, x = make("unequal-bias")
+    t = torch.randn(7, 2, dtype=DT)
+    opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.05)
+    calls = []
+    w = model[0].weight
+    h1 = opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o is opt, w.detach().clone())))
+    h2 = opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o is opt, w.detach().clone())))
+    h3 = register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global", o is opt, None)))
+    try:
+        before = w.detach().clone()
+        opt.zero_grad()
+        F.mse_loss(model(x), t).backward()
+        opt.step()
+    finally:
+        for h in (h1, h2, h3):
+            h.remove()
+    kinds = [c[0] for c in calls]
+    assert kinds.count("pre") == 1 and kinds.count("post") == 1
+    assert ("global", True, None) in calls  # the global hook saw the G-space optimizer itself
+    pre = next(c for c in calls if c[0] == "pre")
+    post = next(c for c in calls if c[0] == "post")
+    assert pre[1] and post[1]
+    assert torch.equal(pre[2], before) and torch.equal(post[2], w.detach())
+    assert not torch.equal(post[2], before)
+
+
 def test_external_weight_change_is_picked_up():
     model, x = make("unequal-bias")
     other, _ = make("unequal-bias", seed=9)

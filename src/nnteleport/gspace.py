@@ -755,8 +755,8 @@ class GSpace:
     def layout_views(self, flat: Tensor) -> list[tuple[Tensor, Tensor | None]]:
         """Per layer ``(weight (out, cols) view, bias view or None)`` of a dense flat tensor of shape ``(m,)``.
 
-        The dense layout lists every layer's weight matrix (row-major) then its bias; at the ``H`` fixed
-        skeleton positions coordinates and their gradients are zero.
+        The dense layout lists every layer's weight matrix (row-major, chain order), then every layer's bias; at
+        the ``H`` fixed skeleton positions coordinates and their gradients are zero.
         """
         out = []
         for lay, wo, bo in zip(self.layers, self._w_off, self._b_off):
@@ -984,7 +984,14 @@ class GSpaceOptimizer(torch.optim.Optimizer):
     element-wise optimizer and add nothing to norms. ``param_groups``, ``state``, ``state_dict`` and
     ``load_state_dict`` are the inner optimizer's, so learning-rate schedulers work. If the model's weights are
     changed from outside (e.g. ``model.load_state_dict``), the coordinates are re-read at the next step
-    (tracked through the parameters' version counters); :meth:`sync` does it explicitly.
+    (tracked through the parameters' version counters); :meth:`sync` does it explicitly. :meth:`state_dict`
+    also holds the skeleton and the coordinates, so a run resumed from a checkpoint continues bit-identically.
+
+    Per step (after ``loss.backward()``) the wrapper adds a fixed number of whole-tensor operations, whatever
+    the depth: gradient ``G K`` (one product for the first layer, one copy and one product for the rest), the
+    pred-edge corrections (one product, one column sum per group of equal-shaped layers, one division, one
+    ``index_add_``), then the inner step, then the path factors (one gather, one division per group) and the
+    weights (one product for the first layer, one ``addcmul`` and one ``foreach`` copy for the rest).
     """
 
     def __init__(
