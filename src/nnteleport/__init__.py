@@ -58,6 +58,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    # ruff: noqa: F401
     from nnteleport.cob import CoB, Sampling, sample_cob
     from nnteleport.distance import CheckpointDistance, canonicalize
     from nnteleport.fixing import FixedWeights, fix_weights

@@ -45,19 +45,19 @@ class Kind(str, Enum):
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+def map_tree(fn: Callable[[Any], Any], value: Any) -> Any:
+    """Apply ``fn`` to every leaf of nested tuples/lists/dicts (named tuples become tuples)."""
+    if isinstance(value, (tuple, list)):
+        out = [map_tree(fn, v) for v in value]
+        return type(value)(out) if type(value) in (tuple, list) else tuple(out)
+    if isinstance(value, dict):
+        return {k: map_tree(fn, v) for k, v in value.items()}
+    return fn(value)
+
+
 def zeros_like_space(value: Any) -> Any:
     """The pinned space (all constant) of a value: a tensor of zeros with the value's rank, or a structure."""
-    if isinstance(value, Tensor):
-        return torch.zeros((1,) * value.dim(), dtype=torch.long)
-    if isinstance(value, (tuple, list)):
-        return (
-            type(value)(zeros_like_space(v) for v in value)
-            if not hasattr(value, "_fields")
-            else tuple(zeros_like_space(v) for v in value)
-        )
-    if isinstance(value, dict):
-        return {k: zeros_like_space(v) for k, v in value.items()}
-    return None
+    return map_tree(lambda v: torch.zeros((1,) * v.dim(), dtype=torch.long) if isinstance(v, Tensor) else None, value)
 
 
 def compress(S: Tensor) -> Tensor:
@@ -171,13 +171,7 @@ def _rearrange(ctx: Any) -> Any:
 
 
 def _compress_tree(S: Any) -> Any:
-    if isinstance(S, Tensor):
-        return compress(S)
-    if isinstance(S, (tuple, list)):
-        return (
-            type(S)(_compress_tree(s) for s in S) if not hasattr(S, "_fields") else tuple(_compress_tree(s) for s in S)
-        )
-    return S
+    return map_tree(lambda s: compress(s) if isinstance(s, Tensor) else s, S)
 
 
 def _no_tensor_output(ctx: Any) -> Any:
