@@ -371,7 +371,8 @@ def _gradient(res: dict, d: Path) -> tuple[Section, list[Headline]]:
     head = Headline(
         "gradient-scale curve increasing in s",
         f"{n_inc} / {len(res['models'])} models",
-        f"mean |‖dW‖/‖W‖ − ‖dV‖/‖V‖| strictly increasing over s = {cfg['cob_ranges'][0]}…{cfg['cob_ranges'][-1]}",
+        f"mean |‖dW‖/‖W‖ − ‖dV‖/‖V‖| increases over s = {cfg['cob_ranges'][0]}…{cfg['cob_ranges'][-1]} "
+        "(Spearman ≥ 0.9, last point above the first)",
         "good" if n_inc == len(res["models"]) else "bad",
     )
     return sec, [head]
