@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -327,6 +329,8 @@ def _cmd_teleport(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nnteleport`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `nnteleport ... | head` ends quietly, like other tools
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
