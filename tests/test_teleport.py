@@ -384,3 +384,66 @@ def test_public_name_not_shadowed_by_a_submodule():
 
     importlib.import_module("nnteleport.teleportation")
     assert callable(nt.teleport) and nt.teleport.__module__ == "nnteleport.teleportation"
+
+
+# ----------------------------------------------------------------------------------------------- functional="graph"
+@pytest.mark.parametrize("model_cls", ["MLPFunctional", "ConvBNResidual", "SqueezeExcite"])
+def test_functional_graph_mode_teleports_functional_activations(model_cls):
+    import tests.engine_models as em
+
+    m = getattr(em, model_cls)().double()
+    x = {
+        "MLPFunctional": torch.randn(5, 6),
+        "ConvBNResidual": torch.randn(4, 3, 8, 8),
+        "SqueezeExcite": torch.randn(3, 3, 6, 6),
+    }[model_cls].double()
+    constrained = nt.analyze(m, x).report
+    graph = nt.analyze(m, x, functional="graph")
+    assert graph.functional_sites  # functional calls became wrapper sites
+    assert graph.report.coverage >= constrained.coverage
+    assert int(graph.positive_mask.sum()) <= int(nt.analyze(m, x).positive_mask.sum())
+    v = nt.teleport(
+        m, x, cob_range=0.9, sampling="inter", functional="graph", generator=torch.Generator().manual_seed(0)
+    )
+    assert isinstance(v, torch.fx.GraphModule)
+    assert {n for n, _ in m.named_parameters()} == {n for n, _ in v.named_parameters()}
+    assert any(k.startswith("teleport_functional.") and k.endswith(".tau") for k in v.state_dict())
+    for train in (False, True):
+        assert rel_err(_outputs(m, x, train), _outputs(v, x, train)) < rel_tol(0.9)
+    # teleporting the GraphModule again composes (its wrappers are modules now)
+    w = nt.teleport(v, x, cob_range=0.9, sampling="inter")
+    assert rel_err(_outputs(m, x, False), _outputs(w, x, False)) < rel_tol(0.9) * 2
+
+
+def test_functional_graph_mode_frees_tanh_neurons():
+    from tests.engine_models import MLPFunctional
+
+    m = MLPFunctional().double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    assert "l3" not in nt.analyze(m, x).groups  # torch.tanh pins l3 by default
+    plan = nt.analyze(m, x, functional="graph")
+    assert plan.groups["l3"].size == 8 and not plan.groups["l3"].homogeneous
+
+
+def test_functional_graph_mode_refusals():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            if self.training:
+                h = h * 0.5
+            return self.b(h)
+
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="train and eval mode"):
+        nt.teleport(Branchy(), x, functional="graph")
+    nt.teleport(Branchy(), x)  # the default mode keeps the model's own forward: fine
+    from tests.engine_models import MLPFunctional
+
+    with pytest.raises(ValueError, match="inplace=False"):
+        nt.teleport(MLPFunctional(), torch.randn(2, 6), functional="graph", inplace=True)
+    with pytest.raises(ValueError, match="'constrain', 'graph'"):
+        nt.analyze(MLPFunctional(), torch.randn(2, 6), functional="rewrite")

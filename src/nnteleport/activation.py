@@ -10,10 +10,12 @@ and no wrapper is installed; for every other case the engine replaces the activa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TeleportedActivation"]
+__all__ = ["FunctionalOp", "TeleportedActivation"]
 
 
 class TeleportedActivation(nn.Module):
@@ -56,3 +58,25 @@ def _unwrap(module: nn.Module) -> nn.Module:
     while isinstance(module, TeleportedActivation):
         module = module.fn
     return module
+
+
+class FunctionalOp(nn.Module):
+    """A functional call of a user's ``forward`` (``F.gelu(x)``, ``x.tanh()``, ``F.max_pool2d(x, 2)``) as a module,
+    so that ``functional="graph"`` teleportation can wrap it as ``tau * f(x / tau)``.
+
+    ``op`` is ``"call_function"`` or ``"call_method"``; ``args``/``kwargs`` are the call's constant arguments after
+    the tensor.
+    """
+
+    def __init__(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.op, self.target, self.args, self.kwargs = op, target, tuple(args), dict(kwargs or {})
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.op == "call_method":
+            return getattr(x, self.target)(*self.args, **self.kwargs)
+        return self.target(x, *self.args, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        name = self.target if isinstance(self.target, str) else getattr(self.target, "__name__", repr(self.target))
+        return f"{name}, args={self.args}, kwargs={self.kwargs}"

@@ -154,6 +154,7 @@ def sample_cob(
     generator: torch.Generator | None = None,
     *,
     leaf_modules: Any = (),
+    functional: str = "constrain",
 ) -> CoB:
     """Sample a CoB for ``model`` (paper, Sec. 4).
 
@@ -167,6 +168,8 @@ def sample_cob(
         ``"intra"`` or ``"inter"``. Neurons that must stay positive (see the report) are never flipped.
     generator:
         Optional ``torch.Generator`` for reproducibility.
+    leaf_modules, functional:
+        As in :func:`nnteleport.teleport` (``functional="graph"`` frees functional activations' neurons).
 
     Returns
     -------
@@ -177,7 +180,7 @@ def sample_cob(
 
     s = _validate_cob_range(cob_range)
     mode = Sampling.parse(sampling)
-    plan = analyze(model, x, leaf_modules=leaf_modules)
+    plan = analyze(model, x, leaf_modules=leaf_modules, functional=functional)
     flat = sample_flat(plan.num_free, s, mode, plan.positive_mask, generator)
     return plan.cob_from_flat(flat)
 

@@ -22,6 +22,7 @@ re-trace.
 from __future__ import annotations
 
 import contextlib
+import enum
 import operator
 import traceback
 import weakref
@@ -38,7 +39,29 @@ from nnteleport import rules
 from nnteleport.activation import TeleportedActivation
 from nnteleport.rules import Kind, _callable_name, zeros_like_space
 
-__all__ = ["GroupInfo", "TeleportPlan", "UntraceableModelError", "analyze"]
+__all__ = ["Functional", "GroupInfo", "TeleportPlan", "UntraceableModelError", "analyze"]
+
+
+class Functional(str, enum.Enum):
+    """What to do with activations called as functions (``F.gelu(x)``) in a user's ``forward``.
+
+    * ``"constrain"`` (default): the model keeps its class and ``forward``; positively homogeneous functions
+      (``F.relu``, ``F.max_pool2d``) restrict their neurons to ``tau > 0``, other functions pin them to 1.
+    * ``"graph"``: the teleported model is a ``torch.fx.GraphModule`` whose forward calls
+      ``tau * f(x / tau)`` at each such call (same parameter names); refused when the model's traced graph differs
+      between train and eval mode (``if self.training:`` in ``forward``).
+    """
+
+    CONSTRAIN = "constrain"
+    GRAPH = "graph"
+
+    @classmethod
+    def parse(cls, value: str | Functional) -> Functional:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unknown functional mode {value!r}; allowed values: {allowed}") from None
 
 
 class UntraceableModelError(TypeError):
@@ -160,6 +183,7 @@ class _State:
         self.positives: list[tuple[Tensor, str]] = []
         self.params: dict[int, tuple[str, Tensor, Tensor | None]] = {}  # id(param) -> (name, out, in)
         self.sites: dict[str, _Site] = {}
+        self.fsites: dict[str, _Site] = {}  # functional call sites (node name), functional="graph" only
         self.general_vars: list[Tensor] = []
 
     def new(self, n: int, name: str) -> Tensor:
@@ -304,6 +328,18 @@ class RuleContext:
             if pairs.numel():
                 self.state.merges.append(pairs)
 
+    def functional_site(self, S: Tensor, kind: Kind) -> bool:
+        """In ``functional="graph"`` mode, record a functional activation call as a wrapper site (its other
+        arguments must be constants); returns whether it was recorded."""
+        n = self.node
+        if not self.w.graph_mode or n.all_input_nodes != [n.args[0]]:
+            return False
+        S = rules.compress(S)
+        if kind is Kind.GENERAL:
+            self.state.general_vars.append(S.reshape(-1))
+        self.state.fsites[n.name] = _Site(n.name, S, kind)
+        return True
+
     def activation_site(self, S: Tensor, kind: Kind) -> None:
         """This node applies an element-/channel-wise ``f`` that may need ``tau * f(x / tau)``."""
         S = rules.compress(S)
@@ -346,9 +382,10 @@ def _tensors(S: Any) -> Iterable[Tensor]:
 
 
 class _Walker(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, state: _State) -> None:
+    def __init__(self, gm: fx.GraphModule, state: _State, graph_mode: bool = False) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.state = state
+        self.graph_mode = graph_mode
         self.spaces: dict[fx.Node, Any] = {}
         self.submodules = dict(gm.named_modules())
         self.calls: dict[str, int] = {}
@@ -463,6 +500,8 @@ class TeleportPlan:
     sites: list[ActivationSite]
     positive_mask: Tensor  # (num_free,) bool
     report: Any = None
+    functional_sites: list[ActivationSite] = field(default_factory=list)  # functional="graph": node names
+    graph: fx.Graph | None = None  # functional="graph": the traced graph the wrappers are inserted into
     _device_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def ones(self) -> Any:
@@ -562,15 +601,22 @@ def _finalize(state: _State, model: nn.Module) -> TeleportPlan:
             i = None
         if bool(o.any()) or i is not None:
             param_scale_indices[name] = (o, i)
-    sites = []
-    for s in state.sites.values():
-        idx = mapping[s.S]
-        if not bool(idx.any()):
-            continue
-        if idx.dim() >= 2 and idx.shape[0] == 1:
-            idx = idx.squeeze(0)
-        sites.append(ActivationSite(s.path, idx, s.kind))
-    plan = TeleportPlan(groups, num_free, param_scale_indices, sites, positive_mask)
+
+    def resolve(raw: dict[str, _Site]) -> list[ActivationSite]:
+        out = []
+        for s in raw.values():
+            idx = mapping[s.S]
+            if not bool(idx.any()):
+                continue
+            if idx.dim() >= 2 and idx.shape[0] == 1:
+                idx = idx.squeeze(0)
+            out.append(ActivationSite(s.path, idx, s.kind))
+        return out
+
+    plan = TeleportPlan(
+        groups, num_free, param_scale_indices, resolve(state.sites), positive_mask,
+        functional_sites=resolve(state.fsites),
+    )  # fmt: skip
     plan.report = build_report(model, state, plan, pinned_by, pos_reasons, root0, roots)
     return plan
 
@@ -617,7 +663,9 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
                 m.training = t
 
 
-def analyze(model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()) -> TeleportPlan:
+def analyze(
+    model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = (), functional: str | Functional = "constrain"
+) -> TeleportPlan:
     """Analyse ``model`` for teleportation (cached: a second call with the same input shapes does not re-trace).
 
     Parameters
@@ -630,6 +678,8 @@ def analyze(model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()
     leaf_modules:
         Submodule types or qualified names to treat as black boxes (e.g. code ``torch.fx`` cannot trace); their
         inputs and outputs stay at ``tau = 1``.
+    functional:
+        ``"constrain"`` or ``"graph"``: how activations called as functions are treated (see :class:`Functional`).
 
     Returns
     -------
@@ -644,7 +694,8 @@ def analyze(model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()
     bad = [t for t in leaf_modules if not isinstance(t, (type, str))]
     if bad:
         raise TypeError(f"leaf_modules must hold module types or qualified names, got {bad!r}")
-    key = _cache_key(model, inputs, (leaf_types, leaf_names))
+    mode = Functional.parse(functional)
+    key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), mode)
     per_model = _CACHE.setdefault(model, {})
     plan = per_model.get(key)
     if plan is not None:
@@ -656,16 +707,22 @@ def analyze(model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()
     codes: set[str] = set()
     was_training = model.training
     with _preserved(model, devices):
-        for mode in (was_training, not was_training):
-            model.train(mode)
+        for training in (was_training, not was_training):
+            model.train(training)
             graph = _trace(model, leaf_types, leaf_names)
             gm = fx.GraphModule(model, graph)
             code = gm.code
             if code in codes:
                 continue
+            if codes and mode is Functional.GRAPH:
+                raise ValueError(
+                    f"functional='graph' rewrites forward() as one traced graph, but {type(model).__name__} traces "
+                    "to different graphs in train and eval mode (e.g. `if self.training:` in forward); use "
+                    "functional='constrain' (the default), which keeps the model's own forward"
+                )
             codes.add(code)
             graphs.append(graph)
-            walker = _Walker(gm, state)
+            walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
             try:
                 walker.run(*inputs)
             except Exception as exc:
@@ -674,13 +731,18 @@ def analyze(model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()
                     f"{type(exc).__name__}: {exc}. Pass an input batch that forward() accepts."
                 ) from exc
     plan = _finalize(state, model)
+    if mode is Functional.GRAPH:
+        plan.graph = graphs[0]
     per_model[key] = plan
     return plan
 
 
-def _register(model: nn.Module, x: Any, plan: TeleportPlan, leaf_modules: Sequence[type | str] = ()) -> None:
+def _register(
+    model: nn.Module, x: Any, plan: TeleportPlan, leaf_modules: Sequence[type | str] = (), functional: Any = "constrain"
+) -> None:
     """Record ``plan`` for ``model`` (e.g. after in-place wrapping changed its module structure)."""
     inputs = _as_inputs(x)
     leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
     leaf_names = frozenset(t for t in leaf_modules if isinstance(t, str))
-    _CACHE.setdefault(model, {})[_cache_key(model, inputs, (leaf_types, leaf_names))] = plan
+    key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), Functional.parse(functional))
+    _CACHE.setdefault(model, {})[key] = plan

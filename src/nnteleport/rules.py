@@ -423,6 +423,8 @@ def _functional_activation(kind: Kind, channelwise: bool = False) -> Rule:
             Sc = compress(S)
             if Sc.dim() < 2 or any(s != 1 for s in Sc.shape[2:]) or Sc.shape[0] != 1:
                 return fallback(ctx, f"{ctx.op_name}: factors vary inside a pooling window")
+        if ctx.functional_site(S, kind):  # functional="graph": a per-call wrapper in a rewritten forward
+            return S
         if kind is Kind.POSITIVE:
             ctx.positive(S, f"{ctx.op_name}: functional call cannot hold a wrapper, so tau > 0")
             return S
@@ -430,7 +432,7 @@ def _functional_activation(kind: Kind, channelwise: bool = False) -> Rule:
             S,
             "functional",
             f"{ctx.op_name}: a functional non-homogeneous activation cannot hold a wrapper "
-            "(use its nn.Module form to teleport this space)",
+            "(use its nn.Module form, or functional='graph', to teleport this space)",
         )
         return S
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nnteleport.activation import TeleportedActivation
+from nnteleport.activation import FunctionalOp, TeleportedActivation
 from nnteleport.cob import Sampling, sample_flat
-from nnteleport.graph import TeleportPlan, _register, analyze
+from nnteleport.graph import Functional, TeleportPlan, _register, analyze
 from nnteleport.rules import Kind
 
 __all__ = ["TeleportedActivation", "apply_cob", "micro_teleport", "teleport"]
@@ -112,6 +112,7 @@ def teleport(
     generator: torch.Generator | None = None,
     inplace: bool = False,
     leaf_modules: Any = (),
+    functional: str | Functional = "constrain",
 ) -> nn.Module:
     """Teleport ``model``: a model computing exactly the same function at another point of weight space.
 
@@ -131,6 +132,13 @@ def teleport(
     inplace:
         Modify ``model`` itself (parameters rescaled in place, activation modules replaced by wrappers where
         needed) instead of a deep copy.
+    leaf_modules:
+        Submodules (types or qualified names) to treat as black boxes at ``tau = 1``.
+    functional:
+        ``"constrain"`` (default): activations called as functions in ``forward`` restrict their neurons to
+        ``tau > 0`` (ReLU-like) or pin them. ``"graph"``: they are teleported too, by returning a
+        ``torch.fx.GraphModule`` (same parameter names) whose forward wraps each such call as ``tau * f(x / tau)``
+        -- only when a wrapper is actually needed; not with ``inplace=True``.
 
     Returns
     -------
@@ -139,16 +147,63 @@ def teleport(
         not touched). Activations that need it become ``TeleportedActivation`` (``tau * f(x / tau)``, ``tau``
         in a buffer, so ``state_dict`` round-trips); teleporting a teleported model composes.
     """
-    plan = analyze(model, x, leaf_modules=leaf_modules)
+    plan = analyze(model, x, leaf_modules=leaf_modules, functional=functional)
     if cob is None:
         flat = sample_flat(plan.num_free, cob_range, sampling, plan.positive_mask, generator)
     else:
         flat = plan.flat(cob)
+    rewrites = _functional_wrappers(plan, flat)
+    if rewrites and inplace:
+        raise ValueError(
+            "functional='graph' with inplace=True: functional activation calls need wrappers, which requires a new "
+            "GraphModule; use inplace=False (or functional='constrain')"
+        )
     target = model if inplace else copy.deepcopy(model)
     apply_cob(target, plan, flat)
+    if rewrites:
+        return _as_graph_module(target, plan, rewrites)
     if target is not model or plan.sites:
-        _register(target, x, plan, leaf_modules)  # a copy, or wrappers changed the structure: same analysis
+        _register(target, x, plan, leaf_modules, functional)  # a copy or new wrappers: the same analysis
     return target
+
+
+def _functional_wrappers(plan: TeleportPlan, flat: Tensor) -> list[tuple[str, Tensor]]:
+    """(node name, tau) of the functional call sites whose factors need ``tau * f(x / tau)``."""
+    if not plan.functional_sites:
+        return []
+    t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
+    out = []
+    for site in plan.functional_sites:
+        tau = t[site.index]
+        if (site.kind is Kind.POSITIVE and bool((tau < 0).any())) or (
+            site.kind is not Kind.POSITIVE and not bool((tau == 1).all())
+        ):
+            out.append((site.path, tau))
+    return out
+
+
+def _as_graph_module(model: nn.Module, plan: TeleportPlan, rewrites: list[tuple[str, Tensor]]) -> nn.Module:
+    """``model`` (already teleported) as a GraphModule whose functional activation calls are wrapped."""
+    import torch.fx as fx
+
+    assert plan.graph is not None
+    graph = copy.deepcopy(plan.graph)
+    gm = fx.GraphModule(model, graph, class_name=f"Teleported{type(model).__name__}")
+    nodes = {n.name: n for n in gm.graph.nodes}
+    dtype = _model_dtype(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for name, tau in rewrites:
+        node = nodes[name]
+        fn = FunctionalOp(node.op, node.target, node.args[1:], node.kwargs)
+        path = f"teleport_functional.{name}"
+        gm.add_submodule(path, TeleportedActivation(fn, tau.to(device, dtype)))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(path, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    gm.training = model.training
+    return gm
 
 
 def micro_teleport(
@@ -159,12 +214,21 @@ def micro_teleport(
     generator: torch.Generator | None = None,
     *,
     leaf_modules: Any = (),
+    functional: str | Functional = "constrain",
 ) -> Tensor:
     """The micro-teleportation vector ``V - W`` (flattened, in ``model.parameters()`` order) for a small
     ``cob_range`` (paper, Sec. 5.1: it is orthogonal to the back-propagated gradient up to ``O(s)``)."""
     teleported = teleport(
-        model, x, cob_range=cob_range, sampling=sampling, generator=generator, leaf_modules=leaf_modules
+        model,
+        x,
+        cob_range=cob_range,
+        sampling=sampling,
+        generator=generator,
+        leaf_modules=leaf_modules,
+        functional=functional,
     )
+    new = dict(teleported.named_parameters())
+    names = [n for n, _ in model.named_parameters()]
     w = torch.nn.utils.parameters_to_vector(model.parameters())
-    v = torch.nn.utils.parameters_to_vector(teleported.parameters())
+    v = torch.nn.utils.parameters_to_vector([new[n] for n in names])  # a GraphModule may order them differently
     return (v - w).detach()
