@@ -93,7 +93,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller models and fewer repetitions")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: torch's); use 1 on a loaded machine, where waking a descheduled worker "
+        "thread costs milliseconds per op",
+    )
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     reps = args.reps or (5 if args.quick else 15)

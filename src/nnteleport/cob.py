@@ -106,21 +106,21 @@ def _validate_against_plan(plan: Any, cob: Mapping[str, Any]) -> Tensor:
         t = torch.as_tensor(factors).detach()
         if t.dim() != 1 or t.numel() != g.size:
             raise ValueError(f"CoB group {name!r} must be a 1-D tensor of {g.size} factors, got shape {tuple(t.shape)}")
-        t = t.to("cpu", torch.float64)
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"CoB group {name!r} contains NaN or inf factors")
-        if bool((t == 0).any()):
-            bad = int((t == 0).nonzero()[0])
-            raise ValueError(f"CoB group {name!r} has a zero factor (neuron {bad}); factors must be non-zero")
-        neg = (t < 0) & g.positive_mask
-        if bool(neg.any()):
-            bad = int(neg.nonzero()[0])
-            raise ValueError(
-                f"CoB group {name!r}: neuron {bad} must have a positive factor (it passes through a positively "
-                "homogeneous function that cannot hold a wrapper; see the report), got "
-                f"{float(t[bad])}"
-            )
         flat[g.offset : g.offset + g.size] = t
+    # checked once over the flat vector; the error names the group and neuron
+    bad = ~torch.isfinite(flat) | (flat == 0) | ((flat < 0) & plan.positive_mask)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0])
+        g = next(g for g in plan.groups.values() if g.offset <= k < g.offset + g.size)
+        v, j = float(flat[k]), k - g.offset
+        if not math.isfinite(v):
+            raise ValueError(f"CoB group {g.name!r} contains NaN or inf factors (neuron {j})")
+        if v == 0:
+            raise ValueError(f"CoB group {g.name!r} has a zero factor (neuron {j}); factors must be non-zero")
+        raise ValueError(
+            f"CoB group {g.name!r}: neuron {j} must have a positive factor (it passes through a positively "
+            f"homogeneous function that cannot hold a wrapper; see the report), got {v}"
+        )
     return flat
 
 

@@ -636,8 +636,10 @@ def _as_inputs(x: Any) -> tuple[Tensor, ...]:
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    return tuple((n, type(m)) for n, m in model.named_modules()) + tuple(
-        (n, tuple(p.shape)) for n, p in model.named_parameters()
+    """Module structure and parameter shapes, in one walk over the modules (checked on every cached call)."""
+    return tuple(
+        (name, type(m), tuple((k, None if p is None else tuple(p.shape)) for k, p in m._parameters.items()))
+        for name, m in model.named_modules()
     )
 
 
