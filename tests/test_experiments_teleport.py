@@ -356,3 +356,18 @@ def test_epochs_to_reach_interpolates():
     assert epochs_to_reach([0.5, 0.4], 1.0) == 1.0
     assert math.isnan(epochs_to_reach([3.0, 2.0], 1.0))
     assert math.isnan(epochs_to_reach([3.0, float("nan")], 1.0))
+
+
+def test_calibrate_bn_sets_batch_statistics():
+    from nnteleport.experiments.level_curves import calibrate_bn
+    from nnteleport.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", in_shape=(4,), num_classes=2, hidden=[3], batchnorm=True).double().eval()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    calibrate_bn(model, x)
+    bn = model.features[1]
+    z = model.features[0](x).detach()
+    torch.testing.assert_close(bn.running_mean, z.mean(0))
+    torch.testing.assert_close(bn.running_var, z.var(0, unbiased=True))
+    assert bn.momentum == 0.1 and not model.training

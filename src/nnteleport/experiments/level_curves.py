@@ -10,6 +10,11 @@ record, on a fixed batch of validation data (eval mode; BatchNorm uses its runni
 * ``abs_loss_diff = |L(W) - L(V)|`` (cross-entropy);
 * ``max_output_diff = max |f_W(x) - f_V(x)|`` over the batch and the logits, in eval mode and in train mode
   (batch statistics), the function-preservation error.
+
+BatchNorm running statistics are first set to the statistics of the measured batch (``calibrate_bn``): with
+PyTorch's initial running statistics (mean 0, variance 1) a deep network such as MobileNetV2 at initialisation
+lets the signal vanish in eval mode, its outputs are then just the last bias and the eval-mode check would be
+vacuous.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "data_root": None,
     "num_examples": 32,  # validation examples the loss and outputs are measured on
     "train_mode_teleports": 10,  # of the teleports, how many are also checked in train mode (BN batch stats)
+    "calibrate_bn": True,  # set BatchNorm running statistics to those of the measured batch first
     "num_teleports": 100,
     "cob_range": 0.9,
     "sampling": "inter",
@@ -70,6 +76,24 @@ def parse_dtype(name: str) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
     return _DTYPES[name]
+
+
+def calibrate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Set every BatchNorm's running mean/variance to the statistics of batch ``x`` (one train-mode forward)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.train(was_training)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -98,6 +122,8 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
             model = model.to(dtype).eval()
             x, y = x_all.to(dtype), y_all
+            if cfg["calibrate_bn"]:
+                calibrate_bn(model, x)
             w = torch.cat([p.detach().flatten() for p in model.parameters()]).to(torch.float64)
             out_w = _outputs(model, x, train=False)
             out_w_train = _outputs(model, x, train=True)
