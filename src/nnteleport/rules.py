@@ -110,31 +110,23 @@ def _callable_name(fn: Any) -> str:
     return f"{mod}.{name}" if mod else name
 
 
-def register_module(*types: type[nn.Module]) -> Callable[[Rule], Rule]:
-    def deco(rule: Rule) -> Rule:
-        for t in types:
-            MODULE_RULES[t] = rule
-        return rule
+def _registrar(table: dict[Any, Rule]) -> Callable[..., Callable[[Rule], Rule]]:
+    """A decorator factory: ``@register(key1, key2, ...)`` enters the rule under each key of ``table``."""
 
-    return deco
+    def register(*keys: Any) -> Callable[[Rule], Rule]:
+        def deco(rule: Rule) -> Rule:
+            for k in keys:
+                table[k] = rule
+            return rule
 
+        return deco
 
-def register_function(*fns: Any) -> Callable[[Rule], Rule]:
-    def deco(rule: Rule) -> Rule:
-        for f in fns:
-            FUNCTION_RULES[f] = rule
-        return rule
-
-    return deco
+    return register
 
 
-def register_method(*names: str) -> Callable[[Rule], Rule]:
-    def deco(rule: Rule) -> Rule:
-        for n in names:
-            METHOD_RULES[n] = rule
-        return rule
-
-    return deco
+register_module = _registrar(MODULE_RULES)  # keys: module types (the closest registered base class applies)
+register_function = _registrar(FUNCTION_RULES)  # keys: functions such as torch.cat, F.relu, operator.add
+register_method = _registrar(METHOD_RULES)  # keys: tensor method names such as "view", "relu"
 
 
 def module_rule_for(module: nn.Module) -> Rule | None:
