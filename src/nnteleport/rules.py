@@ -193,28 +193,31 @@ def linear_rule(ctx: Any) -> Any:
     return out.view((1,) * (ctx.out.dim() - 1) + (O,))
 
 
+def _conv_spaces(ctx: Any) -> tuple[Tensor, Tensor, int, int, int, tuple[int, ...]]:
+    """Shared by (transposed) convolutions: the input channels' variables (pinned if the input is unbatched or its
+    factors vary over space), fresh output variables, ``C_in / groups``, ``C_out / groups``, and ``(1,) * d``."""
+    m = ctx.module
+    nd = m.weight.dim() - 2
+    S = ctx.in_space(0)
+    C, O, g = m.in_channels, m.out_channels, m.groups
+    s_in = channel_vector(S, C, dim=1) if ctx.in_value(0).dim() == nd + 2 else None
+    if s_in is None:
+        ctx.pin(S, "unsupported", f"{ctx.op_name}: unbatched input or factors varying over space")
+        s_in = torch.zeros(C, dtype=torch.long)
+    return s_in, ctx.new_space(O), C // g, O // g, C, (1,) * nd
+
+
 @register_module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv_rule(ctx: Any) -> Any:
     """Convolution: a new free space of ``out_channels`` (one factor per feature map).
     ``W[o, j, ...] *= tau_out[o] / tau_in[g(o) * C_in / groups + j]`` (channel ``o`` reads the input channels of
     its group only: grouped and depthwise convolutions), ``b[o] *= tau_out[o]``. Any padding mode is exact (it
     copies or zeroes values within a channel)."""
-    m = ctx.module
-    x = ctx.in_value(0)
-    nd = m.weight.dim() - 2
-    S = ctx.in_space(0)
-    C, O, g = m.in_channels, m.out_channels, m.groups
-    s_in = channel_vector(S, C, dim=1) if x.dim() == nd + 2 else None
-    if s_in is None:
-        ctx.pin(S, "unsupported", f"{ctx.op_name}: unbatched input or factors varying over space")
-        s_in = torch.zeros(C, dtype=torch.long)
-    out = ctx.new_space(O)
-    cg, og = C // g, O // g
-    o = torch.arange(O)
-    cols = (o // og).view(O, 1) * cg + torch.arange(cg).view(1, cg)
-    ones = (1,) * nd
+    s_in, out, cg, og, _, ones = _conv_spaces(ctx)
+    O = out.numel()
+    cols = (torch.arange(O) // og).view(O, 1) * cg + torch.arange(cg).view(1, cg)
     ctx.register_param("weight", out.view(O, 1, *ones), s_in[cols].view(O, cg, *ones))
-    if m.bias is not None:
+    if ctx.module.bias is not None:
         ctx.register_param("bias", out, None)
     return out.view(1, O, *ones)
 
@@ -223,24 +226,12 @@ def conv_rule(ctx: Any) -> Any:
 def conv_transpose_rule(ctx: Any) -> Any:
     """Transposed convolution, weight ``(C_in, C_out / groups, ...)``: ``W[i, j] *= tau_out[g(i) C_out/groups + j]
     / tau_in[i]``."""
-    m = ctx.module
-    x = ctx.in_value(0)
-    nd = m.weight.dim() - 2
-    S = ctx.in_space(0)
-    C, O, g = m.in_channels, m.out_channels, m.groups
-    s_in = channel_vector(S, C, dim=1) if x.dim() == nd + 2 else None
-    if s_in is None:
-        ctx.pin(S, "unsupported", f"{ctx.op_name}: unbatched input or factors varying over space")
-        s_in = torch.zeros(C, dtype=torch.long)
-    out = ctx.new_space(O)
-    cg, og = C // g, O // g
-    i = torch.arange(C)
-    rows = (i // cg).view(C, 1) * og + torch.arange(og).view(1, og)
-    ones = (1,) * nd
+    s_in, out, cg, og, C, ones = _conv_spaces(ctx)
+    rows = (torch.arange(C) // cg).view(C, 1) * og + torch.arange(og).view(1, og)
     ctx.register_param("weight", out[rows].view(C, og, *ones), s_in.view(C, 1, *ones))
-    if m.bias is not None:
+    if ctx.module.bias is not None:
         ctx.register_param("bias", out, None)
-    return out.view(1, O, *ones)
+    return out.view(1, out.numel(), *ones)
 
 
 @register_module(nn.Embedding)
