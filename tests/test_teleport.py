@@ -447,3 +447,18 @@ def test_functional_graph_mode_refusals():
         nt.teleport(MLPFunctional(), torch.randn(2, 6), functional="graph", inplace=True)
     with pytest.raises(ValueError, match="'constrain', 'graph'"):
         nt.analyze(MLPFunctional(), torch.randn(2, 6), functional="rewrite")
+
+
+def test_cached_layout_follows_replaced_parameters():
+    """The hot path caches views of the parameters; assigning a new Parameter must not teleport a stale tensor."""
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    nt.teleport(m, x, cob_range=0.5, inplace=True)  # builds and caches the layout
+    m[0].weight = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))  # same shape: same plan, new tensor
+    m[2].weight = nn.Parameter(torch.randn(3, 6, dtype=torch.float64))
+    before = m(x)
+    cob = nt.sample_cob(m, x, 0.5, generator=torch.Generator().manual_seed(1))
+    w0 = m[0].weight.detach().clone()
+    nt.teleport(m, x, cob, inplace=True)
+    torch.testing.assert_close(m[0].weight.detach(), cob["0"].view(6, 1) * w0)
+    assert rel_err(before, m(x)) < rel_tol(0.5)

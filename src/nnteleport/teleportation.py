@@ -81,6 +81,7 @@ class _Layout:
         empty = torch.zeros(0, dtype=torch.long)
         self.out_all = torch.cat(self.out_idx or [empty]).to(device)
         self.in_all = torch.cat(self.in_idx or [empty]).to(device)
+        self._prepared: dict[torch.dtype, _Prepared] = {}
 
     @staticmethod
     def _factor(X: Tensor, p: Tensor) -> tuple[Tensor, tuple[int, ...], tuple[int, ...] | None]:
@@ -97,9 +98,40 @@ class _Layout:
             return Xc.expand((1, *shape[1:])).reshape(-1), (1, rest), (shape[0], rest)
         return Xc.reshape(-1), tuple(Xc.shape), None  # general broadcast (grouped convolutions)
 
+    def prepared(self, params: dict[str, Tensor], dtype: torch.dtype) -> _Prepared:
+        """Persistent factor buffers and parameter views for one parameter dtype (rebuilt if parameters were
+        replaced by other tensor objects)."""
+        prep = self._prepared.get(dtype)
+        if prep is None or not prep.valid_for(params):
+            prep = self._prepared[dtype] = _Prepared(self, params, dtype)
+        return prep
 
-def _targets(params: dict[str, Tensor], names: list[str], views: list[tuple[int, ...] | None]) -> list[Tensor]:
-    return [params[n] if v is None else params[n].view(v) for n, v in zip(names, views)]
+
+class _Prepared:
+    """For one dtype: ``out_buf``/``in_buf`` filled in place by ``index_select``; ``out_factors``/``in_factors``
+    are views into them shaped for each parameter; ``out_targets``/``in_targets`` the (viewed) parameters."""
+
+    def __init__(self, layout: _Layout, params: dict[str, Tensor], dtype: torch.dtype) -> None:
+        sd = _scale_dtype(dtype)
+        device = layout.out_all.device
+        self.params = {n: params[n] for n in layout.names if params[n].dtype == dtype}
+        self.out_buf = torch.empty(layout.out_all.numel(), dtype=sd, device=device)
+        self.in_buf = torch.empty(layout.in_all.numel(), dtype=sd, device=device)
+        self.out_targets, self.out_factors, self.in_targets, self.in_factors = [], [], [], []
+        for part, names, sizes, shapes, views, targets, factors in (
+            (self.out_buf, layout.names, layout.out_sizes, layout.out_shapes, layout.out_views,
+             self.out_targets, self.out_factors),
+            (self.in_buf, layout.in_names, layout.in_sizes, layout.in_shapes, layout.in_views,
+             self.in_targets, self.in_factors),
+        ):  # fmt: skip
+            for name, chunk, shape, view in zip(names, torch.split(part, sizes), shapes, views):
+                if name in self.params:
+                    p = self.params[name]
+                    targets.append(p if view is None else p.view(view))
+                    factors.append(chunk.view(shape))
+
+    def valid_for(self, params: dict[str, Tensor]) -> bool:
+        return all(params.get(n) is p for n, p in self.params.items())
 
 
 @torch.no_grad()
@@ -107,9 +139,9 @@ def apply_cob(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> nn.Module:
     """Teleport ``model`` in place by the flat factors ``flat`` (``plan.num_free`` values, already validated).
 
     ``p *= t[out]`` then ``p /= t[in]`` for every moving parameter (``t = [1, tau...]``): the factors of all
-    parameters come from one gather each, and are applied with one ``torch._foreach_mul_`` and one
-    ``torch._foreach_div_`` per device and dtype (see :class:`_Layout`); then the activation wrappers.
-    Returns ``model``.
+    parameters are gathered into persistent buffers (one ``index_select`` each) whose views are applied with one
+    ``torch._foreach_mul_`` and one ``torch._foreach_div_`` per device and dtype (see :class:`_Layout`); then the
+    activation wrappers. Returns ``model``.
     """
     params = dict(model.named_parameters())
     devices = {params[n].device for n in plan.param_scale_indices if n in params}
@@ -118,20 +150,15 @@ def apply_cob(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> nn.Module:
         if layout is None:
             layout = plan._device_cache[("layout", device)] = _Layout(plan, params, device)
         t64 = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)]).to(device)
-        dtypes = {params[n].dtype for n in layout.names}
-        for dtype in dtypes:
-            t = t64.to(_scale_dtype(dtype))
-            for names, views, all_idx, sizes, shapes, op in (
-                (layout.names, layout.out_views, layout.out_all, layout.out_sizes, layout.out_shapes, "mul"),
-                (layout.in_names, layout.in_views, layout.in_all, layout.in_sizes, layout.in_shapes, "div"),
-            ):
-                if not names:
-                    continue
-                factors = torch.split(t[all_idx], sizes)
-                keep = [k for k, n in enumerate(names) if params[n].dtype == dtype]
-                targets = _targets(params, [names[k] for k in keep], [views[k] for k in keep])
-                fs = [factors[k].view(shapes[k]) for k in keep]
-                (torch._foreach_mul_ if op == "mul" else torch._foreach_div_)(targets, fs)
+        for dtype in {params[n].dtype for n in layout.names}:
+            prep = layout.prepared(params, dtype)
+            t = t64.to(prep.out_buf.dtype)
+            if prep.out_targets:
+                torch.index_select(t, 0, layout.out_all, out=prep.out_buf)
+                torch._foreach_mul_(prep.out_targets, prep.out_factors)
+            if prep.in_targets:
+                torch.index_select(t, 0, layout.in_all, out=prep.in_buf)
+                torch._foreach_div_(prep.in_targets, prep.in_factors)
     if plan.sites:
         _apply_sites(model, plan, flat)
     return model
