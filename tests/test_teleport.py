@@ -119,7 +119,7 @@ def test_gradient_theorem(name, model, x):
     for (n, w), (_, p) in zip(model.named_parameters(), v.named_parameters()):
         lhs, rhs = p * p.grad, w * w.grad
         scale = float(rhs.detach().abs().max()) + 1e-300
-        assert float((lhs - rhs).abs().max()) / scale < rel_tol(0.9) * 10, n
+        assert float((lhs - rhs).abs().max()) / scale < rel_tol(0.9), n
 
 
 def test_gradient_scaling_formula():
@@ -412,6 +412,7 @@ def test_functional_graph_mode_teleports_functional_activations(model_cls):
         assert rel_err(_outputs(m, x, train), _outputs(v, x, train)) < rel_tol(0.9)
     # teleporting the GraphModule again composes (its wrappers are modules now)
     w = nt.teleport(v, x, cob_range=0.9, sampling="inter")
+    # two teleports in a row: the round-off of both adds up, hence twice the one-teleport bound
     assert rel_err(_outputs(m, x, False), _outputs(w, x, False)) < rel_tol(0.9) * 2
 
 
