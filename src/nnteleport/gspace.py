@@ -55,6 +55,7 @@ but blind to magnitudes.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -65,6 +66,8 @@ from torch import Tensor, fx, nn
 from torch.autograd import profiler as _profiler_state
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.optim import optimizer as _optim_mod
+
+from nnteleport import _native
 
 # the global optimizer step hooks (``register_optimizer_step_pre/post_hook``), run by GSpaceOptimizer.step itself
 _GLOBAL_PRE_HOOKS: dict[int, Any] = getattr(_optim_mod, "_global_optimizer_pre_hooks", {})
@@ -651,8 +654,19 @@ class GSpace:
         """
         S = self._suffix_from_current()
         rescale_chain(self.layers, [s.abs() for s in S[:-1]])
+        # the rescaled skeleton weights are ±1 up to an ulp; make them exact, so that every suffix product is
+        # exactly ±1 (the optimizer's direct chart relies on it; the function changes by round-off only)
+        for i, succ in enumerate(self._succ_flat):
+            flat = self.layers[i + 1].matrix().reshape(-1)
+            flat.index_copy_(0, succ, torch.sign(flat[succ]))
         if hasattr(self, "_fixed_flat"):
             self._build_indices()
+
+    @property
+    def unit_skeleton(self) -> bool:
+        """Whether every suffix product ``S`` is exactly ``±1`` (after :meth:`reparametrize`): the coordinates of
+        the first layer's weights and of all biases are then the weights themselves, up to a constant sign."""
+        return all(bool((s.abs() == 1).all()) for s in self._S)
 
     def _suffix_from_current(self) -> list[Tensor]:
         L = len(self.layers)
@@ -852,14 +866,20 @@ class GSpace:
         self._factors_of = V
 
     @torch.no_grad()
-    def _write(self, V: Tensor, vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]) -> None:
-        """Hot path of :meth:`write_dense` (``vviews = _flat_views(V)``): 4 + (number of groups) ops."""
+    def _write(
+        self, V: Tensor, vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]], direct: bool = False
+    ) -> None:
+        """Hot path of :meth:`write_dense` (``vviews = _flat_views(V)``): 4 + (number of groups) ops. With
+        ``direct=True`` only the weights of layers ``1..L-1`` are written (not the first layer, not the biases)."""
         self._compute_factors(V)
         w0 = self._weights[0]
-        torch.mul(vviews[0], self._invS_col[0], out=w0 if w0.dim() == 2 else w0.view(vviews[0].shape))
+        if not direct:
+            torch.mul(vviews[0], self._invS_col[0], out=w0 if w0.dim() == 2 else w0.view(vviews[0].shape))
         if self._tail_params:
-            torch.addcmul(self._F_tail, vviews[1], self._K_tail, out=self._wbuf)
-            torch._foreach_copy_(self._tail_params, self._wbuf_views)
+            n = self._ntw if direct else len(self._wbuf)
+            torch.addcmul(self._F_tail[:n], vviews[1][:n], self._K_tail[:n], out=self._wbuf[:n])
+            k = len(self.layers) - 1 if direct else len(self._tail_params)
+            torch._foreach_copy_(self._tail_params[:k], self._wbuf_views[:k])
 
     @torch.no_grad()
     def write_dense(self, V: Tensor) -> None:
@@ -874,9 +894,11 @@ class GSpace:
         out: Tensor,
         oviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]],
         vviews: tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]],
+        first: bool = True,
     ) -> bool:
         """Hot path of :meth:`dense_gradient` (views from :meth:`_flat_views`); reuses the factors if they were
-        computed from this very tensor ``V`` (the caller guarantees ``V`` did not change since)."""
+        computed from this very tensor ``V`` (the caller guarantees ``V`` did not change since). With
+        ``first=False`` the first layer's region of ``out`` only receives the pred-edge corrections."""
         grads = [p.grad for p in self._dense_params]
         if any(g is None for g in grads):
             if all(g is None for g in grads):
@@ -885,7 +907,8 @@ class GSpace:
         if self._factors_of is not V:
             self._compute_factors(V)
         g0 = grads[0]
-        torch.mul(g0 if g0.dim() == 2 else g0.reshape(oviews[0].shape), self._invS_col[0], out=oviews[0])
+        if first:
+            torch.mul(g0 if g0.dim() == 2 else g0.reshape(oviews[0].shape), self._invS_col[0], out=oviews[0])
         if not self._tail_params:
             return True
         torch._foreach_copy_(oviews[4], grads[1:])
@@ -949,6 +972,251 @@ def rescale_chain(layers: list[ChainLayer], alphas: list[Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The optimizer's per-step work
+# ----------------------------------------------------------------------------------------------------------
+
+#: ``native=None`` uses the (single-threaded) C kernels for charts up to this many dense entries, or for any size
+#: when torch runs one thread
+_NATIVE_AUTO_MAX_NUMEL = 1 << 22
+
+
+class _HotPath:
+    """Per-step work of :class:`GSpaceOptimizer` on the dense coordinates ``V`` and their gradient ``D``.
+
+    ``pull`` turns the model's gradients into ``dL/dv`` (:meth:`GSpace.dense_gradient`), ``push`` computes the
+    path factors and writes the weights (:meth:`GSpace.write_dense`), ``restore`` undoes what ``pull`` did to
+    the model's own gradients (direct chart only).
+
+    Direct chart (``direct=True``, needs :attr:`GSpace.unit_skeleton`): every suffix product ``S`` is ``±1``,
+    so the coordinate of a first-layer weight is ``v = w S`` and of a bias ``v = b S``. The optimizer then runs
+    on ``u = v S`` (a constant sign flip per coordinate, under which every element-wise optimizer and every
+    inner-product based one, L-BFGS included, takes the same steps), i.e. on these parameters themselves: no
+    copy and no pass over them. Their gradient ``dL/du`` is the model's gradient, except at the first-layer
+    pred edges that are roots, which take the correction ``- T / u`` (written into the model's gradient by
+    ``pull`` and undone by ``restore``). The path factors read the roots' coordinates from the first layer's
+    weight (``P = u * c / S``, the sign folded into the constant). The dense buffers keep their layout; their
+    first-layer and bias regions are then unused (kept in sync only by the eager path).
+
+    Two implementations, same plan: the fused C kernels of :mod:`nnteleport._native` (CPU, float32 / float64,
+    contiguous parameters; one call per direction) or whole-tensor PyTorch operations (any device and dtype).
+    """
+
+    def __init__(self, gs: GSpace, V: Tensor, D: Tensor, *, direct: bool, native: bool | None) -> None:
+        self.gs, self.V, self.D, self.direct = gs, V, D, direct
+        self.vviews, self.dviews = gs._flat_views(V), gs._flat_views(D)
+        self.w0 = gs._weights[0]
+        self._bias_views = [(b, vb, S) for (_, vb), b, S in zip(gs.layout_views(V), gs._biases, gs._S) if b is not None]
+        self._swapped = False  # the model's first-layer gradient holds dL/du (eager pull, direct chart)
+        self._g0_created = False
+        self._g0_saved: Tensor | None = None
+        self._pulled_native = False  # the model's first-layer gradient holds dL/du (native pull, direct chart)
+        self.fresh = False  # path factors computed from the current coordinates
+        self._tail = [lay.weight for lay in gs.layers[1:]]
+        self._seg_params = self._tail if direct else [self.w0, *self._tail, *(b for b in gs._biases if b is not None)]
+        usable = (
+            V.device.type == "cpu"
+            and V.dtype in (torch.float32, torch.float64)
+            and all(p.is_contiguous() for p in [self.w0, *self._seg_params])
+        )
+        if direct:  # eager direct chart: the first-layer root pred edges (unique dense = flat positions)
+            root = gs._root_pred_global
+            self._r0 = torch.unique(root[root < gs._n0]) if root.numel() else gs._long([])
+            self._r0_sign = gs._S[0][self._r0 // gs.layers[0].cols] if self._r0.numel() else V[:0]
+        # the C loops are single-threaded: with several torch threads, large charts go to the parallel eager ops
+        small = V.numel() <= _NATIVE_AUTO_MAX_NUMEL or torch.get_num_threads() == 1
+        lib = _native.load() if native is True or (native is None and usable and small) else None
+        if lib is not None and not usable:
+            lib = None
+        if native is True and lib is None:
+            why = _native.status() if usable else "needs CPU float32/float64 contiguous parameters"
+            raise RuntimeError(f"native G-space kernels requested but unavailable: {why}")
+        self.lib = lib
+        if lib is not None:
+            self._build_plan()
+
+    # -- native plan ----------------------------------------------------------------------------------------
+    def _build_plan(self) -> None:
+        gs, dev, dt = self.gs, self.V.device, self.V.dtype
+        n0 = gs._n0
+        keep: list[Tensor] = []  # the plan points into these tensors: keep them alive
+
+        def ptr(t: Tensor) -> int:
+            t = t.contiguous()
+            keep.append(t)
+            return t.data_ptr()
+
+        segs = []
+        idx_of: dict[int, int] = {}
+        if not self.direct:
+            lay0 = gs.layers[0]
+            segs.append((lay0.out, lay0.cols, 1, -1, 0, gs._invS[0], self.w0))
+        for i in range(1, len(gs.layers)):
+            lay = gs.layers[i]
+            idx_of[i] = len(segs)
+            segs.append((lay.out, lay.cols, lay.rep, gs._hid_off[i - 1], gs._w_off[i], gs._invS[i], lay.weight))
+        if not self.direct:
+            for lay, bo, inv in zip(gs.layers, gs._b_off, gs._invS):
+                if bo is not None:
+                    segs.append((lay.out, 1, 1, -1, bo, inv, lay.bias))
+        arr = (_native.NtSeg * len(segs))()
+        for k, (rows, cols, rep, hb, off, rowf, param) in enumerate(segs):
+            arr[k] = _native.NtSeg(rows, cols, rep, hb, off, ptr(rowf.to(dt)), param.data_ptr())
+        keep.append(arr)  # type: ignore[arg-type]
+        root = gs._root_pred_global.clone()
+        cinv = 1.0 / gs._root_coef
+        if self.direct and root.numel():
+            first = root < n0
+            s0 = gs._S[0][root.clamp(max=max(n0 - 1, 0)) // gs.layers[0].cols]
+            cinv = torch.where(first, cinv / s0, cinv)
+            root = torch.where(first, -1 - root, root)
+        H = root.numel()
+        scratch = torch.zeros(5, max(H, 1), dtype=dt, device=dev)
+        fixed_seg = torch.cat(
+            [torch.full_like(f, idx_of[i]) for i, f in enumerate(gs._fixed_flat) if i > 0 and f.numel()]
+            or [gs._long([])]
+        )
+        fixed_local = torch.cat([f for i, f in enumerate(gs._fixed_flat) if i > 0] or [gs._long([])])
+        fixed_val = torch.cat([v for i, v in enumerate(gs._fixed_vals) if i > 0] or [gs._long([])]).to(dt)
+        plan = _native.NtPlan()
+        plan.nseg, plan.segs, plan.H = len(segs), arr, H
+        plan.root_loc, plan.cinv = ptr(root.to(torch.int64)), ptr(cinv.to(dt))
+        plan.Ur, plan.colf, plan.Tsum, plan.corr, plan.gsave = (ptr(scratch[j]) for j in range(5))
+        plan.nfixed = fixed_local.numel()
+        plan.fixed_dense = ptr(gs._fixed_global.to(torch.int64))
+        plan.fixed_seg, plan.fixed_local = ptr(fixed_seg.to(torch.int64)), ptr(fixed_local.to(torch.int64))
+        plan.fixed_val = ptr(fixed_val)
+        plan.V, plan.D = self.V.data_ptr(), self.D.data_ptr()
+        plan.direct_w = self.w0.data_ptr() if self.direct else None
+        # gradient addresses, refreshed before every pull: the segments' parameters, then the direct weight
+        self._grad_params = [*self._seg_params, self.w0] if self.direct else list(self._seg_params)
+        self._grad_ptrs = (ctypes.c_int64 * (len(segs) + 1))()
+        plan.grads = self._grad_ptrs
+        self._keep, self._arr, self.plan = keep, arr, plan
+        self._plan_ref = ctypes.byref(plan)
+        suffix = "f32" if dt == torch.float32 else "f64"
+        lib = self.lib
+        self._c_factors = getattr(lib, f"nt_factors_{suffix}")
+        self._c_push = getattr(lib, f"nt_push_{suffix}")
+        self._c_pull = getattr(lib, f"nt_pull_{suffix}")
+        self._c_restore = getattr(lib, f"nt_restore_{suffix}")
+        self._storage_params = [self.w0, *self._seg_params]
+        self._param_ptrs = [p.data_ptr() for p in self._storage_params]
+
+    def _check_storage(self) -> None:
+        """Rebuild the plan if a parameter's storage was replaced (``param.data = ...``, ``module.to()``)."""
+        if [p.data_ptr() for p in self._storage_params] != self._param_ptrs:
+            usable = all(
+                p.is_contiguous() and p.device == self.V.device and p.dtype == self.V.dtype
+                for p in self._storage_params
+            )
+            if not usable:
+                raise RuntimeError(
+                    "the chain's parameters were moved or made non-contiguous after the G-space optimizer was "
+                    "built; build the optimizer after moving the model"
+                )
+            self._build_plan()
+
+    # -- the three steps -------------------------------------------------------------------------------------
+    def pull(self) -> bool:
+        """``D = dL/dv`` from the model's gradients (direct chart: also the first layer's gradient becomes
+        ``dL/du``). Returns False (nothing written) when no chain parameter has a gradient."""
+        if self.lib is not None:
+            grads = [p.grad for p in self._grad_params]
+            try:
+                if all(map(Tensor.is_contiguous, grads)):  # TypeError for a None gradient: eager path
+                    self._check_storage()
+                    self._grad_ptrs[: len(grads)] = [g.data_ptr() for g in grads]
+                    if not self.fresh:
+                        self._c_factors(self._plan_ref)
+                        self.fresh = True
+                    self._c_pull(self._plan_ref)
+                    self._pulled_native = self.direct
+                    return True
+            except TypeError:
+                pass
+        with torch.no_grad():
+            return self._pull_eager()
+
+    def _pull_eager(self) -> bool:
+        gs = self.gs
+        if all(p.grad is None for p in gs._dense_params):
+            return False
+        if not self.direct:
+            if not self.fresh:
+                gs._factors_of = None
+            gs._dense_gradient(self.V, self.D, self.dviews, self.vviews)
+            self.fresh = True
+            return True
+        # direct chart: the first layer's roots into V, corrections into the first layer's region of D, from
+        # there into the model's first-layer gradient (its entries at the roots are saved for restore)
+        if not self.fresh or gs._factors_of is not self.V:  # (the native push leaves the dense roots stale)
+            self._roots_from_w0()
+        r0 = self._r0
+        self.D.index_fill_(0, r0, 0)
+        gs._dense_gradient(self.V, self.D, self.dviews, self.vviews, first=False)
+        self.fresh = True
+        if self.w0.grad is None:
+            self.w0.grad, self._g0_created = torch.zeros_like(self.w0), True
+        g0 = self.w0.grad.view(-1)
+        self._g0_saved = g0.index_select(0, r0)
+        g0.index_add_(0, r0, self.D.index_select(0, r0) * self._r0_sign)
+        self._swapped = True
+        return True
+
+    def _roots_from_w0(self) -> None:
+        """Eager direct chart: the coordinates ``v = u S`` of the first-layer root pred edges from the weight."""
+        r0 = self._r0
+        if r0.numel():
+            self.V.index_copy_(0, r0, self.w0.detach().view(-1).index_select(0, r0) * self._r0_sign)
+        self.gs._factors_of = None
+
+    def restore(self) -> None:
+        """Give the model back the gradients ``backward`` computed (direct chart)."""
+        if not self.direct:
+            return
+        if self._swapped:
+            self._swapped = False
+            if self._g0_created:
+                self.w0.grad, self._g0_created = None, False
+            elif self.w0.grad is not None:
+                with torch.no_grad():
+                    self.w0.grad.view(-1).index_copy_(0, self._r0, self._g0_saved)
+        elif self._pulled_native:
+            self._pulled_native = False
+            if self.w0.grad is not None and self.w0.grad.data_ptr() == self._grad_ptrs[len(self._seg_params)]:
+                self._c_restore(self._plan_ref)
+
+    def push(self) -> None:
+        """Path factors from the coordinates, then the weights (direct chart: the first layer's weight and the
+        biases are coordinates themselves and are not written)."""
+        if self.lib is not None:
+            self._check_storage()
+            self._c_push(self._plan_ref)
+            self.gs._factors_of = None  # the eager path's cached factors are stale now
+        else:
+            with torch.no_grad():
+                if self.direct:
+                    self._roots_from_w0()
+                self.gs._write(self.V, self.vviews, direct=self.direct)
+        self.fresh = True
+
+    def invalidate(self) -> None:
+        """The coordinates were changed from outside: recompute the path factors before the next use."""
+        self.fresh = False
+        self.gs._factors_of = None
+
+    @torch.no_grad()
+    def _mirror_direct(self) -> None:
+        """Eager direct chart: the dense first-layer region from the first layer's weight (``v = u S``)."""
+        gs = self.gs
+        w0 = self.w0.detach()
+        torch.mul(w0.reshape(self.vviews[0].shape), gs._S[0][:, None], out=self.vviews[0])
+        for b, vb, S in self._bias_views:
+            torch.mul(b.detach(), S, out=vb)
+        gs._factors_of = None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Optimizer wrapper
 # ----------------------------------------------------------------------------------------------------------
 
@@ -1002,6 +1270,8 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         skeleton: str | Skeleton = "greedy",
         reparametrize: bool = False,
         reset_state_each_step: bool = False,
+        direct: bool | None = None,
+        native: bool | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
         self.gspace = (
@@ -1009,16 +1279,46 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         )
         self.reset_state_each_step = bool(reset_state_each_step)
         gs = self.gspace
+        if direct is None:
+            direct = gs.unit_skeleton
+        elif direct and not gs.unit_skeleton:
+            raise ValueError(
+                "direct=True needs every skeleton path product to be exactly ±1; build the optimizer with "
+                "reparametrize=True"
+            )
+        self._direct = bool(direct)
+        self._native = native
         self._coords = gs.dense_values().clone().requires_grad_(True)
-        self._cdet = self._coords.detach()  # same storage and version counter, one object for the factor cache
-        self._cviews = gs._flat_views(self._cdet)
+        self._cdet = self._coords.detach()  # same storage and version counter
         self._grad_buf = torch.zeros_like(self._coords)
-        self._gviews = gs._flat_views(self._grad_buf)
-        self.inner = optimizer_cls([self._coords], **optimizer_kwargs)
-        super().__init__([self._coords], {})
+        self._hot = _HotPath(gs, self._cdet, self._grad_buf, direct=self._direct, native=native)
+        if self._direct:
+            # the first layer's weight and the biases are coordinates themselves (sign-normalised, see _HotPath);
+            # the weights of layers 1..L-1 are a leaf view of the dense coordinates
+            a, b = gs._n0, gs._n0 + gs._ntw
+            inner_params = [gs._weights[0], *(p for p in gs._biases if p is not None)]
+            self._tail_coords = self._cdet[a:b].detach().requires_grad_(True) if b > a else None
+            self._tail_grad = self._grad_buf[a:b]
+            if self._tail_coords is not None:
+                inner_params.append(self._tail_coords)
+        else:
+            inner_params = [self._coords]
+        self.inner = optimizer_cls(inner_params, **optimizer_kwargs)
+        super().__init__(inner_params, {})
         self._alias()
         self._params = gs.parameters()
         self._versions = self._current_versions()
+
+    @property
+    def direct(self) -> bool:
+        """Whether the first layer's weight and the biases are optimised in place (unit skeleton, see
+        :class:`_HotPath`)."""
+        return self._direct
+
+    @property
+    def native(self) -> bool:
+        """Whether the fused C kernels run the per-step work (else whole-tensor PyTorch operations)."""
+        return self._hot.lib is not None
 
     def _alias(self) -> None:
         self.param_groups = self.inner.param_groups
@@ -1031,24 +1331,33 @@ class GSpaceOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def sync(self) -> None:
         """Re-read the chart constants and the coordinates from the model's current weights (same skeleton
-        positions; the inner optimizer's state is kept)."""
-        self.gspace.refresh()
+        positions; the inner optimizer's state is kept). With the direct chart, the weights are reparametrised
+        again (function-preserving) if their skeleton weights are no longer ``±1``."""
+        gs = self.gspace
+        gs.refresh()
+        if self._direct and not gs.unit_skeleton:
+            gs.reparametrize()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Coordinates from the weights and a fresh hot path (after the chart's constants changed)."""
         self.gspace.dense_values(out=self._cdet)
-        self.gspace._factors_of = None
+        self._hot = _HotPath(self.gspace, self._cdet, self._grad_buf, direct=self._direct, native=self._native)
         self._versions = self._current_versions()
 
     def _pull_grads(self) -> None:
         if [p._version for p in self._params] != self._versions:
             self.sync()
-        c = self._coords
-        if self.gspace._dense_gradient(self._cdet, self._grad_buf, self._gviews, self._cviews):
-            if c.grad is not self._grad_buf:
-                c.grad = self._grad_buf
+        ok = self._hot.pull()
+        if self._direct:
+            if self._tail_coords is not None:
+                self._tail_coords.grad = self._tail_grad if ok else None
         else:
-            c.grad = None
+            self._coords.grad = self._grad_buf if ok else None
 
     def _push_weights(self) -> None:
-        self.gspace._write(self._cdet, self._cviews)
+        self._hot.restore()
+        self._hot.push()
         self._versions = [p._version for p in self._params]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -1117,10 +1426,13 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         coordinates are then re-read from the weights after loading, as the next step would do)."""
         sd = self.inner.state_dict()
         stale = self._current_versions() != self._versions
+        if self._direct and not stale:
+            self._hot._mirror_direct()  # the dense first-layer and bias regions, so that coords are complete
         sd["gspace"] = {
             **self.gspace.chart_state(),
             "coords": self._coords.detach().clone(),
             "stale": stale,
+            "direct": self._direct,
         }
         return sd
 
@@ -1137,6 +1449,13 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         """
         state_dict = dict(state_dict)
         chart = state_dict.pop("gspace", None)
+        if chart is not None and bool(chart.get("direct", False)) != self._direct:
+            saved = "direct (unit skeleton)" if chart.get("direct") else "dense"
+            raise ValueError(
+                f"the state dict was saved by a G-space optimizer with the {saved} chart, this one uses the "
+                f"{'direct' if self._direct else 'dense'} chart; build it with the same reparametrize / direct "
+                "arguments as the saved one"
+            )
         self.inner.load_state_dict(state_dict)
         self._alias()
         if chart is None:
@@ -1153,10 +1472,12 @@ class GSpaceOptimizer(torch.optim.Optimizer):
         if stale:
             self.sync()
             return
+        self._hot = _HotPath(self.gspace, self._cdet, self._grad_buf, direct=self._direct, native=self._native)
         self._cdet.copy_(coords)
-        self.gspace._factors_of = None
+        self._hot.invalidate()
         if changed:
-            self._push_weights()
+            self.gspace.write_dense(self._cdet)  # all weights, the direct ones included
+            self._hot.invalidate()
         self._versions = self._current_versions()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

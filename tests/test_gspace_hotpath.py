@@ -1,0 +1,198 @@
+"""Tests of GSpaceOptimizer's per-step implementations: fused C kernels against whole-tensor PyTorch operations,
+and the direct chart (unit skeleton: first layer and biases optimised in place) against the dense chart.
+
+References: the eager path (itself checked against autograd in test_gspace.py) and the dense chart, whose
+coordinates are the path values themselves. Both charts must give the same network functions along the whole
+trajectory, since the direct chart only flips the sign of some coordinates (float64 round-off tolerances).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnteleport import GSpaceOptimizer, _native
+from tests.test_gspace import DT, ZOO, make
+
+HAVE_NATIVE = _native.load() is not None
+needs_native = pytest.mark.skipif(not HAVE_NATIVE, reason=f"native kernels unavailable: {_native.status()}")
+
+OPTS = {
+    "sgd": (torch.optim.SGD, {"lr": 0.05}),
+    "momentum-wd": (torch.optim.SGD, {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3, "nesterov": True}),
+    "adamw": (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.05}),
+}
+# Adam divides by the root of the second moment: a coordinate whose gradient is zero up to round-off (a pred edge
+# whose corrections cancel) then takes O(lr) steps of round-off-dependent sign; eps keeps the two paths comparable
+OPTS_EXACT = {**OPTS, "adamw": (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.05, "eps": 1e-6})}
+CHAINS = [n for n in ZOO if n != "single-layer"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batches(name, n=12, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    shape = ZOO[name][1]
+    return [
+        (torch.randn(16, *shape, generator=gen, dtype=DT), torch.randint(0, 2, (16,), generator=gen)) for _ in range(n)
+    ]
+
+
+def _train(model, opt, batches):
+    for xb, yb in batches:
+        opt.zero_grad()
+        out = model(xb)
+        F.cross_entropy(out[:, :2] if out.shape[1] > 2 else out, yb).backward()
+        opt.step()
+
+
+@needs_native
+@pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
+@pytest.mark.parametrize("opt", list(OPTS_EXACT))
+@pytest.mark.parametrize("name", CHAINS)
+def test_native_kernels_match_eager_path(name, opt, reparametrize):
+    cls, kw = OPTS_EXACT[opt]
+    model, x = make(name)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    oa = GSpaceOptimizer(a, cls, reparametrize=reparametrize, native=True, **kw)
+    ob = GSpaceOptimizer(b, cls, reparametrize=reparametrize, native=False, **kw)
+    assert oa.native and not ob.native and oa.direct == ob.direct == reparametrize
+    batches = _batches(name, n=6)  # G-SGD amplifies round-off (1 / P factors): few steps, round-off tolerance
+    _train(a, oa, batches)
+    _train(b, ob, batches)
+    assert (a(x) - model(x)).abs().max().item() > 1e-3  # it trained
+    # Adam's normalisation turns the round-off of small gradients into relative step errors: looser bound
+    tol = {"rtol": 1e-8, "atol": 1e-9} if opt == "adamw" else {"rtol": 1e-10, "atol": 1e-12}
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, **tol, msg=k)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "eager"])
+@pytest.mark.parametrize("opt", [*OPTS, "lbfgs"])
+@pytest.mark.parametrize("name", ["unequal-bias", "conv", "width-one", "functional"])
+def test_direct_chart_trains_the_same_functions_as_dense_chart(name, opt, native):
+    """Direct (reparametrised, unit skeleton) and dense (skeleton values kept) charts: same network function
+    at every step, for element-wise optimizers with decoupled and coupled weight decay and for L-BFGS."""
+    if native and not HAVE_NATIVE:
+        pytest.skip(_native.status())
+    model, x = make(name)
+    direct, dense = copy.deepcopy(model), copy.deepcopy(model)
+    if opt == "lbfgs":
+        cls, kw = torch.optim.LBFGS, {"lr": 0.1, "max_iter": 4}  # lr 0.5: chaotic (1e-14 -> 1e-2)
+    else:
+        cls, kw = OPTS[opt]
+    od = GSpaceOptimizer(direct, cls, reparametrize=True, native=native, **kw)
+    oe = GSpaceOptimizer(dense, cls, native=native, **kw)
+    assert od.direct and not oe.direct
+    torch.testing.assert_close(direct(x), model(x), rtol=1e-12, atol=1e-13)  # reparametrising keeps f
+    for xb, yb in _batches(name, n=8):
+        for m, o in ((direct, od), (dense, oe)):
+
+            def closure(m=m, o=o, xb=xb, yb=yb):
+                o.zero_grad()
+                out = m(xb)
+                loss = F.cross_entropy(out[:, :2] if out.shape[1] > 2 else out, yb)
+                loss.backward()
+                return loss
+
+            if opt == "lbfgs":
+                o.step(closure)
+            else:
+                closure()
+                o.step()
+        torch.testing.assert_close(direct(x), dense(x), rtol=1e-9, atol=1e-10)
+    assert (dense(x) - model(x)).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "eager"])
+@pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
+def test_step_leaves_the_models_gradients_as_backward_computed(reparametrize, native):
+    if native and not HAVE_NATIVE:
+        pytest.skip(_native.status())
+    model, x = make("unequal-bias")
+    opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9, reparametrize=reparametrize, native=native)
+    for _ in range(2):
+        opt.zero_grad()
+        F.mse_loss(model(x), torch.ones(7, 2, dtype=DT)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+        assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@needs_native
+@pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
+def test_missing_first_layer_gradient_falls_back_and_matches(reparametrize):
+    """A frozen first layer (no gradient): the native path hands over to the eager one, which gives the same
+    steps; with the direct chart the corrections of the first layer's pred edges still move it."""
+    model, _ = make("unequal-bias")
+    model[0].weight.requires_grad_(False)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    oa = GSpaceOptimizer(a, torch.optim.SGD, lr=0.05, reparametrize=reparametrize, native=True)
+    ob = GSpaceOptimizer(b, torch.optim.SGD, lr=0.05, reparametrize=reparametrize, native=False)
+    _train(a, oa, _batches("unequal-bias", n=4))
+    _train(b, ob, _batches("unequal-bias", n=4))
+    assert a[0].weight.grad is None
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
+
+
+@needs_native
+def test_replaced_parameter_storage_is_picked_up_and_dtype_change_is_refused():
+    model, _ = make("unequal-bias")
+    ref = copy.deepcopy(model)
+    opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.05, reparametrize=True, native=True)
+    ro = GSpaceOptimizer(ref, torch.optim.SGD, lr=0.05, reparametrize=True, native=False)
+    for p in model.parameters():
+        p.data = p.data.clone()  # new storage, same values: the kernels must not write to the old one
+    batches = _batches("unequal-bias", n=3)
+    _train(model, opt, batches)
+    _train(ref, ro, batches)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
+    model.float()
+    with pytest.raises(RuntimeError, match="build the optimizer after moving the model"):
+        _train(model, opt, [(b[0].float(), b[1]) for b in batches[:1]])
+
+
+def test_native_unavailable_is_reported_or_falls_back(monkeypatch):
+    monkeypatch.setattr(_native, "load", lambda: None)
+    model, _ = make("unequal-bias")
+    with pytest.raises(RuntimeError, match="native G-space kernels requested but unavailable"):
+        GSpaceOptimizer(copy.deepcopy(model), torch.optim.SGD, lr=0.1, native=True)
+    opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.1)
+    assert not opt.native
+    with pytest.raises(ValueError, match="reparametrize=True"):
+        GSpaceOptimizer(model, torch.optim.SGD, lr=0.1, direct=True)
+
+
+def test_state_dict_of_other_chart_is_refused():
+    model, _ = make("unequal-bias")
+    direct = GSpaceOptimizer(copy.deepcopy(model), torch.optim.SGD, lr=0.1, reparametrize=True)
+    dense = GSpaceOptimizer(copy.deepcopy(model), torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match=r"direct \(unit skeleton\) chart"):
+        dense.load_state_dict(direct.state_dict())
+
+
+def test_float32_native_matches_float64_reference():
+    model, x = make("conv")
+    m32 = copy.deepcopy(model).float()
+    o64 = GSpaceOptimizer(model, torch.optim.Adam, lr=0.01, reparametrize=True)
+    o32 = GSpaceOptimizer(m32, torch.optim.Adam, lr=0.01, reparametrize=True)
+    for xb, yb in _batches("conv", n=5):
+        for m, o, dt in ((model, o64, DT), (m32, o32, torch.float32)):
+            o.zero_grad()
+            F.cross_entropy(m(xb.to(dt)), yb).backward()
+            o.step()
+    assert m32[0].weight.dtype == torch.float32
+    torch.testing.assert_close(m32(x.float()).double(), model(x), rtol=1e-4, atol=1e-5)
