@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nnteleport import GSpaceOptimizer
+from nnteleport import GSpaceOptimizer, _native
 
 OPTIMIZERS = {
     "SGD": (torch.optim.SGD, {"lr": 0.01}),
@@ -94,47 +94,62 @@ def tiny_op_us(reps: int = 2000) -> float:
     return 1e6 * statistics.median(per_call(lambda: torch.mul(a, b, out=c), reps) for _ in range(7))
 
 
-def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
+#: G-space configurations timed against the plain optimizer: label -> GSpaceOptimizer keyword arguments
+CONFIGS = {
+    "unit skeleton": {"reparametrize": True},  # Meng et al.'s chart: direct first layer, fused kernels
+    "thesis chart": {"reparametrize": False},  # skeleton weights keep their values (dense coordinates)
+    "unit, eager": {"reparametrize": True, "native": False},  # no C compiler / CUDA: whole-tensor ops
+    "thesis, eager": {"reparametrize": False, "native": False},
+}
+
+
+def bench(blocks: int, reps: int, configs: dict[str, dict] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per optimizer and G-space configuration: step and iteration times and their ratios to the plain
+    optimizer, all timed in one interleaved comparison per optimizer."""
+    configs = CONFIGS if configs is None else configs
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28)
     y = torch.randint(0, 10, (64,))
     loss_fn = nn.CrossEntropyLoss()
-    results = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def iteration(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
     for name, (cls, kw) in OPTIMIZERS.items():
         plain_model = thesis_mlp()
-        g_model = thesis_mlp()
-        g_model.load_state_dict(plain_model.state_dict())
-        plain_opt = cls(plain_model.parameters(), **kw)
-        g_opt = GSpaceOptimizer(g_model, cls, **kw)
-
-        def iteration(model: nn.Module, opt: torch.optim.Optimizer) -> None:
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
-
+        runs = {"plain": (plain_model, cls(plain_model.parameters(), **kw))}
+        for label, extra in configs.items():
+            model = thesis_mlp()
+            model.load_state_dict(plain_model.state_dict())
+            runs[label] = (model, GSpaceOptimizer(model, cls, **extra, **kw))
         for _ in range(20):  # warm-up: optimizer state, allocator
-            iteration(plain_model, plain_opt)
-            iteration(g_model, g_opt)
-        ops = (top_level_ops(plain_opt.step), top_level_ops(g_opt.step))
-        step = compare({"plain": plain_opt.step, "gspace": g_opt.step}, blocks, reps)
-        it = compare(
-            {
-                "plain": lambda m=plain_model, o=plain_opt: iteration(m, o),
-                "gspace": lambda m=g_model, o=g_opt: iteration(m, o),
-            },
-            blocks,
-            reps,
-        )
-        results[name] = {
-            "step_plain_us": step["plain_us"],
-            "step_gspace_us": step["gspace_us"],
-            "step_ratio": step["gspace_ratio"],
-            "iter_plain_us": it["plain_us"],
-            "iter_gspace_us": it["gspace_us"],
-            "iter_ratio": it["gspace_ratio"],
-            "ops_plain": ops[0],
-            "ops_gspace": ops[1],
-        }
+            for model, opt in runs.values():
+                iteration(model, opt)
+        results[name] = {}
+        plain = runs["plain"]
+        for label, (model, opt) in runs.items():
+            if label == "plain":
+                continue
+            # pairwise, interleaved: the plain optimizer and this configuration only (the same cache pressure)
+            step = compare({"plain": plain[1].step, label: opt.step}, blocks, reps)
+            it = compare(
+                {"plain": lambda p=plain: iteration(*p), label: lambda m=model, o=opt: iteration(m, o)}, blocks, reps
+            )
+            results[name][label] = {
+                "step_plain_us": step["plain_us"],
+                "step_gspace_us": step[f"{label}_us"],
+                "step_ratio": step[f"{label}_ratio"],
+                "iter_plain_us": it["plain_us"],
+                "iter_gspace_us": it[f"{label}_us"],
+                "iter_ratio": it[f"{label}_ratio"],
+                "ops_plain": top_level_ops(runs["plain"][1].step),
+                "ops_gspace": top_level_ops(opt.step),
+                "native": float(opt.native),
+                "direct": float(opt.direct),
+            }
     return results
 
 
@@ -150,18 +165,19 @@ def main() -> None:
     res = bench(args.blocks, args.reps)
     print(
         f"GSpaceOptimizer vs plain, MLP 784-64-64-64-64-10 bias-free, batch 64, float32, {args.threads} thread(s), "
-        f"{args.clock} clock"
+        f"{args.clock} clock; native kernels: {_native.status()}"
     )
     print(
-        f"{'optimizer':14s} {'step plain':>11s} {'step G':>10s} {'ratio':>6s}   {'iter plain':>11s} "
-        f"{'iter G':>10s} {'ratio':>6s}   {'ATen ops/step plain, G':>22s}"
+        f"{'optimizer':13s} {'G-space chart':14s} {'step plain':>11s} {'step G':>9s} {'ratio':>6s}   "
+        f"{'iter plain':>11s} {'iter G':>9s} {'ratio':>6s}   {'ATen ops/step plain, G':>22s}"
     )
-    for name, r in res.items():
-        print(
-            f"{name:14s} {r['step_plain_us']:9.1f}us {r['step_gspace_us']:8.1f}us {r['step_ratio']:6.2f}   "
-            f"{r['iter_plain_us']:9.1f}us {r['iter_gspace_us']:8.1f}us {r['iter_ratio']:6.2f}   "
-            f"{r['ops_plain']:>14d}, {r['ops_gspace']:d}"
-        )
+    for name, per in res.items():
+        for label, r in per.items():
+            print(
+                f"{name:13s} {label:14s} {r['step_plain_us']:9.1f}us {r['step_gspace_us']:7.1f}us "
+                f"{r['step_ratio']:6.2f}   {r['iter_plain_us']:9.1f}us {r['iter_gspace_us']:7.1f}us "
+                f"{r['iter_ratio']:6.2f}   {r['ops_plain']:>14.0f}, {r['ops_gspace']:.0f}"
+            )
     print("targets (issue 4): step <= 1.5x, iteration <= 1.15x")
     print(f"one tiny ATen op (dispatch cost) in this run: {tiny_op_us():.2f}us")
 
