@@ -196,3 +196,22 @@ def test_float32_native_matches_float64_reference():
             o.step()
     assert m32[0].weight.dtype == torch.float32
     torch.testing.assert_close(m32(x.float()).double(), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
+def test_cuda_eager_path_matches_cpu(reparametrize):
+    """On CUDA the eager path runs; it must take the CPU run's steps (float64, round-off)."""
+    model, _ = make("conv")
+    gpu = copy.deepcopy(model).cuda()
+    kw = {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3}
+    oc = GSpaceOptimizer(model, torch.optim.SGD, reparametrize=reparametrize, **kw)
+    og = GSpaceOptimizer(gpu, torch.optim.SGD, reparametrize=reparametrize, **kw)
+    assert not og.native and og.direct == reparametrize
+    batches = _batches("conv", n=5)
+    _train(model, oc, batches)
+    _train(gpu, og, [(xb.cuda(), yb.cuda()) for xb, yb in batches])
+    assert gpu[0].weight.device.type == "cuda"
+    for p, q in zip(model.parameters(), gpu.parameters()):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-10, atol=1e-12)

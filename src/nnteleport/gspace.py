@@ -1237,29 +1237,41 @@ class GSpaceOptimizer(torch.optim.Optimizer):
     optimizer_cls : type[torch.optim.Optimizer]
         E.g. ``torch.optim.SGD``, ``torch.optim.Adam``.
     skeleton, reparametrize
-        Passed to :class:`GSpace`.
+        Passed to :class:`GSpace`. ``reparametrize=True`` (Meng et al.'s unit skeleton) also enables the direct
+        chart, the fastest one (see ``direct``); the network function is unchanged either way, and both charts
+        train the same functions.
     reset_state_each_step : bool
         Clear the inner optimizer's state after every step (thesis behaviour; Adam then takes
         ``lr * g / (|g| + eps)`` steps, momentum is lost).
+    direct : bool or None
+        Optimise the first layer's weight and the biases in place (their coordinates are these parameters up to a
+        constant sign when every skeleton path product is ``±1``, :class:`_HotPath`). ``None``: whenever the
+        skeleton is unit (after ``reparametrize=True``); ``True`` raises if it is not.
+    native : bool or None
+        Run the per-step chart work in the fused C kernels of :mod:`nnteleport._native` (CPU, float32 /
+        float64). ``None``: when they can be built and the chart has at most 4M coordinates (any size with one
+        torch thread); ``False``: whole-tensor PyTorch operations; ``True``: raise if unavailable.
     **optimizer_kwargs
         All arguments of ``optimizer_cls`` (``lr``, ``momentum``, ``betas``, ``weight_decay``, ...). Weight
         decay then acts on the path values.
 
     Notes
     -----
-    The inner optimizer holds one tensor, the dense coordinates (shape ``(m,)``, :meth:`GSpace.layout_views`);
-    the ``H`` entries at the fixed skeleton positions are zero with zero gradient, so they stay zero under every
-    element-wise optimizer and add nothing to norms. ``param_groups``, ``state``, ``state_dict`` and
+    Thesis chart: the inner optimizer holds one tensor, the dense coordinates (shape ``(m,)``,
+    :meth:`GSpace.layout_views`); the ``H`` entries at the fixed skeleton positions are zero with zero gradient,
+    so they stay zero under every element-wise optimizer and add nothing to norms. Direct chart: it holds the
+    first layer's weight, the biases and the coordinates of layers ``1..L-1`` (a view of the dense buffer); the
+    model's gradients are left as ``backward`` computed them. ``param_groups``, ``state``, ``state_dict`` and
     ``load_state_dict`` are the inner optimizer's, so learning-rate schedulers work. If the model's weights are
     changed from outside (e.g. ``model.load_state_dict``), the coordinates are re-read at the next step
     (tracked through the parameters' version counters); :meth:`sync` does it explicitly. :meth:`state_dict`
     also holds the skeleton and the coordinates, so a run resumed from a checkpoint continues bit-identically.
 
-    Per step (after ``loss.backward()``) the wrapper adds a fixed number of whole-tensor operations, whatever
-    the depth: gradient ``G K`` (one product for the first layer, one copy and one product for the rest), the
-    pred-edge corrections (one product, one column sum per group of equal-shaped layers, one division, one
-    ``index_add_``), then the inner step, then the path factors (one gather, one division per group) and the
-    weights (one product for the first layer, one ``addcmul`` and one ``foreach`` copy for the rest).
+    Per step (after ``loss.backward()``) the wrapper adds two calls of the fused kernels (gradient ``G K`` with
+    the pred-edge corrections; path factors and weight allocation), or, eagerly, a fixed number of whole-tensor
+    operations whatever the depth (one product, copy and product for the gradient, one product, one column sum
+    per group of equal-shaped layers, one division and one ``index_add_`` for the corrections; one gather and
+    one division per group for the factors, one ``addcmul`` and one ``foreach`` copy for the weights).
     """
 
     def __init__(
