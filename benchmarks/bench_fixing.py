@@ -10,13 +10,12 @@ Run: ``python -m benchmarks.bench_fixing [--blocks 30] [--reps 20] [--threads 1]
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
-from benchmarks.bench_gspace import CLOCK, compare, set_clock, thesis_mlp
+from benchmarks.bench_gspace import compare, thesis_mlp, timing_args
 from nnteleport import fix_weights
 
 OPTIMIZERS = {
@@ -77,14 +76,7 @@ def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="weight fixing overhead")
-    parser.add_argument("--blocks", type=int, default=30)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
-    args = parser.parse_args()
-    set_clock(args.clock)
-    torch.set_num_threads(args.threads)
+    args = timing_args("weight fixing overhead")
     res = bench(args.blocks, args.reps)
     print(
         f"fix_weights overhead, MLP 784-64-64-64-64-10, batch 64, float32, {args.threads} thread(s), {args.clock} clock"

@@ -59,6 +59,20 @@ def set_clock(name: str) -> None:
     _clock = CLOCK[name]
 
 
+def timing_args(description: str) -> argparse.Namespace:
+    """Command line of the interleaved-timing benchmarks (``--blocks --reps --threads --clock``); sets the clock
+    and the number of torch threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--blocks", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
+    args = parser.parse_args()
+    set_clock(args.clock)
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def compare(fns: dict[str, Callable[[], object]], blocks: int, reps: int) -> dict[str, float]:
     """Median seconds per call of each function and median per-block ratio of each to the first."""
     names = list(fns)
@@ -154,14 +168,7 @@ def bench(blocks: int, reps: int, configs: dict[str, dict] | None = None) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="GSpaceOptimizer step overhead")
-    parser.add_argument("--blocks", type=int, default=30)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
-    args = parser.parse_args()
-    set_clock(args.clock)
-    torch.set_num_threads(args.threads)
+    args = timing_args("GSpaceOptimizer step overhead")
     res = bench(args.blocks, args.reps)
     print(
         f"GSpaceOptimizer vs plain, MLP 784-64-64-64-64-10 bias-free, batch 64, float32, {args.threads} thread(s), "

@@ -7,17 +7,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from nnteleport.experiments import get_experiment
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_gspace_lr_grid_tiny(tmp_path):

@@ -33,15 +33,6 @@ NAMES = [
 TINY_MLP = {"mlp": {"hidden": [24, 24]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is as fast and does not fight the other test processes for cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _files_exist(out, results):
     assert (out / "results.json").is_file()
     stored = json.loads((out / "results.json").read_text())

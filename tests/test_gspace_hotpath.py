@@ -31,14 +31,6 @@ OPTS_EXACT = {**OPTS, "adamw": (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 
 CHAINS = [n for n in ZOO if n != "single-layer"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batches(name, n=12, seed=4):
     gen = torch.Generator().manual_seed(seed)
     shape = ZOO[name][1]

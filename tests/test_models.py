@@ -14,15 +14,6 @@ from nnteleport.models import MODELS, Activation, build_model
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (40,), (2, 16)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small models: one intra-op thread is as fast and does not fight other test processes for cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -32,7 +32,7 @@ def rel_tol(s: float, layers: int = 30) -> float:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-300))
+    return float(((a - b).abs().max() / a.abs().max().clamp_min(1e-300)).detach())
 
 
 def zoo_cases() -> list[tuple[str, nn.Module, torch.Tensor]]:

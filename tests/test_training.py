@@ -15,15 +15,6 @@ from nnteleport.data import load_dataset
 from nnteleport.training import History, evaluate, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add contention on the shared 2-core machine (30x slower measured)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp(in_features: int = 64, hidden: int = 16, classes: int = 10, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, classes))

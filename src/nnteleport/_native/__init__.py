@@ -82,7 +82,7 @@ def _compile(cc: str) -> Path:
     target = _cache_dir() / f"gspace_kernels-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: a shared library is loaded from it
     # build into a private file, then rename atomically: parallel processes (sweeps) never load a partial file
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
