@@ -1016,7 +1016,9 @@ class _HotPath:
         usable = (
             V.device.type == "cpu"
             and V.dtype in (torch.float32, torch.float64)
-            and all(p.is_contiguous() for p in [self.w0, *self._seg_params])
+            and all(
+                p.is_contiguous() and p.dtype == V.dtype and p.device == V.device for p in [self.w0, *self._seg_params]
+            )
         )
         if direct:  # eager direct chart: the first-layer root pred edges (unique dense = flat positions)
             root = gs._root_pred_global
