@@ -9,6 +9,9 @@ trajectory, since the direct chart only flips the sign of some coordinates (floa
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
+import shutil
 
 import pytest
 import torch
@@ -207,3 +210,16 @@ def test_cuda_eager_path_matches_cpu(reparametrize):
     assert gpu[0].weight.device.type == "cuda"
     for p, q in zip(model.parameters(), gpu.parameters()):
         torch.testing.assert_close(q.cpu(), p, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_kernels_build_into_a_private_cache_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNTELEPORT_CACHE", str(tmp_path))
+    path = _native._compile(os.environ.get("CC", "cc"))
+    assert path.parent == tmp_path / "native" and path.exists()
+    assert (path.parent.stat().st_mode & 0o077) == 0  # nobody else may plant a library there
+    mtime = path.stat().st_mtime_ns
+    assert _native._compile(os.environ.get("CC", "cc")) == path and path.stat().st_mtime_ns == mtime  # cached
+    lib = ctypes.CDLL(str(path))
+    assert all(hasattr(lib, f"nt_{k}_{t}") for k in ("factors", "push", "pull", "restore") for t in ("f32", "f64"))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left behind

@@ -1072,7 +1072,7 @@ class _HotPath:
             cinv = torch.where(first, cinv / s0, cinv)
             root = torch.where(first, -1 - root, root)
         H = root.numel()
-        scratch = torch.zeros(5, max(H, 1), dtype=dt, device=dev)
+        scratch = torch.zeros(4, max(H, 1), dtype=dt, device=dev)
         fixed_seg = torch.cat(
             [torch.full_like(f, idx_of[i]) for i, f in enumerate(gs._fixed_flat) if i > 0 and f.numel()]
             or [gs._long([])]
@@ -1082,7 +1082,7 @@ class _HotPath:
         plan = _native.NtPlan()
         plan.nseg, plan.segs, plan.H = len(segs), arr, H
         plan.root_loc, plan.cinv = ptr(root.to(torch.int64)), ptr(cinv.to(dt))
-        plan.Ur, plan.colf, plan.Tsum, plan.corr, plan.gsave = (ptr(scratch[j]) for j in range(5))
+        plan.Ur, plan.colf, plan.Tsum, plan.gsave = (ptr(scratch[j]) for j in range(4))
         plan.nfixed = fixed_local.numel()
         plan.fixed_dense = ptr(gs._fixed_global.to(torch.int64))
         plan.fixed_seg, plan.fixed_local = ptr(fixed_seg.to(torch.int64)), ptr(fixed_local.to(torch.int64))

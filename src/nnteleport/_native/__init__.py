@@ -24,6 +24,9 @@ from pathlib import Path
 __all__ = ["NtPlan", "NtSeg", "load", "status"]
 
 _SOURCE = Path(__file__).with_name("gspace_kernels.c")
+# read at import: the library is built from the source this process's structure definitions belong to, even if
+# the file changes later (editable installs)
+_SOURCE_BYTES = _SOURCE.read_bytes() if _SOURCE.exists() else b""
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off"]
 
 _lib: ctypes.CDLL | None = None
@@ -57,7 +60,6 @@ class NtPlan(ctypes.Structure):
         ("Ur", ctypes.c_void_p),
         ("colf", ctypes.c_void_p),
         ("Tsum", ctypes.c_void_p),
-        ("corr", ctypes.c_void_p),
         ("gsave", ctypes.c_void_p),
         ("nfixed", ctypes.c_int64),
         ("fixed_dense", ctypes.c_void_p),
@@ -77,21 +79,18 @@ def _cache_dir() -> Path:
 
 
 def _compile(cc: str) -> Path:
-    src = _SOURCE.read_bytes()
+    src = _SOURCE_BYTES
     key = hashlib.sha256(src + " ".join([cc, *_FLAGS, platform.machine(), sys.platform]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"gspace_kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: a shared library is loaded from it
-    # build into a private file, then rename atomically: parallel processes (sweeps) never load a partial file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE)], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # build into private files, then rename atomically: parallel processes (sweeps) never load a partial file
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
+        c_file, so_file = Path(tmpdir) / "gspace_kernels.c", Path(tmpdir) / "gspace_kernels.so"
+        c_file.write_bytes(src)
+        subprocess.run([cc, *_FLAGS, "-o", str(so_file), str(c_file)], check=True, capture_output=True, timeout=120)
+        os.replace(so_file, target)
     return target
 
 

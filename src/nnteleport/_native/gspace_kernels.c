@@ -31,7 +31,7 @@ typedef struct {
     int64_t H;                 /* hidden neurons */
     const int64_t *root_loc;   /* (H,) >= 0: dense index of the root pred edge; < 0: -1 - flat index into direct_w */
     const void *cinv;          /* (H,) colf = cinv / Ur = 1 / P */
-    void *Ur, *colf, *Tsum, *corr, *gsave; /* (H,) scratch */
+    void *Ur, *colf, *Tsum, *gsave; /* (H,) scratch: root values, 1 / P, T, saved first-layer gradients */
     int64_t nfixed;
     const int64_t *fixed_dense; /* (nfixed,) dense positions of the fixed skeleton weights (or -1) */
     const int64_t *fixed_seg;   /* segment of each fixed weight */
@@ -98,7 +98,7 @@ typedef struct {
                                                                                                               \
     NT_CLONES void nt_pull_##SUFFIX(const nt_plan *p) {                                                                 \
         const T *V = (const T *)p->V, *Ur = (const T *)p->Ur, *colf = (const T *)p->colf;                     \
-        T *D = (T *)p->D, *Ts = (T *)p->Tsum, *corr = (T *)p->corr, *gsave = (T *)p->gsave;                   \
+        T *D = (T *)p->D, *Ts = (T *)p->Tsum, *gsave = (T *)p->gsave;                                         \
         T *dg = p->direct_w ? (T *)(intptr_t)p->grads[p->nseg] : NULL;                                        \
         memset(Ts, 0, sizeof(T) * (size_t)p->H);                                                              \
         for (int64_t s = 0; s < p->nseg; ++s) {                                                               \
@@ -157,7 +157,6 @@ typedef struct {
         for (int64_t a = 0; a < p->H; ++a) {                                                                  \
             const T c = Ts[a] / Ur[a];                                                                        \
             int64_t loc = p->root_loc[a];                                                                     \
-            corr[a] = c;                                                                                      \
             if (loc >= 0)                                                                                     \
                 D[loc] -= c;                                                                                  \
             else                                                                                              \
