@@ -590,6 +590,11 @@ class GSpace:
             self._T_groups.append(self._T[h0:h1].view(i1 - i0, lay.sources))
             self._sum_dims.append((1,) if lay.rep == 1 else (1, 3))
         self._wbuf_views = self._param_views(self._wbuf, self._tail_params)
+        # the same for the weights of layers 1..L-1 alone (the optimizer's direct chart)
+        ntw = self._ntw
+        self._F_w, self._K_w, self._wbuf_w = self._F_tail[:ntw], self._K_tail[:ntw], self._wbuf[:ntw]
+        self._tail_weights = self._tail_params[: L - 1]
+        self._wbuf_views_w = self._wbuf_views[: L - 1]
         self._factors_of: Tensor | None = None  # the coordinate tensor the factors were computed from
 
     def _group_views(self, tail: Tensor, base: int) -> list[Tensor]:
@@ -875,11 +880,14 @@ class GSpace:
         w0 = self._weights[0]
         if not direct:
             torch.mul(vviews[0], self._invS_col[0], out=w0 if w0.dim() == 2 else w0.view(vviews[0].shape))
-        if self._tail_params:
-            n = self._ntw if direct else len(self._wbuf)
-            torch.addcmul(self._F_tail[:n], vviews[1][:n], self._K_tail[:n], out=self._wbuf[:n])
-            k = len(self.layers) - 1 if direct else len(self._tail_params)
-            torch._foreach_copy_(self._tail_params[:k], self._wbuf_views[:k])
+        if not self._tail_params:
+            return
+        if direct:  # the weights of layers 1..L-1 only (views prepared in _build_kernels)
+            torch.addcmul(self._F_w, vviews[2], self._K_w, out=self._wbuf_w)
+            torch._foreach_copy_(self._tail_weights, self._wbuf_views_w)
+        else:
+            torch.addcmul(self._F_tail, vviews[1], self._K_tail, out=self._wbuf)
+            torch._foreach_copy_(self._tail_params, self._wbuf_views)
 
     @torch.no_grad()
     def write_dense(self, V: Tensor) -> None:
@@ -1169,7 +1177,7 @@ class _HotPath:
         """Eager direct chart: the coordinates ``v = u S`` of the first-layer root pred edges from the weight."""
         r0 = self._r0
         if r0.numel():
-            self.V.index_copy_(0, r0, self.w0.detach().view(-1).index_select(0, r0) * self._r0_sign)
+            self.V.index_copy_(0, r0, self.w0.view(-1).index_select(0, r0) * self._r0_sign)
         self.gs._factors_of = None
 
     def restore(self) -> None:
