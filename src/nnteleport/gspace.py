@@ -883,8 +883,9 @@ class GSpace:
         if not self._tail_params:
             return
         if direct:  # the weights of layers 1..L-1 only (views prepared in _build_kernels)
-            torch.addcmul(self._F_w, vviews[2], self._K_w, out=self._wbuf_w)
-            torch._foreach_copy_(self._tail_weights, self._wbuf_views_w)
+            if self._tail_weights:
+                torch.addcmul(self._F_w, vviews[2], self._K_w, out=self._wbuf_w)
+                torch._foreach_copy_(self._tail_weights, self._wbuf_views_w)
         else:
             torch.addcmul(self._F_tail, vviews[1], self._K_tail, out=self._wbuf)
             torch._foreach_copy_(self._tail_params, self._wbuf_views)
