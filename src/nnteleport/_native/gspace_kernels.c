@@ -43,134 +43,134 @@ typedef struct {
                                    weight's gradient; set before every pull */
 } nt_plan;
 
-#define NT_DEFINE(T, SUFFIX)                                                                                   \
-    NT_CLONES void nt_factors_##SUFFIX(const nt_plan *p) {                                                              \
-        const T *V = (const T *)p->V, *cinv = (const T *)p->cinv, *dw = (const T *)p->direct_w;                \
-        T *Ur = (T *)p->Ur, *colf = (T *)p->colf;                                                             \
-        for (int64_t a = 0; a < p->H; ++a) {                                                                  \
-            int64_t loc = p->root_loc[a];                                                                     \
-            T u = loc >= 0 ? V[loc] : dw[-1 - loc];                                                           \
-            Ur[a] = u;                                                                                        \
-            colf[a] = cinv[a] / u;                                                                            \
-        }                                                                                                     \
-    }                                                                                                         \
-                                                                                                              \
-    NT_CLONES void nt_push_##SUFFIX(const nt_plan *p) {                                                                 \
-        const T *V = (const T *)p->V, *colf = (const T *)p->colf;                                             \
-        nt_factors_##SUFFIX(p);                                                                               \
-        for (int64_t s = 0; s < p->nseg; ++s) {                                                               \
-            const nt_seg *g = &p->segs[s];                                                                    \
-            const T *rowf = (const T *)g->rowf, *v = V + g->dense_off;                                        \
-            T *w = (T *)g->param;                                                                             \
-            int64_t rows = g->rows, cols = g->cols, rep = g->rep;                                             \
-            if (g->hid_base < 0) {                                                                            \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    const T *vo = v + o * cols;                                                               \
-                    T *wo = w + o * cols;                                                                     \
-                    for (int64_t c = 0; c < cols; ++c) wo[c] = vo[c] * r;                                    \
-                }                                                                                             \
-            } else if (rep == 1) {                                                                            \
-                const T *cf = colf + g->hid_base;                                                             \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    const T *vo = v + o * cols;                                                               \
-                    T *wo = w + o * cols;                                                                     \
-                    for (int64_t c = 0; c < cols; ++c) wo[c] = vo[c] * (r * cf[c]);                          \
-                }                                                                                             \
-            } else {                                                                                          \
-                const T *cf = colf + g->hid_base;                                                             \
-                int64_t ns = cols / rep;                                                                      \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    for (int64_t j = 0; j < ns; ++j) {                                                        \
-                        const T f = r * cf[j];                                                                \
-                        const T *vo = v + o * cols + j * rep;                                                 \
-                        T *wo = w + o * cols + j * rep;                                                       \
-                        for (int64_t k = 0; k < rep; ++k) wo[k] = vo[k] * f;                                  \
-                    }                                                                                         \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        const T *fv = (const T *)p->fixed_val;                                                                \
-        for (int64_t j = 0; j < p->nfixed; ++j) ((T *)p->segs[p->fixed_seg[j]].param)[p->fixed_local[j]] = fv[j]; \
-    }                                                                                                         \
-                                                                                                              \
-    NT_CLONES void nt_pull_##SUFFIX(const nt_plan *p) {                                                                 \
-        const T *V = (const T *)p->V, *Ur = (const T *)p->Ur, *colf = (const T *)p->colf;                     \
-        T *D = (T *)p->D, *Ts = (T *)p->Tsum, *gsave = (T *)p->gsave;                                         \
-        T *dg = p->direct_w ? (T *)(intptr_t)p->grads[p->nseg] : NULL;                                        \
-        memset(Ts, 0, sizeof(T) * (size_t)p->H);                                                              \
-        for (int64_t s = 0; s < p->nseg; ++s) {                                                               \
-            const nt_seg *g = &p->segs[s];                                                                    \
-            const T *rowf = (const T *)g->rowf, *v = V + g->dense_off;                                       \
-            const T *G = (const T *)(intptr_t)p->grads[s];                                                    \
-            T *d = D + g->dense_off;                                                                          \
-            int64_t rows = g->rows, cols = g->cols, rep = g->rep;                                             \
-            if (g->hid_base < 0) {                                                                            \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    const T *go = G + o * cols;                                                               \
-                    T *dO = d + o * cols;                                                                     \
-                    for (int64_t c = 0; c < cols; ++c) dO[c] = go[c] * r;                                    \
-                }                                                                                             \
-            } else if (rep == 1) {                                                                            \
-                const T *cf = colf + g->hid_base;                                                             \
-                T *ts = Ts + g->hid_base;                                                                     \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    const T *go = G + o * cols, *vo = v + o * cols;                                           \
-                    T *dO = d + o * cols;                                                                     \
-                    for (int64_t c = 0; c < cols; ++c) {                                                      \
-                        const T x = go[c] * (r * cf[c]);                                                      \
-                        dO[c] = x;                                                                            \
-                        ts[c] += vo[c] * x;                                                                   \
-                    }                                                                                         \
-                }                                                                                             \
-            } else {                                                                                          \
-                const T *cf = colf + g->hid_base;                                                             \
-                T *ts = Ts + g->hid_base;                                                                     \
-                int64_t ns = cols / rep;                                                                      \
-                for (int64_t o = 0; o < rows; ++o) {                                                          \
-                    const T r = rowf[o];                                                                      \
-                    for (int64_t j = 0; j < ns; ++j) {                                                        \
-                        const T f = r * cf[j];                                                                \
-                        const T *go = G + o * cols + j * rep, *vo = v + o * cols + j * rep;                   \
-                        T *dO = d + o * cols + j * rep;                                                       \
-                        T acc = 0;                                                                            \
-                        for (int64_t k = 0; k < rep; ++k) {                                                   \
-                            const T x = go[k] * f;                                                            \
-                            dO[k] = x;                                                                        \
-                            acc += vo[k] * x;                                                                 \
-                        }                                                                                     \
-                        ts[j] += acc;                                                                         \
-                    }                                                                                         \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        for (int64_t j = 0; j < p->nfixed; ++j)                                                               \
-            if (p->fixed_dense[j] >= 0) D[p->fixed_dense[j]] = 0;                                             \
-        for (int64_t a = 0; a < p->H; ++a) {                                                                  \
-            int64_t loc = p->root_loc[a];                                                                     \
-            if (loc < 0) gsave[a] = dg[-1 - loc];                                                             \
-        }                                                                                                     \
-        for (int64_t a = 0; a < p->H; ++a) {                                                                  \
-            const T c = Ts[a] / Ur[a];                                                                        \
-            int64_t loc = p->root_loc[a];                                                                     \
-            if (loc >= 0)                                                                                     \
-                D[loc] -= c;                                                                                  \
-            else                                                                                              \
-                dg[-1 - loc] -= c;                                                                            \
-        }                                                                                                     \
-    }                                                                                                         \
-                                                                                                              \
-    NT_CLONES void nt_restore_##SUFFIX(const nt_plan *p) {                                                    \
-        T *dg = (T *)(intptr_t)p->grads[p->nseg];                                                             \
-        const T *gsave = (const T *)p->gsave;                                                                 \
-        for (int64_t a = 0; a < p->H; ++a) {                                                                  \
-            int64_t loc = p->root_loc[a];                                                                     \
-            if (loc < 0) dg[-1 - loc] = gsave[a];                                                             \
-        }                                                                                                     \
+#define NT_DEFINE(T, SUFFIX)                                                                                          \
+    NT_CLONES void nt_factors_##SUFFIX(const nt_plan *p) {                                                            \
+        const T *V = (const T *)p->V, *cinv = (const T *)p->cinv, *dw = (const T *)p->direct_w;                       \
+        T *Ur = (T *)p->Ur, *colf = (T *)p->colf;                                                                     \
+        for (int64_t a = 0; a < p->H; ++a) {                                                                          \
+            int64_t loc = p->root_loc[a];                                                                             \
+            T u = loc >= 0 ? V[loc] : dw[-1 - loc];                                                                   \
+            Ur[a] = u;                                                                                                \
+            colf[a] = cinv[a] / u;                                                                                    \
+        }                                                                                                             \
+    }                                                                                                                 \
+                                                                                                                      \
+    NT_CLONES void nt_push_##SUFFIX(const nt_plan *p) {                                                               \
+        const T *V = (const T *)p->V, *colf = (const T *)p->colf;                                                     \
+        nt_factors_##SUFFIX(p);                                                                                       \
+        for (int64_t s = 0; s < p->nseg; ++s) {                                                                       \
+            const nt_seg *g = &p->segs[s];                                                                            \
+            const T *rowf = (const T *)g->rowf, *v = V + g->dense_off;                                                \
+            T *w = (T *)g->param;                                                                                     \
+            int64_t rows = g->rows, cols = g->cols, rep = g->rep;                                                     \
+            if (g->hid_base < 0) {                                                                                    \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    const T *vo = v + o * cols;                                                                       \
+                    T *wo = w + o * cols;                                                                             \
+                    for (int64_t c = 0; c < cols; ++c) wo[c] = vo[c] * r;                                             \
+                }                                                                                                     \
+            } else if (rep == 1) {                                                                                    \
+                const T *cf = colf + g->hid_base;                                                                     \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    const T *vo = v + o * cols;                                                                       \
+                    T *wo = w + o * cols;                                                                             \
+                    for (int64_t c = 0; c < cols; ++c) wo[c] = vo[c] * (r * cf[c]);                                   \
+                }                                                                                                     \
+            } else {                                                                                                  \
+                const T *cf = colf + g->hid_base;                                                                     \
+                int64_t ns = cols / rep;                                                                              \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    for (int64_t j = 0; j < ns; ++j) {                                                                \
+                        const T f = r * cf[j];                                                                        \
+                        const T *vo = v + o * cols + j * rep;                                                         \
+                        T *wo = w + o * cols + j * rep;                                                               \
+                        for (int64_t k = 0; k < rep; ++k) wo[k] = vo[k] * f;                                          \
+                    }                                                                                                 \
+                }                                                                                                     \
+            }                                                                                                         \
+        }                                                                                                             \
+        const T *fv = (const T *)p->fixed_val;                                                                        \
+        for (int64_t j = 0; j < p->nfixed; ++j) ((T *)p->segs[p->fixed_seg[j]].param)[p->fixed_local[j]] = fv[j];     \
+    }                                                                                                                 \
+                                                                                                                      \
+    NT_CLONES void nt_pull_##SUFFIX(const nt_plan *p) {                                                               \
+        const T *V = (const T *)p->V, *Ur = (const T *)p->Ur, *colf = (const T *)p->colf;                             \
+        T *D = (T *)p->D, *Ts = (T *)p->Tsum, *gsave = (T *)p->gsave;                                                 \
+        T *dg = p->direct_w ? (T *)(intptr_t)p->grads[p->nseg] : NULL;                                                \
+        memset(Ts, 0, sizeof(T) * (size_t)p->H);                                                                      \
+        for (int64_t s = 0; s < p->nseg; ++s) {                                                                       \
+            const nt_seg *g = &p->segs[s];                                                                            \
+            const T *rowf = (const T *)g->rowf, *v = V + g->dense_off;                                                \
+            const T *G = (const T *)(intptr_t)p->grads[s];                                                            \
+            T *d = D + g->dense_off;                                                                                  \
+            int64_t rows = g->rows, cols = g->cols, rep = g->rep;                                                     \
+            if (g->hid_base < 0) {                                                                                    \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    const T *go = G + o * cols;                                                                       \
+                    T *dO = d + o * cols;                                                                             \
+                    for (int64_t c = 0; c < cols; ++c) dO[c] = go[c] * r;                                             \
+                }                                                                                                     \
+            } else if (rep == 1) {                                                                                    \
+                const T *cf = colf + g->hid_base;                                                                     \
+                T *ts = Ts + g->hid_base;                                                                             \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    const T *go = G + o * cols, *vo = v + o * cols;                                                   \
+                    T *dO = d + o * cols;                                                                             \
+                    for (int64_t c = 0; c < cols; ++c) {                                                              \
+                        const T x = go[c] * (r * cf[c]);                                                              \
+                        dO[c] = x;                                                                                    \
+                        ts[c] += vo[c] * x;                                                                           \
+                    }                                                                                                 \
+                }                                                                                                     \
+            } else {                                                                                                  \
+                const T *cf = colf + g->hid_base;                                                                     \
+                T *ts = Ts + g->hid_base;                                                                             \
+                int64_t ns = cols / rep;                                                                              \
+                for (int64_t o = 0; o < rows; ++o) {                                                                  \
+                    const T r = rowf[o];                                                                              \
+                    for (int64_t j = 0; j < ns; ++j) {                                                                \
+                        const T f = r * cf[j];                                                                        \
+                        const T *go = G + o * cols + j * rep, *vo = v + o * cols + j * rep;                           \
+                        T *dO = d + o * cols + j * rep;                                                               \
+                        T acc = 0;                                                                                    \
+                        for (int64_t k = 0; k < rep; ++k) {                                                           \
+                            const T x = go[k] * f;                                                                    \
+                            dO[k] = x;                                                                                \
+                            acc += vo[k] * x;                                                                         \
+                        }                                                                                             \
+                        ts[j] += acc;                                                                                 \
+                    }                                                                                                 \
+                }                                                                                                     \
+            }                                                                                                         \
+        }                                                                                                             \
+        for (int64_t j = 0; j < p->nfixed; ++j)                                                                       \
+            if (p->fixed_dense[j] >= 0) D[p->fixed_dense[j]] = 0;                                                     \
+        for (int64_t a = 0; a < p->H; ++a) {                                                                          \
+            int64_t loc = p->root_loc[a];                                                                             \
+            if (loc < 0) gsave[a] = dg[-1 - loc];                                                                     \
+        }                                                                                                             \
+        for (int64_t a = 0; a < p->H; ++a) {                                                                          \
+            const T c = Ts[a] / Ur[a];                                                                                \
+            int64_t loc = p->root_loc[a];                                                                             \
+            if (loc >= 0)                                                                                             \
+                D[loc] -= c;                                                                                          \
+            else                                                                                                      \
+                dg[-1 - loc] -= c;                                                                                    \
+        }                                                                                                             \
+    }                                                                                                                 \
+                                                                                                                      \
+    NT_CLONES void nt_restore_##SUFFIX(const nt_plan *p) {                                                            \
+        T *dg = (T *)(intptr_t)p->grads[p->nseg];                                                                     \
+        const T *gsave = (const T *)p->gsave;                                                                         \
+        for (int64_t a = 0; a < p->H; ++a) {                                                                          \
+            int64_t loc = p->root_loc[a];                                                                             \
+            if (loc < 0) dg[-1 - loc] = gsave[a];                                                                     \
+        }                                                                                                             \
     }
 
 NT_DEFINE(float, f32)
