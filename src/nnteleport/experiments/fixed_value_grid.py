@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnteleport.experiments.gspace_lr_grid import load_tensors, set_fixed_to_sign, train_run
+from nnteleport.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
 from nnteleport.fixing import fix_weights
-from nnteleport.plotting import new_figure, progress, save_figure, write_csv, write_json
+from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
 
 DESCRIPTION = (
     "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
@@ -72,29 +72,17 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
         raise ValueError(f"optimizer={cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg["threads"]))
     t0 = time.perf_counter()
-    try:
-        data = load_tensors(cfg)
-        jobs = [(b, lr, s) for b in cfg["values"] for lr in cfg["lrs"] for s in range(int(cfg["seeds"]))]
-        runs = []
-        for b, lr, seed in _bar(jobs, progress):
-            build = _builder(float(b), float(lr), cfg["mode"], OPTIMIZERS[cfg["optimizer"]])
-            r = train_run(
-                "fixed",
-                lr,
-                seed,
-                data,
-                cfg["hidden"],
-                cfg["bias"],
-                int(cfg["epochs"]),
-                int(cfg["batch_size"]),
-                build=build,
-            )
-            runs.append({"value": b, "lr": lr, "seed": seed, "final_val_loss": r["val_loss"][-1], **r})
-    finally:
-        torch.set_num_threads(threads)
+    jobs = [(b, lr, s) for b in cfg["values"] for lr in cfg["lrs"] for s in range(int(cfg["seeds"]))]
+
+    def spec(job: tuple[float, float, int]) -> tuple[str, float, int, Any, dict[str, Any]]:
+        b, lr, seed = job
+        build = _builder(float(b), float(lr), cfg["mode"], OPTIMIZERS[cfg["optimizer"]])
+        return "fixed", lr, seed, build, {"value": b, "lr": lr, "seed": seed}
+
+    runs = train_grid(cfg, jobs, spec, desc="fixed-value-grid", progress_bar=progress)
+    for r in runs:
+        r["final_val_loss"] = r["val_loss"][-1]
     grid = []
     for b in cfg["values"]:
         for lr in cfg["lrs"]:
@@ -125,10 +113,6 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     write_csv(out / "grid.csv", grid)
     plot(results, out)
     return results
-
-
-def _bar(jobs: list, enabled: bool):
-    return progress(jobs, enabled=enabled, desc="fixed-value-grid", total=len(jobs))
 
 
 def plot(results: dict[str, Any], out: Path) -> None:

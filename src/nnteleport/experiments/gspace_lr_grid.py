@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,29 +240,15 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
             raise ValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg["threads"]))
     t0 = time.perf_counter()
-    try:
-        data = load_tensors(cfg)
-        jobs = [(m, lr, s) for m in cfg["methods"] for lr in cfg["lrs"] for s in range(int(cfg["seeds"]))]
-        runs = []
-        bar = _progress(jobs, progress)
-        for method, lr, seed in bar:
-            r = train_run(
-                method,
-                lr,
-                seed,
-                data,
-                cfg["hidden"],
-                cfg["bias"],
-                int(cfg["epochs"]),
-                int(cfg["batch_size"]),
-                build=lambda model, m=method, lr=lr: make_optimizer(m, model, lr, cfg["skeleton"]),
-            )
-            runs.append({"method": method, "lr": lr, "seed": seed, **r})
-    finally:
-        torch.set_num_threads(threads)
+    jobs = [(m, lr, s) for m in cfg["methods"] for lr in cfg["lrs"] for s in range(int(cfg["seeds"]))]
+
+    def spec(job: tuple[str, float, int]) -> tuple[str, float, int, Any, dict[str, Any]]:
+        method, lr, seed = job
+        build = lambda model: make_optimizer(method, model, lr, cfg["skeleton"])  # noqa: E731
+        return method, lr, seed, build, {"method": method, "lr": lr, "seed": seed}
+
+    runs = train_grid(cfg, jobs, spec, desc="gspace-lr-grid", progress_bar=progress)
     results = summarise(cfg, runs)
     results["seconds"] = time.perf_counter() - t0
     write_outputs(results, out)
@@ -269,8 +256,27 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     return results
 
 
-def _progress(jobs: list, enabled: bool):
-    return progress(jobs, enabled=enabled, desc="gspace-lr-grid", total=len(jobs))
+def train_grid(
+    cfg: dict[str, Any], jobs: list[Any], spec: Callable[[Any], tuple], *, desc: str, progress_bar: bool = True
+) -> list[dict[str, Any]]:
+    """Train one network per job (shared by gspace-lr-grid and fixed-value-grid), data loaded once, with
+    ``cfg["threads"]`` torch threads (restored afterwards). ``spec(job) -> (method, lr, seed, build, record)``:
+    the arguments of :func:`train_run` and the fields that identify the run in the returned records."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg["threads"]))
+    try:
+        data = load_tensors(cfg)
+        runs = []
+        for job in progress(jobs, enabled=progress_bar, desc=desc, total=len(jobs)):
+            method, lr, seed, build, record = spec(job)
+            r = train_run(
+                method, lr, seed, data, cfg["hidden"], cfg["bias"], int(cfg["epochs"]), int(cfg["batch_size"]),
+                build=build,
+            )  # fmt: skip
+            runs.append({**record, **r})
+    finally:
+        torch.set_num_threads(threads)
+    return runs
 
 
 def summarise(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
