@@ -31,6 +31,9 @@ _EXPORTS: dict[str, str] = {
     "micro_teleport": "nnteleport.teleportation",
     "TeleportedActivation": "nnteleport.teleportation",
     "TeleportReport": "nnteleport.report",
+    "NNTeleportError": "nnteleport.errors",
+    "UnsupportedModelError": "nnteleport.errors",
+    "UntraceableModelError": "nnteleport.errors",
     # scale-invariant parameter spaces
     "GSpace": "nnteleport.gspace",
     "GSpaceOptimizer": "nnteleport.gspace",
@@ -61,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     # ruff: noqa: F401
     from nnteleport.cob import CoB, Sampling, sample_cob
     from nnteleport.distance import CheckpointDistance, canonicalize
+    from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
     from nnteleport.fixing import FixedWeights, fix_weights
     from nnteleport.graph import GroupInfo, TeleportPlan, analyze
     from nnteleport.gspace import GSpace, GSpaceOptimizer

@@ -37,6 +37,7 @@ from torch.fx.node import map_arg
 
 from nnteleport import rules
 from nnteleport.activation import TeleportedActivation
+from nnteleport.errors import UnsupportedModelError, UntraceableModelError
 from nnteleport.rules import Kind, _callable_name, zeros_like_space
 
 __all__ = ["Functional", "GroupInfo", "TeleportPlan", "UntraceableModelError", "analyze"]
@@ -62,10 +63,6 @@ class Functional(str, enum.Enum):
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in cls)
             raise ValueError(f"unknown functional mode {value!r}; allowed values: {allowed}") from None
-
-
-class UntraceableModelError(TypeError):
-    """``torch.fx`` could not trace the model; the message names the call and the way out."""
 
 
 @dataclass(frozen=True)
