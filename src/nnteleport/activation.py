@@ -10,12 +10,32 @@ and no wrapper is installed; for every other case the engine replaces the activa
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FunctionalOp", "TeleportedActivation"]
+__all__ = ["FunctionalOp", "TeleportedActivation", "call_is_inplace"]
+
+
+def call_is_inplace(target: Any, args: tuple = (), kwargs: dict | None = None) -> bool:
+    """Whether the call ``target(x, *args, **kwargs)`` (or the method ``x.target(...)`` for a string) overwrites
+    ``x``: a trailing underscore (``x.relu_()``, ``torch.relu_``, ``F.elu_``) or ``inplace=True`` given by
+    keyword or position (``F.relu(x, True)``)."""
+    kwargs = kwargs or {}
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name.endswith("_") and not name.endswith("__"):
+        return True
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    if isinstance(target, str) or not args:
+        return False
+    try:
+        bound = inspect.signature(target).bind_partial(None, *args)
+    except (TypeError, ValueError):
+        return False
+    return bool(bound.arguments.get("inplace", False))
 
 
 class TeleportedActivation(nn.Module):
@@ -33,6 +53,11 @@ class TeleportedActivation(nn.Module):
 
     Teleporting a model that already holds wrappers multiplies their ``tau`` (composition:
     ``tau2 * (tau1 * f(x / (tau1 tau2)))``).
+
+    An in-place ``fn`` (``nn.SiLU(inplace=True)``, ``x.relu_()`` under ``functional="graph"``) overwrites its
+    input, and the code after it may read that input again: when ``fn`` returns its own input (it worked in place;
+    ``nn.AlphaDropout(inplace=True)``, for one, does not), the wrapper writes ``tau * f(x / tau)`` back into ``x``
+    and returns ``x``, as ``fn`` itself does.
     """
 
     tau: Tensor
@@ -44,7 +69,11 @@ class TeleportedActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         tau = self.tau
-        return tau * self.fn(x / tau)
+        z = x / tau
+        r = self.fn(z)
+        if r is z:  # fn worked in place (it returns its input): so does the wrapper
+            return x.copy_(tau * r)
+        return tau * r
 
     def extra_repr(self) -> str:
         t = self.tau

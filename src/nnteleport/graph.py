@@ -22,7 +22,9 @@ re-trace.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
+import inspect
 import operator
 import traceback
 import weakref
@@ -35,8 +37,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.node import map_arg
 
-from nnteleport import rules
-from nnteleport.activation import TeleportedActivation
+from nnteleport import inspection, rules
+from nnteleport.activation import TeleportedActivation, call_is_inplace
 from nnteleport.errors import UnsupportedModelError, UntraceableModelError
 from nnteleport.rules import Kind, _callable_name, zeros_like_space
 
@@ -118,8 +120,9 @@ class ActivationSite:
 
 # ---------------------------------------------------------------------------------------------- tracing
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], n_inputs: int | None = None) -> None:
         super().__init__()
+        self.n_inputs = n_inputs
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
         self.stack: list[str] = []
@@ -130,6 +133,8 @@ class _Tracer(fx.Tracer):
             return True
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
+        if inspection.black_box_reason(m) is not None:
+            return True  # hooks / parametrizations: run as the user's module, analysed as a black box
         if rules.module_rule_for(m) is not None:
             return True
         return super().is_leaf_module(m, qualname)
@@ -146,23 +151,113 @@ class _Tracer(fx.Tracer):
         finally:
             self.stack.pop()
 
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
+        """Trace ``forward`` as called with the example inputs only: parameters after them keep their defaults
+        (``if mask is not None:`` takes the branch of the call) and ``*args``/``**kwargs`` are empty."""
+        if self.n_inputs is not None and concrete_args is None:
+            root_fn = _called_with(root_fn, self.n_inputs + int(is_module))
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
-def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> fx.Graph:
-    tracer = _Tracer(leaf_types, leaf_names)
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """Trace with custom ``torch.autograd.Function`` calls kept as opaque calls: ``torch.fx`` would otherwise
+        inline their forward and lose their backward (straight-through estimators, custom gradients)."""
+        function_cls = torch.autograd.Function
+        original = function_cls.__dict__["apply"]
+        tracer = self
+
+        def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+            if any(isinstance(a, fx.Proxy) for a in _flat_values([*args, *kwargs.values()])):
+                target = _autograd_call(cls, original)
+                return tracer.create_proxy("call_function", target, args, kwargs)
+            return original.__get__(None, cls)(*args, **kwargs)
+
+        function_cls.apply = classmethod(apply)
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            function_cls.apply = original
+
+
+def _called_with(fn: Any, n: int) -> Any:
+    """``fn`` restricted to its first ``n`` positional parameters (the rest must have defaults or be ``*args`` /
+    ``**kwargs``); ``fn`` itself when it has no others."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fn
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = params[len(positional[:n]) :]
+    if len(positional) < n or not rest:
+        return fn
+    if any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in rest):
+        return fn
+    names = [p.name for p in positional[:n]]
+    if not all(name.isidentifier() for name in names):
+        return fn
+    namespace: dict[str, Any] = {"_fn": fn}
+    exec(f"def forward({', '.join(names)}):\n    return _fn({', '.join(names)})\n", namespace)
+    wrapper = namespace["forward"]
+    wrapper.__module__ = getattr(fn, "__module__", __name__)
+    return wrapper
+
+
+_AUTOGRAD_CALLS: dict[type, Any] = {}
+
+
+def _autograd_call(cls: type, original: Any) -> Any:
+    """A plain function calling ``cls.apply`` (one per Function class, so traced graphs can name it)."""
+    fn = _AUTOGRAD_CALLS.get(cls)
+    if fn is None:
+        bound = original.__get__(None, cls)
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            return bound(*args, **kwargs)
+
+        fn.__name__ = fn.__qualname__ = f"{cls.__name__}_apply"
+        fn.__module__ = __name__
+        fn.autograd_function = cls  # type: ignore[attr-defined]
+        _AUTOGRAD_CALLS[cls] = fn
+    return fn
+
+
+def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], n_inputs: int = 1) -> fx.Graph:
+    tracer = _Tracer(leaf_types, leaf_names, n_inputs)
     try:
         return tracer.trace(model)
     except Exception as exc:
         where = tracer.failed_in or ""
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if "/torch/" not in f.filename and "/nnteleport/" not in f.filename.replace("\\", "/")
+        ]
         call = f" at {frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else ""
         inside = f" inside submodule {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
+        origin = type(model).__module__.split(".")[0]
         hint = (
             f" Pass leaf_modules=[{where!r}] to treat that submodule as a black box (its spaces stay at tau = 1)"
             if where
             else " Pass leaf_modules=[...] naming the submodules (paths or types) that hold such code"
         )
+        if "register_hook" in call:
+            hint = (
+                " A tensor hook registered inside forward() changes gradients where the engine cannot see it: "
+                "move that code into a submodule and pass leaf_modules=[its path]"
+            )
+        hooked = [p for p, m in model.named_modules() if p and inspection.hooks_of(m)]
+        if hooked:
+            hint += (
+                f". Modules with hooks ({', '.join(hooked[:4])}) are analysed as black boxes and their hooks do not "
+                "run while tracing: a forward() that reads what a hook stored cannot be traced"
+            )
+        if origin == "transformers":
+            hint = (
+                " Hugging Face transformers models need transformers' own torch.fx tracer, which nnteleport does "
+                "not use yet; pass leaf_modules=[...] naming the blocks that hold such code"
+            )
         raise UntraceableModelError(
-            f"torch.fx could not trace {type(model).__name__}{inside}{call}: {type(exc).__name__}: {exc}.{hint}, "
+            f"torch.fx could not trace {type(model).__name__} (from {type(model).__module__}){inside}{call}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.{hint}, "
             "or make the control flow independent of tensor values."
         ) from exc
 
@@ -182,6 +277,8 @@ class _State:
         self.sites: dict[str, _Site] = {}
         self.fsites: dict[str, _Site] = {}  # functional call sites (node name), functional="graph" only
         self.general_vars: list[Tensor] = []
+        self.param_names: dict[int, str] = {}  # id(parameter) -> name, for every parameter of the model
+        self.unaccounted: dict[int, str] = {}  # id(parameter) -> a use that no rule accounted for
 
     def new(self, n: int, name: str) -> Tensor:
         ids = torch.arange(self.n_vars, self.n_vars + n, dtype=torch.long)
@@ -200,6 +297,9 @@ class RuleContext:
         self.out = out
         self.module: nn.Module | None = walker.submodules.get(node.target) if node.op == "call_module" else None
         self.path = node.target if node.op == "call_module" else None
+        self.args, self.kwargs = _normalized_arguments(node, self.module)
+        self.read: set[fx.Node] = set()  # input nodes the rule looked at (the others are pinned after it)
+        self.registered: set[int] = set()  # ids of the parameters the rule accounted for
 
     # --- inputs
     @property
@@ -211,8 +311,13 @@ class RuleContext:
             return f"Tensor.{n.target} (node {n.name!r})"
         return f"{_callable_name(n.target)} (node {n.name!r})"
 
+    def _mark(self, a: Any) -> Any:
+        for node in _nodes_in(a):
+            self.read.add(node)
+        return a
+
     def _arg(self, i: int) -> Any:
-        return self.node.args[i] if i < len(self.node.args) else None
+        return self._mark(self.args[i] if i < len(self.args) else None)
 
     def in_value(self, i: int) -> Any:
         a = self._arg(i)
@@ -223,11 +328,15 @@ class RuleContext:
         return self.w.space_of(a)
 
     def kwarg(self, name: str, pos: int, default: Any) -> Any:
-        if name in self.node.kwargs:
-            return self.w.value_of(self.node.kwargs[name])
-        if pos < len(self.node.args):
-            return self.w.value_of(self.node.args[pos])
+        if name in self.kwargs:
+            return self.w.value_of(self._mark(self.kwargs[name]))
+        if pos < len(self.args):
+            return self.w.value_of(self._mark(self.args[pos]))
         return default
+
+    def extra_kwargs(self, allowed: Sequence[str]) -> list[str]:
+        """Keyword arguments of the call that the rule does not know (it should fall back when there are any)."""
+        return [k for k in self.kwargs if k not in allowed]
 
     def apply_to_spaces(self) -> Any:
         """Run this node's op on the spaces of its tensor arguments (expanded to the arguments' shapes)."""
@@ -248,6 +357,7 @@ class RuleContext:
                 )
             return v
 
+        self.read.update(self.node.all_input_nodes)
         args = map_arg(self.node.args, sub)
         kwargs = map_arg(self.node.kwargs, sub)
         n = self.node
@@ -278,6 +388,7 @@ class RuleContext:
                 self.state.pins.append(_PinEvent(v, category, why))
 
     def pin_inputs(self, category: str, why: str) -> None:
+        self.read.update(self.node.all_input_nodes)
         for a in self.node.all_input_nodes:
             self.pin(self.w.space_of(a), category, why)
 
@@ -305,8 +416,11 @@ class RuleContext:
     def register_param(self, attr: str, out_idx: Tensor, in_idx: Tensor | None) -> None:
         """Declare ``module.<attr>`` scales as ``t[out_idx] / t[in_idx]`` (a shared parameter merges spaces)."""
         assert self.module is not None
-        p = getattr(self.module, attr)
+        p = self.module._parameters.get(attr)
+        if p is None or getattr(self.module, attr) is not p:
+            raise rules._Unsupported(f"{self.op_name}: {attr!r} is not a plain parameter of the module")
         name = f"{self.path}.{attr}" if self.path else attr
+        self.registered.add(id(p))
         prev = self.state.params.get(id(p))
         if prev is None:
             self.state.params[id(p)] = (name, out_idx, in_idx)
@@ -401,28 +515,37 @@ class _Walker(fx.Interpreter):
         return None
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
+        try:
+            out = super().run_node(n)
+        except Exception as exc:
+            raise _NodeFailed(n, exc) from exc
         self.spaces[n] = self._space(n, out)
         return out
 
     def _space(self, n: fx.Node, out: Any) -> Any:
-        if n.op in ("placeholder", "get_attr"):
+        if n.op == "placeholder":
             return zeros_like_space(out)
+        if n.op == "get_attr":
+            if id(out) in self.state.param_names:  # a parameter read by the user's code, not by its module
+                self.state.unaccounted.setdefault(id(out), f"read directly in forward() (node {n.name!r})")
+            return zeros_like_space(out)
+        ctx = RuleContext(self, n, out)
         if n.op == "output":
-            ctx = RuleContext(self, n, out)
             ctx.pin(map_arg(n.args[0], lambda a: self.spaces.get(a)), "output", "model output")
             return None
-        ctx = RuleContext(self, n, out)
         if n.op == "call_function" and n.target is operator.getitem:
             container = self.value_of(n.args[0])
             if not isinstance(container, Tensor):
                 S = self.space_of(n.args[0])
                 try:
-                    return S[self.value_of(n.args[1])] if S is not None else None
+                    return S[self.value_of(n.args[1])] if S is not None else zeros_like_space(out)
                 except Exception:
+                    ctx.pin_inputs("unsupported", f"{ctx.op_name}: indexing a container could not be followed")
                     return zeros_like_space(out)
+        black_box = None
         if n.op == "call_module":
-            rule = rules.module_rule_for(ctx.module)
+            black_box = inspection.black_box_reason(ctx.module)
+            rule = None if black_box else rules.module_rule_for(ctx.module)
         elif n.op == "call_function":
             try:
                 rule = rules.FUNCTION_RULES.get(n.target)
@@ -430,11 +553,148 @@ class _Walker(fx.Interpreter):
                 rule = None
         else:
             rule = rules.METHOD_RULES.get(n.target)
-        if rule is None:
+        if black_box is not None:
+            ctx.pin_inputs("hook", f"{ctx.op_name} {black_box}: analysed as a black box at tau = 1")
+            S = zeros_like_space(out)
+        elif rule is None:
             if not any(isinstance(t, Tensor) for t in _flat_values(out)) and not _touches_hidden(self, n):
                 return None  # pure bookkeeping on sizes and numbers
-            return rules.fallback(ctx)
-        return rule(ctx)
+            S = rules.fallback(ctx)
+        else:
+            try:
+                S = rule(ctx)
+            except rules._Unsupported as exc:
+                S = rules.fallback(ctx, str(exc))
+            except Exception as exc:  # a rule that cannot follow an unforeseen call pins, it never guesses
+                S = rules.fallback(ctx, f"{ctx.op_name} could not be followed ({type(exc).__name__}: {exc})")
+        return self._checked(ctx, S)
+
+    def _checked(self, ctx: RuleContext, S: Any) -> Any:
+        """Safety net around every rule: what it did not account for is pinned, never guessed.
+
+        * a hidden input the rule did not read (a keyword argument, an extra tensor) is pinned;
+        * a parameter of the called module that the rule did not register is an unaccounted use (pinned later);
+        * a space that does not match the output (rank, shape, a factor on an integer tensor) is pinned;
+        * an in-place op writes its result into its first argument, so both must carry the same factors.
+        """
+        n, out = ctx.node, ctx.out
+        if any(isinstance(t, Tensor) for t in _flat_values(out)):
+            for a in n.all_input_nodes:
+                if a not in ctx.read:
+                    ctx.pin(self.space_of(a), "unsupported", f"{ctx.op_name}: argument {a.name!r} not read by its rule")
+        if ctx.module is not None:
+            for pname, p in ctx.module.named_parameters():
+                if id(p) not in ctx.registered:
+                    self.state.unaccounted.setdefault(id(p), f"used by {ctx.op_name} as {pname!r}")
+        if not _space_matches(out, S):
+            ctx.pin(S, "unsupported", f"{ctx.op_name}: the rule's space does not fit the output (engine check)")
+            ctx.pin_inputs("unsupported", f"{ctx.op_name}: the rule's space does not fit the output (engine check)")
+            return zeros_like_space(out)
+        if _is_inplace(n, ctx.module) and n.args and isinstance(n.args[0], fx.Node):
+            S0 = self.space_of(n.args[0])
+            if isinstance(S0, Tensor) and isinstance(S, Tensor) and isinstance(out, Tensor):
+                try:
+                    S = ctx.merge(S0, S)
+                except ValueError:
+                    ctx.pin(S0, "unsupported", f"{ctx.op_name}: in-place result of another shape")
+                    ctx.pin(S, "unsupported", f"{ctx.op_name}: in-place result of another shape")
+                    S = zeros_like_space(out)
+        return S
+
+
+class _NodeFailed(Exception):
+    """Running one node of the traced graph failed (the op itself, not a rule)."""
+
+    def __init__(self, node: fx.Node, exc: Exception) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.node, self.exc = node, exc
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.ipow, operator.imod, operator.iand, operator.ior, operator.ixor}  # fmt: skip
+
+
+def _is_inplace(n: fx.Node, module: nn.Module | None) -> bool:
+    """Whether the node overwrites its first argument (``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)``,
+    ``nn.SiLU(inplace=True)``)."""
+    if module is not None:
+        return bool(getattr(module, "inplace", False))
+    if n.op == "call_method":
+        return call_is_inplace(n.target)
+    if n.op == "call_function":
+        if _hashable(n.target) and n.target in _INPLACE_FUNCTIONS:
+            return True
+        return call_is_inplace(n.target, tuple(n.args[1:]), dict(n.kwargs))
+    return False
+
+
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _space_matches(out: Any, S: Any) -> bool:
+    """A space fits a value: same structure; for a tensor the same rank, broadcastable to its shape, and no
+    factor on a tensor that is not floating point (an integer tensor cannot carry ``tau``)."""
+    if isinstance(out, Tensor):
+        if not isinstance(S, Tensor) or S.dim() != out.dim():
+            return False
+        if any(s not in (1, o) for s, o in zip(S.shape, out.shape)):
+            return False
+        return out.is_floating_point() or out.is_complex() or not bool(S.any())
+    if isinstance(out, (tuple, list)):
+        if S is None:
+            return not any(isinstance(t, Tensor) for t in _flat_values(out))
+        return isinstance(S, (tuple, list)) and len(S) == len(out) and all(map(_space_matches, out, S))
+    if isinstance(out, dict):
+        if S is None:
+            return not any(isinstance(t, Tensor) for t in _flat_values(out))
+        return isinstance(S, dict) and S.keys() == out.keys() and all(_space_matches(out[k], S[k]) for k in out)
+    return S is None or not isinstance(S, Tensor) or not bool(S.any())
+
+
+def _nodes_in(a: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    map_arg(a, lambda n: out.append(n) or n)
+    return out
+
+
+# positional names of the tensor arguments of functions and methods, for calls written with keywords
+_POSITIONAL_KEYWORDS = ("input", "self", "other", "tensor", "x")
+
+
+def _normalized_arguments(node: fx.Node, module: nn.Module | None) -> tuple[tuple, dict]:
+    """The node's arguments with keyword-passed inputs moved to their positions: a module call is bound to its
+    ``forward`` signature (``self.fc(input=h)``), a function or method call moves ``input=``/``other=`` (the
+    names ATen uses) to the front (``torch.mul(input=h, other=2.0)``)."""
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    if not kwargs:
+        return args, kwargs
+    if module is not None:
+        try:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return args, kwargs
+        pos, rest = [], {}
+        for name, value in bound.arguments.items():
+            param = bound.signature.parameters[name]
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) and len(rest) == 0:
+                pos.append(value)
+            elif param.kind is param.VAR_POSITIONAL:
+                pos.extend(value)
+            elif param.kind is param.VAR_KEYWORD:
+                rest.update(value)
+            else:
+                rest[name] = value
+        return tuple(pos), rest
+    args = list(args)
+    for name in ("input", "self", "other"):
+        if name in kwargs and (name == "other" or not args) and (name != "other" or len(args) == 1):
+            args.append(kwargs.pop(name))
+    return tuple(args), kwargs
 
 
 def _flat_values(v: Any) -> list[Any]:
@@ -525,6 +785,15 @@ class TeleportPlan:
 def _finalize(state: _State, model: nn.Module) -> TeleportPlan:
     from nnteleport.report import build_report
 
+    for pid, use in state.unaccounted.items():
+        entry = state.params.get(pid)
+        if entry is None:
+            continue  # a parameter no rule rescales: any use of it is exact
+        name, out_idx, in_idx = entry
+        why = f"parameter {name!r} is {use}, which its module's rule does not account for"
+        for idx in (out_idx, in_idx):
+            if idx is not None:
+                state.pins.append(_PinEvent(torch.unique(idx), "shared", why))
     uf = _UnionFind(state.n_vars)
     for pairs in state.merges:
         for a, b in pairs.tolist():
@@ -633,10 +902,24 @@ def _as_inputs(x: Any) -> tuple[Tensor, ...]:
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    """Module structure and parameter shapes, in one walk over the modules (checked on every cached call)."""
+    """Module structure, parameter shapes and sharing (``b.weight = a.weight`` ties two layers), and what can switch
+    a forward without changing the structure (plain Python attributes such as ``self.use_skip``, hooks, replaced
+    methods: :func:`inspection.state_fingerprint`), in one walk over the modules (checked on every cached call)."""
+    first: dict[int, int] = {}  # id(parameter) -> index of its first occurrence
+
+    def param(p: Any) -> Any:
+        if p is None:
+            return None
+        return tuple(p.shape), first.setdefault(id(p), len(first))
+
     return tuple(
-        (name, type(m), tuple((k, None if p is None else tuple(p.shape)) for k, p in m._parameters.items()))
-        for name, m in model.named_modules()
+        (
+            name,
+            type(m),
+            tuple((k, param(p)) for k, p in m._parameters.items()),
+            inspection.state_fingerprint(m),
+        )
+        for name, m in model.named_modules(remove_duplicate=False)
     )
 
 
@@ -645,21 +928,59 @@ def _cache_key(model: nn.Module, inputs: Sequence[Tensor], leaf_modules: tuple) 
     return (sig, leaf_modules, _fingerprint(model))
 
 
+def _changed(live: Any, saved: Any) -> bool:
+    """Whether a container's contents differ from a shallow copy (by identity, so tensors are never compared)."""
+    if isinstance(live, dict):
+        return live.keys() != saved.keys() or any(live[k] is not saved[k] for k in live)
+    return len(live) != len(saved) or any(a is not b for a, b in zip(live, saved))
+
+
 @contextlib.contextmanager
 def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
-    """Run the model for analysis without side effects: buffers (BN statistics), RNG and modes restored."""
+    """Run the model for analysis without side effects: parameters and buffers that the forward overwrites
+    (``nn.Embedding(max_norm=...)`` renormalises rows, in-place updates of statistics), module attributes set while
+    tracing (tracing objects stored by user code or hooks), RNG and train/eval modes are restored."""
+    params = {k: (p, p._version, p.detach().clone()) for k, p in model.named_parameters(remove_duplicate=False)}
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     modes = {m: m.training for m in model.modules()}
+    attrs = {m: dict(vars(m)) for m in model.modules()}
+    # containers the forward or its hooks fill (``self.feats[name] = out``): their contents are restored too
+    containers = [
+        (v, copy.copy(v)) for before in attrs.values() for k, v in before.items()
+        if not k.startswith("_") and type(v) in (dict, list)
+    ]  # fmt: skip
     cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
     with torch.random.fork_rng(devices=cuda, enabled=True), torch.no_grad():
         try:
             yield
         finally:
+            for p, version, saved in params.values():
+                if p._version != version:
+                    p.copy_(saved)
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
             for m, t in modes.items():
                 m.training = t
+            for live, saved in containers:
+                if _changed(live, saved):
+                    live.clear()
+                    live.update(saved) if isinstance(live, dict) else live.extend(saved)
+            for m, before in attrs.items():
+                now = vars(m)
+                for k in [k for k in now if k not in before]:
+                    del now[k]
+                for k, v in before.items():
+                    if now.get(k, v) is not v or k not in now:
+                        now[k] = v
+
+
+def _batch_variant(inputs: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
+    """The example inputs with one more sample (the first repeated), to check that the plan does not depend on the
+    batch size (a model that mixes samples: ``torch.cat([h, g])[2:4]``)."""
+    if not inputs or any(t.dim() == 0 for t in inputs) or len({t.shape[0] for t in inputs}) != 1:
+        return None
+    return tuple(torch.cat([t, t[:1]]) for t in inputs)
 
 
 def analyze(
@@ -672,8 +993,9 @@ def analyze(
     model:
         Any ``nn.Module`` traceable by ``torch.fx``.
     x:
-        An example input batch (a tensor, or a tuple of tensors passed positionally to ``forward``). Only its
-        shapes matter (the batch axis is ignored in the cache key); a batch of 2 is enough and fastest.
+        An example input batch (a tensor, or a tuple of tensors passed positionally to ``forward``; ``forward``'s
+        further parameters keep their defaults). Only its shapes matter (the batch axis is ignored in the cache
+        key); a batch of 2 is enough and fastest.
     leaf_modules:
         Submodule types or qualified names to treat as black boxes (e.g. code ``torch.fx`` cannot trace); their
         inputs and outputs stay at ``tau = 1``.
@@ -684,6 +1006,25 @@ def analyze(
     -------
     TeleportPlan
         Groups, per-parameter scale indices, activation sites and the report (``print(plan.report)``).
+
+    Notes
+    -----
+    What can make a forward compute something else than what was analysed, and how the plan stays valid:
+
+    * ``train()``/``eval()`` and ``torch.is_grad_enabled()``: the model is traced in all four combinations and the
+      constraints of the distinct graphs are combined, so one plan holds in every mode;
+    * the batch size: the graphs are also run on the example batch with one more sample, and the constraints of
+      both runs combined (a model that mixes samples along the batch axis has its mixed spaces pinned);
+    * plain Python attributes of the modules (``self.use_skip = False``), hooks and replaced methods are part of
+      the cache key: changing one re-analyses. Global state the forward reads (a module-level flag) is not seen.
+
+    Raises
+    ------
+    UnsupportedModelError
+        For wrappers that are not the model (``nn.DataParallel``, ``torch.compile``, TorchScript), lazy modules,
+        global module hooks, and graphs that fail where ``model(x)`` runs; the message says what to do.
+    UntraceableModelError
+        When ``torch.fx`` cannot trace the model (data-dependent control flow).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -694,6 +1035,7 @@ def analyze(
     if bad:
         raise TypeError(f"leaf_modules must hold module types or qualified names, got {bad!r}")
     mode = Functional.parse(functional)
+    inspection.check_model(model)
     key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), mode)
     per_model = _CACHE.setdefault(model, {})
     plan = per_model.get(key)
@@ -701,39 +1043,78 @@ def analyze(
         return plan
 
     state = _State()
+    state.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     devices = list({t.device for t in inputs})
     graphs: list[fx.Graph] = []
     codes: set[str] = set()
     was_training = model.training
     with _preserved(model, devices):
         for training in (was_training, not was_training):
-            model.train(training)
-            graph = _trace(model, leaf_types, leaf_names)
-            gm = fx.GraphModule(model, graph)
-            code = gm.code
-            if code in codes:
-                continue
-            if codes and mode is Functional.GRAPH:
-                raise ValueError(
-                    f"functional='graph' rewrites forward() as one traced graph, but {type(model).__name__} traces "
-                    "to different graphs in train and eval mode (e.g. `if self.training:` in forward); use "
-                    "functional='constrain' (the default), which keeps the model's own forward"
-                )
-            codes.add(code)
-            graphs.append(graph)
-            walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
-            try:
-                walker.run(*inputs)
-            except Exception as exc:
-                raise ValueError(
-                    f"running {type(model).__name__} on the example input failed during analysis: "
-                    f"{type(exc).__name__}: {exc}. Pass an input batch that forward() accepts."
-                ) from exc
+            for grad in (True, False):
+                model.train(training)
+                with torch.set_grad_enabled(grad):
+                    graph = _trace(model, leaf_types, leaf_names, len(inputs))
+                gm = fx.GraphModule(model, graph)
+                code = gm.code
+                if code in codes:
+                    continue
+                if codes and mode is Functional.GRAPH:
+                    raise UnsupportedModelError(
+                        f"functional='graph' rewrites forward() as one traced graph, but {type(model).__name__} "
+                        "traces to different graphs in train and eval mode or with and without gradients (e.g. "
+                        "`if self.training:` in forward); use functional='constrain' (the default), which keeps the "
+                        "model's own forward"
+                    )
+                codes.add(code)
+                graphs.append(graph)
+                _walk(model, gm, state, mode, inputs, training)
+                variant = _batch_variant(inputs)
+                if variant is not None:
+                    try:
+                        _Walker(gm, state, graph_mode=mode is Functional.GRAPH).run(*variant)
+                    except _NodeFailed:
+                        pass  # the model does not run at that batch size: only the example's holds
     plan = _finalize(state, model)
     if mode is Functional.GRAPH:
         plan.graph = graphs[0]
     per_model[key] = plan
     return plan
+
+
+def _walk(
+    model: nn.Module, gm: fx.GraphModule, state: _State, mode: Functional, inputs: tuple[Tensor, ...], training: bool
+) -> None:
+    walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
+    try:
+        walker.run(*(t.clone() for t in inputs))  # a forward that writes into its input must not change x
+    except _NodeFailed as failed:
+        exc, node = failed.exc, failed.node
+        try:
+            model(*inputs)
+            runs = True
+        except Exception:
+            runs = False
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if not runs:
+            raise UnsupportedModelError(
+                f"running {type(model).__name__} on the example input failed ({what}), in "
+                f"{'train' if training else 'eval'} mode: pass an input batch that forward() accepts"
+            ) from exc
+        where = node.meta.get("stack_trace", "").strip().splitlines()
+        line = f" (`{where[-1].strip()}`)" if where else ""
+        hooked = [p for p, m in model.named_modules() if inspection.hooks_of(m)]
+        if any(n.op == "get_attr" and str(n.target).startswith("_tensor_constant") for n in gm.graph.nodes) and hooked:
+            raise UnsupportedModelError(
+                f"the torch.fx graph of {type(model).__name__} fails at node {node.name!r}{line} with {what}, although "
+                f"model(x) runs: forward() reads a tensor stored on the model, e.g. by the hooks on {hooked}, which "
+                "tracing fixes to its current value; read such features through the module's return value, or "
+                f"pass leaf_modules=[...] naming the submodule whose forward reads them"
+            ) from exc
+        raise UnsupportedModelError(
+            f"the torch.fx graph of {type(model).__name__} fails at node {node.name!r}{line} with {what}, although "
+            f"model(x) runs: the forward depends on something tracing fixed (a value read as a Python number, a "
+            "shape used in control flow); pass leaf_modules=[...] naming the submodule that holds that code"
+        ) from exc
 
 
 def _register(

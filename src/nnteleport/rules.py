@@ -130,16 +130,24 @@ register_method = _registrar(METHOD_RULES)  # keys: tensor method names such as 
 
 
 def module_rule_for(module: nn.Module) -> Rule | None:
-    """The rule of the closest registered base class whose ``forward`` the module does not override."""
-    forward = type(module).forward
+    """The rule of the closest registered base class, if the module provably computes what that class computes
+    (a subclass overriding any method -- ``forward``, ``_conv_forward``, a ``weight`` property -- or an instance
+    with a replaced method gets none: it is traced through like user code; see
+    :func:`nnteleport.inspection.provably_base`)."""
+    from nnteleport.inspection import provably_base
+
     for cls in type(module).__mro__:
         rule = MODULE_RULES.get(cls)
         if rule is not None:
-            return rule if cls.forward is forward else None
+            return rule if provably_base(module, cls) else None
     return None
 
 
 # --------------------------------------------------------------------------------------------------- fallback
+class _Unsupported(Exception):
+    """Raised by a rule for a call it does not handle; the engine then pins (:func:`fallback`) with this reason."""
+
+
 def fallback(ctx: Any, why: str | None = None) -> Any:
     """Unknown op: pin every space of its tensor inputs to 1; its output is a constant space."""
     ctx.pin_inputs("unsupported", why or f"{ctx.op_name} is not understood by the engine")
@@ -147,8 +155,13 @@ def fallback(ctx: Any, why: str | None = None) -> Any:
 
 
 def _identity(ctx: Any) -> Any:
+    """Ops that return their input, possibly copied, moved or cast to another floating dtype. A cast to an integer
+    or bool dtype truncates (not homogeneous): it pins."""
     S = ctx.in_space(0)
-    if isinstance(ctx.out, Tensor) and isinstance(S, Tensor) and S.dim() == ctx.out.dim():
+    out = ctx.out
+    if isinstance(out, Tensor) and not (out.is_floating_point() or out.is_complex()):
+        return fallback(ctx, f"{ctx.op_name}: cast to {out.dtype} truncates")
+    if isinstance(out, Tensor) and isinstance(S, Tensor) and S.dim() == out.dim():
         return S
     return fallback(ctx)
 
@@ -200,9 +213,11 @@ def _conv_spaces(ctx: Any) -> tuple[Tensor, Tensor, int, int, int, tuple[int, ..
     nd = m.weight.dim() - 2
     S = ctx.in_space(0)
     C, O, g = m.in_channels, m.out_channels, m.groups
-    s_in = channel_vector(S, C, dim=1) if ctx.in_value(0).dim() == nd + 2 else None
+    if ctx.in_value(0).dim() != nd + 2:
+        raise _Unsupported(f"{ctx.op_name}: unbatched input")
+    s_in = channel_vector(S, C, dim=1)
     if s_in is None:
-        ctx.pin(S, "unsupported", f"{ctx.op_name}: unbatched input or factors varying over space")
+        ctx.pin(S, "unsupported", f"{ctx.op_name}: factors varying over space")
         s_in = torch.zeros(C, dtype=torch.long)
     return s_in, ctx.new_space(O), C // g, O // g, C, (1,) * nd
 
@@ -262,6 +277,10 @@ def channel_norm_rule(ctx: Any) -> Any:
     bias = getattr(m, "bias", None)
     if weight is None and bias is None:
         return zeros_like_space(ctx.out)
+    instance = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+    nd = next((d for cls, d in instance.items() if isinstance(m, cls)), None)
+    if nd is not None and ctx.out.dim() == nd + 1:
+        raise _Unsupported(f"{ctx.op_name}: unbatched input (channels on axis 0)")
     C = (weight if weight is not None else bias).shape[0]
     out = ctx.new_space(C)
     if weight is not None:
@@ -296,6 +315,35 @@ if hasattr(nn, "RMSNorm"):
 
 
 # --------------------------------------------------------------------------------------------------- activations
+def _windowed_axes(ctx: Any) -> int | None:
+    """How many trailing axes a pooling, resampling or padding op reads across (its window), or ``None``."""
+    m = ctx.module
+    x = ctx.in_value(0)
+    pad = getattr(m, "padding", None) if m is not None else None
+    if m is not None and "Pad" in type(m).__name__ and isinstance(pad, (tuple, list)):
+        return len(pad) // 2
+    if m is None and ctx.node.target is F.pad:
+        return len(ctx.kwarg("pad", 1, ())) // 2
+    name = (type(m).__name__ if m is not None else getattr(ctx.node.target, "__name__", "")).lower()
+    for nd in (1, 2, 3):
+        if name.endswith(f"{nd}d"):
+            return nd
+    if isinstance(x, Tensor) and x.dim() >= 3:  # Upsample / interpolate: every axis after (N, C)
+        return x.dim() - 2
+    return None
+
+
+def _window_check(ctx: Any, S: Tensor) -> str | None:
+    """``None`` when every window of the op lies within one factor (the factor is constant along the windowed
+    trailing axes; a batched or unbatched input alike), else why not."""
+    nd = _windowed_axes(ctx)
+    if nd is None or S.dim() < nd + 1:
+        return f"{ctx.op_name}: windowed axes not recognised for an input of rank {S.dim()}"
+    if nd and any(s != 1 for s in S.shape[-nd:]):
+        return f"{ctx.op_name}: factors vary inside a window (the op reads across the channel or feature axis)"
+    return None
+
+
 def _activation(kind: Kind, channelwise: bool = False) -> Rule:
     """Element-wise (or, with ``channelwise``, per-channel such as pooling) op ``f``: output space = input space.
 
@@ -310,8 +358,9 @@ def _activation(kind: Kind, channelwise: bool = False) -> Rule:
             return fallback(ctx)
         if channelwise:
             S = compress(S)
-            if S.dim() < 2 or any(s != 1 for s in S.shape[2:]) or S.shape[0] != 1:
-                return fallback(ctx, f"{ctx.op_name}: factors vary inside a pooling window")
+            why = _window_check(ctx, S)
+            if why is not None:
+                return fallback(ctx, why)
         if ctx.out.dim() != S.dim():
             return fallback(ctx)
         if kind is Kind.LINEAR:
@@ -403,9 +452,9 @@ def _functional_activation(kind: Kind, channelwise: bool = False) -> Rule:
         if not isinstance(S, Tensor) or not isinstance(ctx.out, Tensor):
             return fallback(ctx)
         if channelwise:
-            Sc = compress(S)
-            if Sc.dim() < 2 or any(s != 1 for s in Sc.shape[2:]) or Sc.shape[0] != 1:
-                return fallback(ctx, f"{ctx.op_name}: factors vary inside a pooling window")
+            why = _window_check(ctx, compress(S))
+            if why is not None:
+                return fallback(ctx, why)
         if ctx.functional_site(S, kind):  # functional="graph": a per-call wrapper in a rewritten forward
             return S
         if kind is Kind.POSITIVE:
@@ -454,8 +503,15 @@ def add_rule(ctx: Any) -> Any:
     element; a constant operand pins the other). Adding a non-zero number pins the operand."""
     a, b = ctx.in_value(0), ctx.in_value(1)
     Sa, Sb = ctx.in_space(0), ctx.in_space(1)
+    if isinstance(ctx.out, (tuple, list)) and isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        # ``a.chunk(2, 1) + b.chunk(2, 1)``: concatenation of sequences, the spaces are concatenated alike
+        Sa = Sa if Sa is not None else zeros_like_space(a)
+        Sb = Sb if Sb is not None else zeros_like_space(b)
+        return type(ctx.out)([*Sa, *Sb])
     if not isinstance(ctx.out, Tensor):
         return None
+    if ctx.extra_kwargs(("alpha",)):
+        return fallback(ctx, f"{ctx.op_name}: unexpected keyword arguments {ctx.extra_kwargs(('alpha',))}")
     if _is_number(b) or _is_number(a):
         num, S = (b, Sa) if _is_number(b) else (a, Sb)
         if num != 0:
@@ -475,6 +531,8 @@ def mul_rule(ctx: Any) -> Any:
     Sa, Sb = ctx.in_space(0), ctx.in_space(1)
     if not isinstance(ctx.out, Tensor):
         return None
+    if ctx.extra_kwargs(()):
+        return fallback(ctx, f"{ctx.op_name}: unexpected keyword arguments {ctx.extra_kwargs(())}")
     if _is_number(a) or not isinstance(Sa, Tensor):
         return Sb if isinstance(Sb, Tensor) else zeros_like_space(ctx.out)
     if _is_number(b) or not isinstance(Sb, Tensor):
@@ -492,10 +550,13 @@ def mul_rule(ctx: Any) -> Any:
 @register_function(operator.truediv, operator.itruediv, torch.div)
 @register_method("div", "div_")
 def div_rule(ctx: Any) -> Any:
-    """``y = a / b``: the numerator's space passes; a hidden denominator is pinned."""
+    """``y = a / b``: the numerator's space passes; a hidden denominator is pinned. A rounding division
+    (``rounding_mode=``, ``//``) is not homogeneous: its inputs are pinned."""
     Sa, Sb = ctx.in_space(0), ctx.in_space(1)
     if not isinstance(ctx.out, Tensor):
         return None
+    if ctx.kwarg("rounding_mode", 2, None) is not None or ctx.extra_kwargs(("rounding_mode",)):
+        return fallback(ctx, f"{ctx.op_name}: rounding division (not homogeneous)")
     if isinstance(Sb, Tensor) and bool(Sb.any()):
         ctx.pin(Sb, "gate", f"{ctx.op_name}: hidden denominator is pinned")
     if isinstance(Sa, Tensor):
@@ -523,8 +584,14 @@ def reduction_rule(ctx: Any) -> Any:
     S = ctx.in_space(0)
     if not isinstance(S, Tensor) or not isinstance(ctx.out, Tensor) or not x.is_floating_point():
         return fallback(ctx)
+    if ctx.extra_kwargs(("dim", "keepdim", "dtype")):
+        return fallback(ctx, f"{ctx.op_name}: unexpected keyword arguments")
     dim = ctx.kwarg("dim", 1, None)
     keepdim = bool(ctx.kwarg("keepdim", 2, False))
+    if isinstance(dim, torch.dtype):  # torch.sum(x, torch.float64)
+        dim = None
+    if isinstance(dim, (tuple, list)) and len(dim) == 0:
+        dim = None  # sum/mean with dim=[] reduce over every axis
     dims = list(range(x.dim())) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
     dims = [d % x.dim() for d in dims] if x.dim() else []
     Sc = compress(S)

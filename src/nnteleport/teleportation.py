@@ -181,9 +181,10 @@ def _apply_sites(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
             (p.device for p in model.parameters()), torch.device("cpu")
         )
         wrapper = TeleportedActivation(module, tau.to(device, dtype))
-        parent_path, _, attr = site.path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, wrapper)
+        # every place that holds this module object (several parents, or twice in one Sequential)
+        places = [(p, a) for p in model.modules() for a, c in p._modules.items() if c is module]
+        for parent, attr in places:
+            setattr(parent, attr, wrapper)
 
 
 def teleport(
@@ -242,13 +243,36 @@ def teleport(
             "functional='graph' with inplace=True: functional activation calls need wrappers, which requires a new "
             "GraphModule; use inplace=False (or functional='constrain')"
         )
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _deepcopy(model)
     apply_cob(target, plan, flat)
     if rewrites:
         return _as_graph_module(target, plan, rewrites)
     if target is not model or plan.sites:
         _register(target, x, plan, leaf_modules, functional)  # a copy or new wrappers: the same analysis
     return target
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies models holding non-leaf tensors in plain attributes (the last outputs
+    kept by a hook, ``weight`` computed by old-style ``weight_norm`` or pruning pre-hooks), which
+    ``Tensor.__deepcopy__`` refuses: those are copied detached (they are recomputed by the next forward)."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            for t in _tensors_in(v):
+                if t.grad_fn is not None:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _tensors_in(v: Any, depth: int = 0) -> list[Tensor]:
+    if isinstance(v, Tensor):
+        return [v]
+    if depth < 3 and isinstance(v, (list, tuple)):
+        return [t for e in v for t in _tensors_in(e, depth + 1)]
+    if depth < 3 and isinstance(v, dict):
+        return [t for e in v.values() for t in _tensors_in(e, depth + 1)]
+    return []
 
 
 def _functional_wrappers(plan: TeleportPlan, flat: Tensor) -> list[tuple[str, Tensor]]:
