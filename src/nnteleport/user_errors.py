@@ -1,0 +1,57 @@
+"""Errors about the user's input and run folders, all derived from :class:`nnteleport.errors.NNTeleportError`.
+
+The command line prints an :class:`~nnteleport.errors.NNTeleportError` as one line and exits with status 2; any
+other exception is a bug and shows its traceback. Each class also derives from the built-in exception a caller
+would expect (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from nnteleport.errors import NNTeleportError
+
+__all__ = [
+    "ConfigMismatchError",
+    "CorruptFileError",
+    "Interrupted",
+    "InvalidValueError",
+    "MissingFileError",
+    "OutputInUseError",
+    "RunsFailedError",
+    "UnsafeFileError",
+]
+
+
+class InvalidValueError(NNTeleportError, ValueError):
+    """A parameter or configuration value is out of range, of the wrong type, or unknown (names it)."""
+
+
+class MissingFileError(NNTeleportError, FileNotFoundError):
+    """A file the run needs (a dataset file, a config file) does not exist (names it and where to get it)."""
+
+
+class CorruptFileError(NNTeleportError, ValueError):
+    """A file on disk cannot be read as what it should be (names the file and what to do)."""
+
+
+class UnsafeFileError(NNTeleportError, ValueError):
+    """A file on disk would run code when loaded, or fails its checksum; it is refused, not loaded."""
+
+
+class ConfigMismatchError(NNTeleportError, ValueError):
+    """A stored result or checkpoint was computed with another configuration (names the differing keys)."""
+
+
+class OutputInUseError(NNTeleportError, RuntimeError):
+    """Another process is writing to the same output folder."""
+
+
+class RunsFailedError(RuntimeError):
+    """Some runs of a sweep failed (their errors are in ``runs/<id>/error.txt``); not a user error by itself."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was stopped by SIGINT (Ctrl-C) or SIGTERM; ``signum`` says which. Finished results are kept."""
+
+    def __init__(self, message: str = "interrupted", signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
