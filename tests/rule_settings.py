@@ -641,7 +641,7 @@ add(
     C("linear-1d", lambda m, h, x: F.interpolate(h, size=11, mode="linear"), "free", "1d"),
     C("trilinear-3d", lambda m, h, x: F.interpolate(h, scale_factor=2, mode="trilinear"), "free", "3d"),
 )
-add(F.upsample, C("nearest-x2", lambda m, h, x: F.upsample(h, scale_factor=2), "free", "2d"))
+add(F.interpolate, C("via-F.upsample", lambda m, h, x: F.upsample(h, scale_factor=2), "free", "2d"))  # traced through
 
 # non-homogeneous functions: pinned (no per-call wrapper in the default functional="constrain" mode) ----------------
 _FN = {"reason": "functional"}
@@ -684,8 +684,8 @@ add(F.hardshrink, C("lambda", lambda m, h, x: F.hardshrink(h, lambd=0.3), "pinne
 add(F.threshold, C("threshold-value", lambda m, h, x: F.threshold(h, 0.1, 20.0), "pinned", **_FN))
 add(torch.tanh, C("plain", lambda m, h, x: torch.tanh(h), "pinned", **_FN))
 add(torch.sigmoid, C("plain", lambda m, h, x: torch.sigmoid(h), "pinned", **_FN))
-add(F.tanh, C("plain", lambda m, h, x: F.tanh(h), "pinned", **_FN))
-add(F.sigmoid, C("plain", lambda m, h, x: F.sigmoid(h), "pinned", **_FN))
+add("tanh", C("via-F.tanh", lambda m, h, x: F.tanh(h), "pinned", **_FN))  # F.tanh is traced through
+add("sigmoid", C("via-F.sigmoid", lambda m, h, x: F.sigmoid(h), "pinned", **_FN))  # F.sigmoid is traced through
 add(F.elu_, C("plain", lambda m, h, x: F.elu_(h), "pinned", **_FN))
 add(torch.selu, C("plain", lambda m, h, x: torch.selu(h), "pinned", **_FN))
 add(torch.celu, C("alpha", lambda m, h, x: torch.celu(h, 0.7), "pinned", **_FN))
@@ -755,7 +755,7 @@ add(
     # tuples of chunks concatenated with `+`, then joined: a rearrangement, exact and free
     C("tuple-of-chunks", lambda m, h, x: torch.cat(h.chunk(2, 1) + _h2(m, x).chunk(2, 1), 1), "free", **_BOTH),
 )
-add(operator.iadd, C("residual", _iadd, "free", **_BOTH))
+add(operator.add, C("augmented-residual", _iadd, "free", **_BOTH))  # fx records `h += y` as operator.add
 add(
     torch.add,
     C("residual", lambda m, h, x: torch.add(h, _h2(m, x)), "free", **_BOTH),
@@ -769,7 +769,7 @@ add(
     C("zero", lambda m, h, x: h - 0.0, "free"),
     C("number-left", lambda m, h, x: 1.0 - h, "pinned", reason="constant"),
 )
-add(operator.isub, C("residual", _isub, "free", **_BOTH))
+add(operator.sub, C("augmented-residual", _isub, "free", **_BOTH))
 add(
     torch.sub,
     C("residual", lambda m, h, x: torch.sub(h, _h2(m, x)), "free", **_BOTH),
@@ -793,7 +793,7 @@ add(
         reason="gate",
     ),
 )
-add(operator.imul, C("number", _imul, "free"))
+add(operator.mul, C("augmented-number", _imul, "free"))
 add(
     torch.mul,
     C("number", lambda m, h, x: torch.mul(h, 2.0), "free"),
@@ -807,7 +807,7 @@ add(
     C("number-over-hidden", lambda m, h, x: 1.0 / (h.abs() + 1.0), "pinned"),
     C("constant-tensor", lambda m, h, x: h / (m.c.abs() + 1.0), "free", const=True),
 )
-add(operator.itruediv, C("number", _itruediv, "free"))
+add(operator.truediv, C("augmented-number", _itruediv, "free"))
 add(
     torch.div,
     C("number", lambda m, h, x: torch.div(h, 2.0), "free"),
@@ -1011,12 +1011,12 @@ for _name, _call, _torch_call, _kw in [
     if _torch_call is not None:
         _fn = getattr(torch, _name)
         add(
-            _name,
+            _fn,
             C("torch-function", lambda m, h, x, f=_torch_call: f(h), "pinned", node=("call_function", _fn), **_FN),
         )
+add("log", C("method", lambda m, h, x: _softplus(m, h).log(), "pinned", **_SP, **_FN))
 add(
-    "log",
-    C("method", lambda m, h, x: _softplus(m, h).log(), "pinned", **_SP, **_FN),
+    torch.log,
     C(
         "torch-function",
         lambda m, h, x: torch.log(_softplus(m, h)),
@@ -1026,9 +1026,9 @@ add(
         **_FN,
     ),
 )
+add("sqrt", C("method", lambda m, h, x: _softplus(m, h).sqrt(), "pinned", **_SP, **_FN))
 add(
-    "sqrt",
-    C("method", lambda m, h, x: _softplus(m, h).sqrt(), "pinned", **_SP, **_FN),
+    torch.sqrt,
     C(
         "torch-function",
         lambda m, h, x: torch.sqrt(_softplus(m, h)),
@@ -1159,12 +1159,12 @@ add("view_as", C("round-trip", lambda m, h, x: h.view(-1, 2, 3).view_as(h), "fre
 add("reshape_as", C("hidden-shape", lambda m, h, x: h.reshape(-1, 3, 2).transpose(1, 2).reshape_as(h), "free"))
 add("expand_as", C("stack-shape", lambda m, h, x: h.unsqueeze(1).expand_as(torch.stack([h, h], 1)), "free"))
 add("tile", C("features", lambda m, h, x: h.tile((1, 2)), "free"))
-add("__getitem__", C("slice", lambda m, h, x: h.__getitem__((slice(None), slice(1, 4))), "free"))
+add(operator.getitem, C("via-__getitem__", lambda m, h, x: h.__getitem__((slice(None), slice(1, 4))), "free"))
 add("contiguous", C("after-transpose", lambda m, h, x: h.transpose(1, 2).contiguous(), "free", "1d"))
 add("clone", C("plain", lambda m, h, x: h.clone(), "free"))
+add("detach", C("method", lambda m, h, x: h.detach(), "free"))
 add(
-    "detach",
-    C("method", lambda m, h, x: h.detach(), "free"),
+    torch.detach,
     C("torch-function", lambda m, h, x: torch.detach(h), "free", node=("call_function", torch.detach)),
 )
 add(
@@ -1198,9 +1198,9 @@ add(
     C("tuple", lambda m, h, x: h.view(h.size()[0], h.size()[1] // 2, 2), "free"),
 )
 add("dim", C("scale", lambda m, h, x: h * h.dim(), "free"))
+add("numel", C("method", lambda m, h, x: h / h.numel(), "free"))
 add(
-    "numel",
-    C("method", lambda m, h, x: h / h.numel(), "free"),
+    torch.numel,
     C("torch-function", lambda m, h, x: h / torch.numel(h), "free", node=("call_function", torch.numel)),
 )
 add("ndimension", C("scale", lambda m, h, x: h * h.ndimension(), "free"))

@@ -12,7 +12,14 @@ Rules are looked up by module type (:data:`MODULE_RULES`), function (:data:`FUNC
 name (:data:`METHOD_RULES`). Anything not listed is handled by :func:`fallback`: every space it touches is pinned
 to 1 and the op is named in the report -- exact, never silently wrong. Adding a layer type is one entry here.
 
-Rule signature: ``rule(ctx) -> space of the node's output`` (see :class:`nnteleport.graph.RuleContext`).
+Rule signature: ``rule(ctx) -> space of the node's output`` (see :class:`nnteleport.graph.RuleContext`). A rule
+that meets a call it does not handle raises :class:`_Unsupported` (or returns :func:`fallback`); the engine checks
+what every rule returns (see ``_Walker._checked`` in :mod:`nnteleport.graph`): hidden inputs it did not read are
+pinned, a space that does not fit the output is pinned, an in-place op keeps its input's factors.
+
+Keys are what ``torch.fx`` records: ``h += y`` becomes ``operator.add``, ``x[i]`` ``operator.getitem``;
+``F.tanh``, ``F.sigmoid`` and ``F.upsample`` are traced through (to ``Tensor.tanh``, ``Tensor.sigmoid``,
+``F.interpolate``), so they are no keys. Every key has a test setting in ``tests/rule_settings.py``.
 """
 
 from __future__ import annotations
@@ -433,12 +440,13 @@ _POS_CHANNEL_FUNCS = [
 _LIN_FUNCS = [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout]
 _LIN_CHANNEL_FUNCS = [
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d, F.interpolate, F.upsample,
+    F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d, F.interpolate,
 ]  # fmt: skip
 _GENERAL_FUNCS = [
     F.gelu, F.silu, F.elu, F.selu, F.celu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.mish, F.softplus,
     F.softsign, F.logsigmoid, F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, torch.tanh, torch.sigmoid,
-    F.tanh, F.sigmoid, torch.nn.functional.elu_, torch.selu, torch.celu,
+    torch.nn.functional.elu_, torch.selu, torch.celu, torch.sigmoid_, torch.tanh_, torch.exp, torch.log, torch.sqrt,
+    torch.abs, torch.clamp, torch.clamp_, torch.clip, torch.pow,
 ]  # fmt: skip
 
 
@@ -496,7 +504,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, bool)) and not isinstance(v, Tensor)
 
 
-@register_function(operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub)
+@register_function(operator.add, torch.add, operator.sub, torch.sub)
 @register_method("add", "add_", "sub", "sub_")
 def add_rule(ctx: Any) -> Any:
     """Residual add ``y = a + b``: both operands and the result share one space (variables merged element by
@@ -522,7 +530,7 @@ def add_rule(ctx: Any) -> Any:
     return ctx.merge(Sa, Sb)
 
 
-@register_function(operator.mul, operator.imul, torch.mul)
+@register_function(operator.mul, torch.mul)
 @register_method("mul", "mul_")
 def mul_rule(ctx: Any) -> Any:
     """``y = a * b``: with a number or a constant tensor the space passes through. For a product of two hidden
@@ -547,7 +555,7 @@ def mul_rule(ctx: Any) -> Any:
     return _broadcast_space(keep, ctx.out)
 
 
-@register_function(operator.truediv, operator.itruediv, torch.div)
+@register_function(operator.truediv, torch.div)
 @register_method("div", "div_")
 def div_rule(ctx: Any) -> Any:
     """``y = a / b``: the numerator's space passes; a hidden denominator is pinned. A rounding division
@@ -613,7 +621,7 @@ register_function(
 register_method(
     "view", "reshape", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "chunk", "split", "unbind",
     "flip", "roll", "narrow", "select", "movedim", "swapaxes", "expand", "repeat", "unflatten", "view_as",
-    "reshape_as", "expand_as", "tile", "__getitem__",
+    "reshape_as", "expand_as", "tile",
 )(_rearrange)  # fmt: skip
 register_module(nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle)(_rearrange)
 
@@ -621,7 +629,8 @@ register_method(
     "contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16", "type", "type_as", "cpu",
     "cuda", "requires_grad_",
 )(_identity)  # fmt: skip
-register_function(torch.clone)(_identity)
+register_function(torch.clone, torch.detach)(_identity)
+register_function(torch.numel)(_no_tensor_output)
 register_method("size", "dim", "numel", "ndimension", "nelement", "get_device")(_no_tensor_output)
 
 
