@@ -403,7 +403,7 @@ class RuleContext:
         """Unite the variables of two spaces element by element (broadcasting); returns the common space."""
         shape = rules.broadcast_shape(Sa.shape, Sb.shape)
         a, b = Sa.expand(shape).reshape(-1), Sb.expand(shape).reshape(-1)
-        pairs = torch.unique(torch.stack([a, b], dim=1), dim=0)
+        pairs = _unique_pairs(a, b)
         const = (pairs == 0).any(dim=1)
         if bool(const.any()):
             self.pin(pairs[const].reshape(-1), "constant", f"{self.op_name}: added to a constant (pinned) tensor")
@@ -431,7 +431,9 @@ class RuleContext:
             new = new if new is not None else z
             old = old if old is not None else z
             shape = rules.broadcast_shape(new.shape, old.shape)
-            pairs = torch.unique(torch.stack([new.expand(shape).reshape(-1), old.expand(shape).reshape(-1)], 1), dim=0)
+            if new.shape == old.shape and torch.equal(new, old):
+                continue  # the same use again (another trace or walk): nothing new
+            pairs = _unique_pairs(new.expand(shape).reshape(-1), old.expand(shape).reshape(-1))
             const = (pairs == 0).any(dim=1)
             if bool(const.any()):
                 self.pin(pairs[const].reshape(-1), "shared", f"{self.op_name}: parameter {name!r} used twice")
@@ -479,6 +481,13 @@ class RuleContext:
         else:
             self.pin(prev.S, "shared", f"{self.op_name}: module used at places of different shapes")
             self.pin(S, "shared", f"{self.op_name}: module used at places of different shapes")
+
+
+def _unique_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """The distinct rows of ``stack([a, b], 1)`` (``(k, 2)``), via one 1-D ``unique`` of ``a * 2^32 + b`` (variable
+    ids are far below ``2^31``): several times faster than ``torch.unique(..., dim=0)``."""
+    code = torch.unique(a.to(torch.int64) * (1 << 32) + b.to(torch.int64))
+    return torch.stack([code >> 32, code & 0xFFFFFFFF], dim=1)
 
 
 def _tensors(S: Any) -> Iterable[Tensor]:

@@ -150,8 +150,11 @@ def check_model(model: nn.Module) -> None:
                 )
 
 
+_PLAIN = (bool, int, float, str, type(None), torch.dtype)
+
+
 def _plain(v: Any) -> bool:
-    if isinstance(v, (bool, int, float, str, type(None), torch.dtype)):
+    if isinstance(v, _PLAIN):
         return True
     return isinstance(v, tuple) and len(v) <= 16 and all(_plain(e) for e in v)
 
@@ -159,6 +162,17 @@ def _plain(v: Any) -> bool:
 def state_fingerprint(module: nn.Module) -> tuple:
     """What of a module, besides its structure, can switch its forward: plain Python attributes (flags such as
     ``self.use_skip``, ``self.p``), hooks and replaced methods. Part of the analysis cache key, so that a plan is
-    never reused after such a change (see :func:`nnteleport.analyze`)."""
-    attrs = tuple((k, v) for k, v in vars(module).items() if k != "training" and _plain(v))
-    return attrs, hooks_of(module), tuple(id(getattr(module, k)) for k in _instance_overrides(module))
+    never reused after such a change (see :func:`nnteleport.analyze`). One pass over the instance dictionary."""
+    out = []
+    cls = type(module)
+    for k, v in vars(module).items():
+        t = type(v)
+        if t in _PLAIN or (t is tuple and _plain(v)):
+            if k != "training":
+                out.append((k, v))
+        elif k in _MODULE_HOOKS:
+            if v:
+                out.append((k, tuple(v)))
+        elif callable(v) and not isinstance(v, (nn.Module, torch.Tensor, type)) and hasattr(cls, k):
+            out.append((k, id(v)))
+    return tuple(out)
