@@ -17,8 +17,15 @@ _CATEGORY_TEXT = {
     "constant": "added to a constant",
     "gate": "product/quotient of hidden tensors",
     "functional": "functional activation without a wrapper",
-    "shared": "shared module or parameter",
+    "shared": "shared module or parameter, or a parameter used outside its module's rule",
+    "hook": "black box: module with hooks or parametrizations",
     "unsupported": "op not understood by the engine",
+}
+
+_KIND_TEXT = {
+    "positive": "positively homogeneous: wrapped only where tau < 0",
+    "general": "wrapped where tau != 1",
+    "linear": "never wrapped",
 }
 
 
@@ -38,7 +45,9 @@ class TeleportReport:
     pinned: per reason: category, text, neurons pinned (neurons are attributed to the first reason in the order
         output, normalisation, others).
     positive_only: per reason, neurons restricted to ``tau > 0``.
-    wrapper_sites: activation modules that receive ``tau * f(x / tau)`` when their factors require it.
+    wrapper_sites: activation modules (and, with ``functional="graph"``, functional call sites by node name) that
+        receive ``tau * f(x / tau)`` when their factors require it: ``kind`` "positive" (ReLU-like, wrapped only
+        where ``tau < 0``) or "general" (wrapped wherever ``tau != 1``).
     """
 
     model: str
@@ -106,11 +115,13 @@ class TeleportReport:
             for p in self.positive_only:
                 lines.append(f"    {p['neurons']:>6} neurons  {p['why']}")
         if self.wrapper_sites:
-            lines.append(f"  activation wrappers tau * f(x / tau) where needed: {len(self.wrapper_sites)} sites")
+            n = len(self.wrapper_sites)
+            lines.append(f"  activation wrappers tau * f(x / tau) where needed: {n} site{'s' if n != 1 else ''}")
             for s in self.wrapper_sites[:8]:
-                lines.append(f"    {s['module']} ({s['kind']})")
-            if len(self.wrapper_sites) > 8:
-                lines.append(f"    ... {len(self.wrapper_sites) - 8} more")
+                where = "functional call" if s.get("functional") else "module"
+                lines.append(f"    {s['module']} ({where}; {_KIND_TEXT.get(s['kind'], s['kind'])})")
+            if n > 8:
+                lines.append(f"    ... {n - 8} more")
         return "\n".join(lines)
 
 
@@ -156,7 +167,8 @@ def build_report(
         }
         for g in plan.groups.values()
     ]
-    sites = [{"module": s.path, "kind": s.kind.value} for s in plan.sites]
+    sites = [{"module": s.path, "kind": s.kind.value, "functional": False} for s in plan.sites]
+    sites += [{"module": s.path, "kind": s.kind.value, "functional": True} for s in plan.functional_sites]
     return TeleportReport(
         model=type(model).__name__,
         hidden_neurons=hidden,
