@@ -73,3 +73,34 @@ def test_parameter_read_outside_its_module_is_named():
     why = " ".join(p["why"] for p in report.pinned)
     assert "'emb.weight'" in why and "read directly in forward()" in why
     assert report.free_neurons == 0  # h feeds F.linear (pinned); emb's factors are pinned by the direct read
+
+
+def test_factor_outside_the_model_dtype_is_refused_before_any_change():
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(2, 3)
+    group = next(iter(nt.analyze(m, x).groups))
+    before = [p.detach().clone() for p in m.parameters()]
+    cob = {group: torch.tensor([1e-300, 1.0, 1.0, 1.0], dtype=torch.float64)}
+    try:
+        nt.teleport(m, x, cob, inplace=True)
+    except nt.NNTeleportError as exc:
+        assert "1e-300" in str(exc) and repr(group) in str(exc) and "float32" in str(exc)
+    else:
+        raise AssertionError("a factor of 1e-300 on a float32 model was accepted")
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    m64 = m.double()  # float64 holds it: accepted and exact
+    v = nt.teleport(m64, x.double(), cob)
+    assert torch.isfinite(torch.cat([p.reshape(-1) for p in v.parameters()])).all()
+
+
+def test_micro_teleport_in_bfloat16_is_not_rounded_away():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(4, 3)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    ref = nt.micro_teleport(m.double(), x.double(), cob_range=1e-3, generator=gen())
+    d = nt.micro_teleport(m.to(torch.bfloat16), x.bfloat16(), cob_range=1e-3, generator=gen())
+    assert d.dtype == torch.float64 and float(d.abs().max()) > 0
+    # same direction as the float64 vector (the weights differ only by bfloat16 rounding)
+    cos = float(d @ ref / (d.norm() * ref.norm()))
+    assert cos > 0.99, cos

@@ -21,6 +21,7 @@ from nnteleport.activation import FunctionalOp, TeleportedActivation
 from nnteleport.cob import Sampling, sample_flat
 from nnteleport.graph import Functional, TeleportPlan, _register, analyze
 from nnteleport.rules import Kind
+from nnteleport.user_errors import InvalidValueError
 
 __all__ = ["TeleportedActivation", "apply_cob", "micro_teleport", "teleport"]
 
@@ -237,6 +238,7 @@ def teleport(
         flat = sample_flat(plan.num_free, cob_range, sampling, plan.positive_mask, generator)
     else:
         flat = plan.flat(cob)
+    _check_representable(model, plan, flat)
     rewrites = _functional_wrappers(plan, flat)
     if rewrites and inplace:
         raise ValueError(
@@ -273,6 +275,26 @@ def _tensors_in(v: Any, depth: int = 0) -> list[Tensor]:
     if depth < 3 and isinstance(v, dict):
         return [t for e in v.values() for t in _tensors_in(e, depth + 1)]
     return []
+
+
+def _check_representable(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
+    """Refuse factors that the model's dtype cannot hold (``1e-300`` on a float32 model would become 0, its
+    inverse inf, the teleported weights NaN), before anything is changed."""
+    dtypes = {_scale_dtype(p.dtype) for p in model.parameters() if p.is_floating_point()}
+    if not dtypes or not flat.numel():
+        return
+    a = flat.abs().to(torch.float64)
+    for dtype in dtypes:
+        info = torch.finfo(dtype)
+        bad = (a < info.tiny) | (a > info.max) | (1 / a > info.max)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            group = next(g for g in plan.groups.values() if g.offset <= j < g.offset + g.size)
+            raise InvalidValueError(
+                f"CoB factor {float(flat[j]):.3g} of group {group.name!r} (neuron {j - group.offset}) is outside the "
+                f"range of the model's {dtype} ({info.tiny:.3g} to {info.max:.3g}): teleporting would give inf/NaN; "
+                "use factors of moderate size or a float64 model"
+            )
 
 
 def _functional_wrappers(plan: TeleportPlan, flat: Tensor) -> list[tuple[str, Tensor]]:
@@ -325,18 +347,25 @@ def micro_teleport(
     functional: str | Functional = "constrain",
 ) -> Tensor:
     """The micro-teleportation vector ``V - W`` (flattened, in ``model.parameters()`` order) for a small
-    ``cob_range`` (paper, Sec. 5.1: it is orthogonal to the back-propagated gradient up to ``O(s)``)."""
-    teleported = teleport(
-        model,
-        x,
-        cob_range=cob_range,
-        sampling=sampling,
-        generator=generator,
-        leaf_modules=leaf_modules,
-        functional=functional,
-    )
-    new = dict(teleported.named_parameters())
-    names = [n for n, _ in model.named_parameters()]
-    w = torch.nn.utils.parameters_to_vector(model.parameters())
-    v = torch.nn.utils.parameters_to_vector([new[n] for n in names])  # a GraphModule may order them differently
-    return (v - w).detach()
+    ``cob_range`` (paper, Sec. 5.1: it is orthogonal to the back-propagated gradient up to ``O(s)``).
+
+    Computed in float64 from the plan, ``W * (t[out] / t[in] - 1)``, whatever the model's dtype: a teleported copy in
+    bfloat16 or float16 would round a change of ``1e-3`` away (the vector would be zero). Returns a float64 vector on
+    the device of the model's first parameter; the model is not modified.
+    """
+    plan = analyze(model, x, leaf_modules=leaf_modules, functional=functional)
+    flat = sample_flat(plan.num_free, cob_range, sampling, plan.positive_mask, generator)
+    t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
+    chunks = []
+    for name, p in model.named_parameters():
+        entry = plan.param_scale_indices.get(name)
+        w = p.detach().to(torch.float64)
+        if entry is None:
+            chunks.append(torch.zeros(p.numel(), dtype=torch.float64, device=p.device))
+            continue
+        o, i = entry
+        ratio = t[o] if i is None else t[o] / t[i]
+        chunks.append((w * (ratio.to(p.device) - 1)).reshape(-1))
+    if not chunks:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([c.to(chunks[0].device) for c in chunks])
