@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from nnteleport.data import DataBundle, ImageDataset, load_dataset, loader, read_idx
+from nnteleport.user_errors import MissingFileError, UnsafeFileError
 
 # ----------------------------------------------------------------------------- fixture writers (real formats)
 
@@ -264,12 +267,73 @@ def test_download_from_local_url(tmp_path, monkeypatch):
     src = dict(data_mod._SOURCES[data_mod.DatasetName.MNIST])
     src["url"] = mirror.as_uri() + "/"
     monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.MNIST, src)
+    for f in mirror.iterdir():  # the mirror's files are not the real ones: their own checksums
+        monkeypatch.setitem(data_mod.CHECKSUMS, f"mnist/{f.name}", hashlib.md5(f.read_bytes()).hexdigest())
     root = tmp_path / "root"
     with pytest.raises(FileNotFoundError):
         load_dataset("mnist", root)
     b = load_dataset("mnist", root, download=True)
     assert len(b.train) == 20
     assert (root / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_download_with_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypatch):
+    from nnteleport import data as data_mod
+
+    mirror = tmp_path / "mirror"
+    write_mnist(mirror, gz=True)
+    src = dict(data_mod._SOURCES[data_mod.DatasetName.MNIST])
+    src["url"] = mirror.as_uri() + "/"
+    monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.MNIST, src)  # the real checksums stay
+    root = tmp_path / "root"
+    with pytest.raises(UnsafeFileError, match=r"train-images-idx3-ubyte\.gz.*MD5 [0-9a-f]{32} does not match the "
+                       r"published f68b3c2dcbeaaa9fbdd348bbdeb94873"):  # fmt: skip
+        load_dataset("mnist", root, download=True)
+    assert not list(root.iterdir())  # nothing of it kept
+
+
+def test_sources_are_https_and_plain_http_is_refused(tmp_path):
+    from nnteleport import data as data_mod
+
+    for src in data_mod._SOURCES.values():
+        assert src["url"].startswith("https://")
+    with pytest.raises(UnsafeFileError, match="only https://"):
+        data_mod._fetch("http://example.org/x.gz", tmp_path / "x.gz", "0" * 32)
+    assert set(data_mod.CHECKSUMS) == {
+        f"{n}/{f}.gz" for n in ("mnist", "fashion-mnist") for f in data_mod._MNIST_FILES.values()
+    } | {"cifar10/cifar-10-python.tar.gz", "cifar100/cifar-100-python.tar.gz"}
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_cifar_batch_is_refused_without_running(tmp_path):
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(pickle.dumps({b"data": _Planted(marker), b"labels": [1]}))
+    with pytest.raises(UnsafeFileError, match=r"data_batch_2 was refused without being run: global posix\.system"):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
+    # an object array (whose elements would be arbitrary objects) is refused as well
+    path.write_bytes(pickle.dumps({b"data": np.array([marker], dtype=object), b"labels": [1]}))
+    with pytest.raises(UnsafeFileError, match="object arrays"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_check_available_names_the_missing_file(tmp_path):
+    from nnteleport.data import check_available
+
+    check_available("digits", tmp_path)  # embedded: nothing to check
+    with pytest.raises(MissingFileError, match=r"mnist: file 'train-images-idx3-ubyte\[\.gz\]' not found"):
+        check_available("mnist", tmp_path)
+    write_cifar(tmp_path)
+    check_available("cifar10", tmp_path)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -309,5 +373,7 @@ def test_cifar_download_and_extract_from_local_url(tmp_path, monkeypatch):
     src = dict(data_mod._SOURCES[data_mod.DatasetName.CIFAR10])
     src["url"] = archive.as_uri()
     monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.CIFAR10, src)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(data_mod.CHECKSUMS, "cifar10/cifar-10-python.tar.gz", md5)
     b = load_dataset("cifar10", tmp_path / "root", download=True, augment=False)
     assert len(b.train) == 15 and int(b.val[2][1]) == batches["test_batch"][1][2]

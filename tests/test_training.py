@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from torch import nn
 
 from nnteleport import training as training_mod
 from nnteleport.data import load_dataset
-from nnteleport.training import History, evaluate, train
+from nnteleport.training import History, evaluate, load_checkpoint, train
+from nnteleport.user_errors import ConfigMismatchError, InvalidValueError, UnsafeFileError
 
 
 def mlp(in_features: int = 64, hidden: int = 16, classes: int = 10, seed: int = 0) -> nn.Module:
@@ -211,16 +213,16 @@ def test_interrupted_run_resumes_bit_identical(digits, fake_engine, tmp_path):
 
     with pytest.raises(Interrupt):
         train(mlp(), digits, penalty=CountingPenalty(), checkpoint_dir=tmp_path, callbacks=[crash_at_2], **kw)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["epoch"] == 1
-    model = mlp(seed=99)  # a fresh process would rebuild the model anyhow
+    model = mlp()  # a fresh process rebuilds the model, with the same seed
     pen = CountingPenalty()
     resumed = train(model, digits, penalty=pen, checkpoint_dir=tmp_path, **kw)
     assert resumed == ref
     assert state_equal(model, ref_model)
     assert pen.calls == 4 * 5
     # a finished run returns its history without training
-    again = train(mlp(seed=5), digits, penalty=CountingPenalty(), checkpoint_dir=tmp_path, **kw)
+    again = train(mlp(), digits, penalty=CountingPenalty(), checkpoint_dir=tmp_path, **kw)
     assert again == ref
 
 
@@ -482,3 +484,77 @@ def test_gspace_optimizer_resumes_exactly(digits, tmp_path):
     m2 = mlp().double()
     resumed = train(m2, digits, checkpoint_dir=tmp_path, **kw)
     assert resumed == ref and state_equal(m2, m_ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints record what their result depends on, and run no code
+
+
+def test_checkpoint_with_more_epochs_than_asked_is_refused(digits, tmp_path):
+    kw = dict(batch_size=32, progress=False, checkpoint_dir=tmp_path, max_iters_per_epoch=2)
+    assert len(train(mlp(), digits, epochs=5, **kw).epoch) == 5
+    with pytest.raises(ConfigMismatchError, match=r"epochs: the checkpoint has 5 trained epochs, more than the 2"):
+        train(mlp(), digits, epochs=2, **kw)
+
+
+def test_extending_a_run_whose_last_epoch_was_force_evaluated_is_refused(digits, tmp_path):
+    kw = dict(batch_size=32, progress=False, checkpoint_dir=tmp_path, max_iters_per_epoch=2, eval_every=2)
+    train(mlp(), digits, epochs=3, **kw)  # epoch 2 evaluated only because it was the last
+    with pytest.raises(ConfigMismatchError, match=r"evaluated at its last epoch"):
+        train(mlp(), digits, epochs=4, **kw)
+
+
+def test_checkpoint_of_another_architecture_is_refused_before_loading(digits, tmp_path):
+    kw = dict(epochs=1, batch_size=32, progress=False, checkpoint_dir=tmp_path, max_iters_per_epoch=2)
+    train(mlp(hidden=16), digits, **kw)
+    with pytest.raises(ConfigMismatchError, match=r"architecture: 1\.weight: checkpoint \(16, 64\) float32 vs now "
+                       r"\(32, 64\) float32"):  # fmt: skip
+        train(mlp(hidden=32), digits, epochs=2, **{k: v for k, v in kw.items() if k != "epochs"})
+
+
+def test_checkpoint_of_other_initial_weights_or_data_is_refused(digits, tmp_path):
+    kw = dict(epochs=1, batch_size=32, progress=False, checkpoint_dir=tmp_path, max_iters_per_epoch=2)
+    train(mlp(seed=0), digits, **kw)
+    with pytest.raises(ConfigMismatchError, match="initial weights differ"):
+        train(mlp(seed=1), digits, **kw)
+    other = load_dataset("digits", train_size=128, val_size=64, seed=3)
+    with pytest.raises(ConfigMismatchError, match="first_examples_sha256"):
+        train(mlp(seed=0), other, **kw)
+    assert len(train(mlp(seed=0), digits, **kw).epoch) == 1  # the same settings resume (here: are finished)
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_checkpoint_is_refused_without_running(digits, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"fingerprint": {}, "model": _Planted(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UnsafeFileError, match=r"checkpoint .*checkpoint\.pt asks for Python objects .*not loaded"):
+        train(mlp(), digits, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    assert not marker.exists()
+
+
+def test_real_checkpoint_loads_with_weights_only(digits, tmp_path):
+    train(mlp(), digits, epochs=1, optimizer="adam", progress=False, checkpoint_dir=tmp_path, max_iters_per_epoch=2)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")  # numpy RNG state included
+    assert ckpt["rng"]["numpy"][0] == "MT19937" and ckpt["fingerprint"]["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(lr=float("nan")), "lr must be a finite number >= 0, got nan"),
+        (dict(lr=-0.1), "lr must be a finite number >= 0"),
+        (dict(weight_decay=-1e-3), "weight_decay must be a finite number >= 0"),
+        (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\)"),
+        (dict(teleport_at=0, cob_range=1.5), r"cob_range must be in \[0, 1\)"),
+    ],
+)
+def test_bad_numbers_are_refused_up_front(digits, kw, match):
+    with pytest.raises(InvalidValueError, match=match):
+        train(mlp(), digits, epochs=1, progress=False, **kw)

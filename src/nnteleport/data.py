@@ -34,6 +34,8 @@ with ``num_workers > 0`` each worker is seeded by the loader's generator), so a 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import pickle
 import shutil
 import struct
@@ -49,10 +51,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nnteleport.user_errors import CorruptFileError, InvalidValueError, MissingFileError, UnsafeFileError
+
 __all__ = [
     "DataBundle",
     "DatasetName",
     "ImageDataset",
+    "check_available",
     "load_dataset",
     "loader",
 ]
@@ -75,7 +80,7 @@ class DatasetName(StrEnum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown dataset {value!r}; choose one of: {allowed}") from None
+            raise InvalidValueError(f"unknown dataset {value!r}; choose one of: {allowed}") from None
 
 
 EMBEDDED = (DatasetName.DIGITS, DatasetName.MNIST1D, DatasetName.RANDOM)
@@ -123,7 +128,7 @@ class TensorPairDataset(Dataset):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if len(x) != len(y):
-            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+            raise InvalidValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         self.x = x
         self.y = y
 
@@ -155,12 +160,14 @@ class ImageDataset(Dataset):
         pad: int = 4,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise InvalidValueError(
+                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
-            raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+            raise InvalidValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
         c = images.shape[1]
         if len(mean) != c or len(std) != c:
-            raise ValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
+            raise InvalidValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
         self.images = images
         self.labels = labels.to(torch.int64)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
@@ -225,7 +232,7 @@ class ImageDataset(Dataset):
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise InvalidValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, round(n * val_fraction))
     return perm[n_val:], perm[:n_val]
@@ -260,7 +267,7 @@ def _mnist1d(seed: int, num_samples: int = 5000, train_split: float = 0.8, **arg
     unknown = set(args) - set(vars(dargs))
     if unknown:
         allowed = ", ".join(sorted(k for k in vars(dargs) if k != "url"))
-        raise ValueError(f"unknown mnist1d option(s) {sorted(unknown)}; allowed: {allowed}")
+        raise InvalidValueError(f"unknown mnist1d option(s) {sorted(unknown)}; allowed: {allowed}")
     dargs.num_samples = int(num_samples)
     dargs.train_split = float(train_split)
     dargs.seed = int(seed)
@@ -304,7 +311,7 @@ def _random(
 ) -> DataBundle:
     shape = tuple(int(s) for s in input_shape)
     if num_classes < 1 or num_train < 1 or num_val < 1 or any(s < 1 for s in shape):
-        raise ValueError(
+        raise InvalidValueError(
             f"random data needs positive sizes, got input_shape={shape}, num_classes={num_classes}, "
             f"num_train={num_train}, num_val={num_val}"
         )
@@ -331,18 +338,32 @@ _MNIST_FILES = {
     "val_labels": "t10k-labels-idx1-ubyte",
 }
 
+#: MD5 of every file :func:`load_dataset` downloads (the published checksums, also torchvision's). A download
+#: that does not match is deleted and refused.
+CHECKSUMS: dict[str, str] = {
+    "mnist/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "mnist/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "mnist/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "mnist/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "fashion-mnist/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "fashion-mnist/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "fashion-mnist/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "fashion-mnist/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    "cifar10/cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar100/cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+}
+
 _SOURCES: dict[DatasetName, dict[str, Any]] = {
     DatasetName.MNIST: {
         "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "page": "http://yann.lecun.com/exdb/mnist/ (mirror: https://ossci-datasets.s3.amazonaws.com/mnist/)",
+        "page": "https://ossci-datasets.s3.amazonaws.com/mnist/ (the files of yann.lecun.com/exdb/mnist)",
         "subdirs": ["", "mnist", "MNIST/raw", "MNIST"],
         "mean": (0.1307,),
         "std": (0.3081,),
     },
     DatasetName.FASHION_MNIST: {
-        "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "page": "https://github.com/zalandoresearch/fashion-mnist "
-        "(files at http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/)",
+        "url": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "page": "https://github.com/zalandoresearch/fashion-mnist (folder data/fashion)",
         "subdirs": ["", "fashion-mnist", "FashionMNIST/raw", "FashionMNIST"],
         "mean": (0.2860,),
         "std": (0.3530,),
@@ -372,12 +393,12 @@ _SOURCES: dict[DatasetName, dict[str, Any]] = {
 }
 
 
-def _missing(name: DatasetName, file: str, root: Path) -> FileNotFoundError:
+def _missing(name: DatasetName, file: str, root: Path) -> MissingFileError:
     searched = _searched(name, root)
     src = _SOURCES[name]
     where = ", ".join(str(p) for p in searched)
     page = src["page"].replace("ROOT", str(root))
-    return FileNotFoundError(
+    return MissingFileError(
         f"{name.value}: file {file!r} not found (searched: {where}). Get it from {page} and put it in "
         f"one of these folders, or fetch it once with nnteleport.data.load_dataset({name.value!r}, "
         f"{str(root)!r}, download=True)."
@@ -415,20 +436,22 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read IDX file {path}: {e}; the file is corrupt, delete it and get it again") from e
+        raise CorruptFileError(
+            f"cannot read IDX file {path}: {e}; the file is corrupt, delete it and get it again"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in types:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is not an IDX file (bad magic number); the file is corrupt, delete it and get it again"
         )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header; the file is corrupt, delete it and get it again")
+        raise CorruptFileError(f"{path}: truncated IDX header; the file is corrupt, delete it and get it again")
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     dt = np.dtype(types[raw[2]])
     expected = int(np.prod(shape)) * dt.itemsize
     if len(raw) - header != expected:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: IDX data has {len(raw) - header} bytes, the header says {expected} (shape {shape}); "
             "the file is corrupt or truncated, delete it and get it again"
         )
@@ -447,7 +470,7 @@ def _load_mnist(name: DatasetName, root: Path, augment: bool) -> DataBundle:
     for split in ("train", "val"):
         imgs, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
-            raise ValueError(
+            raise CorruptFileError(
                 f"{name.value}: {arrays[f'{split}_images_path']} (shape {imgs.shape}) and "
                 f"{arrays[f'{split}_labels_path']} (shape {labels.shape}) do not match as images (N, H, W) "
                 "and labels (N,); the files are corrupt or mixed up"
@@ -463,19 +486,97 @@ def _load_mnist(name: DatasetName, root: Path, augment: bool) -> DataBundle:
     return DataBundle(name.value, train, val, tuple(train.images.shape[1:]), 10)
 
 
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR "python version" batches: dicts, lists, bytes, strings, numbers and numpy arrays.
+
+    A batch is a pickled dict of ``bytes`` keys, a ``uint8`` numpy array and lists of ints/bytes. The only
+    callables such a file needs are numpy's array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``);
+    every other global -- ``os.system``, ``builtins.eval``, any class -- is refused before it is looked up, so a
+    planted file cannot run code. Object arrays are refused too (their elements would be arbitrary objects).
+    """
+
+    _ARRAY_GLOBALS = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        if name == "dtype":
+            return _plain_dtype
+        if name == "_reconstruct":
+            return _reconstruct_ndarray
+        return np.ndarray
+
+
+def _plain_dtype(spec: Any, *args: Any) -> np.dtype:
+    dt = np.dtype(spec, *args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError(f"object arrays ({dt}) are not allowed in a CIFAR batch")
+    return dt
+
+
+def _reconstruct_ndarray(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subclass {cls!r} is not allowed in a CIFAR batch")
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct(np.ndarray, shape, _plain_dtype(dtype))
+
+
+def read_cifar_pickle(path: str | Path) -> Any:
+    """The content of a CIFAR python-version file, read with :class:`_CifarUnpickler` (no code can run).
+
+    Raises
+    ------
+    UnsafeFileError
+        The file asks for anything but plain data and numpy arrays (names the file and the refused name).
+    CorruptFileError
+        The file is not a readable pickle.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(f"cannot read CIFAR batch {path}: {e}") from None
+    try:
+        return _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        if "not allowed" in str(e):
+            raise UnsafeFileError(
+                f"CIFAR batch {path} was refused without being run: {e}; a real CIFAR batch holds only arrays "
+                "and lists, delete this file and get the dataset again"
+            ) from None
+        raise CorruptFileError(
+            f"cannot read CIFAR batch {path}: UnpicklingError: {e}; the file is corrupt or not a CIFAR "
+            "python-version batch, delete it and get it again"
+        ) from None
+    except Exception as e:  # truncated or garbage data: many exception types
+        raise CorruptFileError(
             f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}; the file is corrupt or not a CIFAR "
             "python-version batch, delete it and get it again"
-        ) from e
+        ) from None
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    d = read_cifar_pickle(path)
+    try:
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except Exception as e:  # not a dict, missing keys, wrong content
+        raise CorruptFileError(
+            f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}; the file is corrupt or not a CIFAR "
+            "python-version batch, delete it and get it again"
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: data of shape {data.shape} with {len(labels)} labels is not a CIFAR batch "
             "(expected (N, 3072) uint8 and N labels)"
         )
@@ -493,7 +594,9 @@ def _load_cifar(name: DatasetName, root: Path, augment: bool) -> DataBundle:
                 raise _missing(name, fname, root)
             x, y = _read_cifar_batch(p, src["label_key"])
             if y.min(initial=0) < 0 or y.max(initial=0) >= src["num_classes"]:
-                raise ValueError(f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?")
+                raise CorruptFileError(
+                    f"{p}: labels outside [0, {src['num_classes']}); is this the right CIFAR variant?"
+                )
             xs.append(x)
             ys.append(y)
         parts[split] = (np.concatenate(xs), np.concatenate(ys))
@@ -506,20 +609,23 @@ def _load_cifar(name: DatasetName, root: Path, augment: bool) -> DataBundle:
 
 
 def _download(name: DatasetName, root: Path) -> None:
-    """Fetch the files of ``name`` into ``root`` with plain urllib (only when asked: ``download=True``)."""
+    """Fetch the files of ``name`` into ``root`` over HTTPS, each checked against :data:`CHECKSUMS`."""
     src = _SOURCES[name]
     root.mkdir(parents=True, exist_ok=True)
     if name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
         for fname in _MNIST_FILES.values():
             if _find(name, root, fname, gz=True) is not None:
                 continue
-            _fetch(src["url"] + fname + ".gz", root / (fname + ".gz"))
+            _fetch(src["url"] + fname + ".gz", root / (fname + ".gz"), CHECKSUMS[f"{name.value}/{fname}.gz"])
     else:
         if all(_find(name, root, f, gz=False) is not None for f in src["train"] + src["val"]):
             return
         archive = root / src["url"].rsplit("/", 1)[-1]
+        md5 = CHECKSUMS[f"{name.value}/{archive.name}"]
         if not archive.is_file():
-            _fetch(src["url"], archive)
+            _fetch(src["url"], archive, md5)
+        else:
+            _verify(archive, md5, src["url"])
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 try:
@@ -529,21 +635,73 @@ def _download(name: DatasetName, root: Path) -> None:
                     for m in tar.getmembers():
                         target = (root / m.name).resolve()
                         if base not in (target, *target.parents) or m.issym() or m.islnk():
-                            raise ValueError(f"{archive}: unsafe member {m.name!r}; not extracting") from None
+                            raise CorruptFileError(f"{archive}: unsafe member {m.name!r}; not extracting") from None
                     tar.extractall(root)
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise ValueError(f"{archive}: cannot extract ({e}); the download is corrupt, delete it and retry") from e
+            raise CorruptFileError(
+                f"{archive}: cannot extract ({e}); the download is corrupt, delete it and retry"
+            ) from e
 
 
-def _fetch(url: str, dest: Path) -> None:
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, md5: str, url: str) -> None:
+    got = _md5(path)
+    if got != md5:
+        raise UnsafeFileError(
+            f"{path}: MD5 {got} does not match the published {md5} of {url}; the file is corrupt or not the "
+            "dataset, delete it and download again"
+        )
+
+
+def _fetch(url: str, dest: Path, md5: str) -> None:
+    """Download ``url`` (HTTPS, or a local ``file://`` mirror) to ``dest`` and check its MD5 (deleted if wrong)."""
+    if not url.startswith(("https://", "file://")):
+        raise UnsafeFileError(f"refusing to download {url}: only https:// (or local file://) URLs are fetched")
     tmp = dest.with_name(dest.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise FileNotFoundError(f"download of {url} to {dest} failed: {e}") from e
+        raise MissingFileError(f"download of {url} to {dest} failed: {e}") from e
+    try:
+        _verify(tmp, md5, url)
+    except UnsafeFileError:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(dest)
+
+
+def check_available(name: str, root: str | Path | None = None) -> None:
+    """Check, without reading them, that the files of dataset ``name`` are in ``root`` (embedded: nothing to do).
+
+    Raises
+    ------
+    InvalidValueError
+        Unknown dataset name.
+    MissingFileError
+        A file is missing (names it, the folders searched and where to get it).
+    """
+    ds = DatasetName.parse(name)
+    if ds in EMBEDDED:
+        return
+    root_path = Path(root) if root is not None else Path("data")
+    if ds in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
+        for fname in _MNIST_FILES.values():
+            if _find(ds, root_path, fname, gz=True) is None:
+                raise _missing(ds, fname + "[.gz]", root_path)
+    else:
+        src = _SOURCES[ds]
+        for fname in src["train"] + src["val"]:
+            if _find(ds, root_path, fname, gz=False) is None:
+                raise _missing(ds, fname, root_path)
 
 
 def _subset(ds: Dataset, size: int | None, seed: int, what: str) -> Dataset:
@@ -551,7 +709,7 @@ def _subset(ds: Dataset, size: int | None, seed: int, what: str) -> Dataset:
         return ds
     n = len(ds)  # type: ignore[arg-type]
     if not 1 <= size <= n:
-        raise ValueError(f"{what} must be in [1, {n}] (the split has {n} examples), got {size}")
+        raise InvalidValueError(f"{what} must be in [1, {n}] (the split has {n} examples), got {size}")
     idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n)[:size]))
     if isinstance(ds, ImageDataset):
         return ImageDataset(
@@ -588,7 +746,8 @@ def load_dataset(
         Folder holding the files of a standard dataset (also searched: the usual sub-folders such as
         ``ROOT/cifar-10-batches-py`` or torchvision's ``ROOT/MNIST/raw``). Default ``./data``.
     download : bool
-        Fetch missing files of a standard dataset into ``root`` first (plain HTTP; never done otherwise).
+        Fetch missing files of a standard dataset into ``root`` first (HTTPS, each file checked against its
+        published MD5 in :data:`CHECKSUMS`; never done otherwise).
     seed : int
         Seed of the embedded datasets' generation/split and of the ``train_size``/``val_size`` subsets.
     train_size, val_size : int, optional
@@ -602,7 +761,9 @@ def load_dataset(
     Raises
     ------
     ValueError
-        Unknown name or option, or a corrupt file (the message names the file).
+        Unknown name or option (:class:`~nnteleport.user_errors.InvalidValueError`), a corrupt file
+        (:class:`~nnteleport.user_errors.CorruptFileError`), a CIFAR file that would run code or a download
+        that fails its checksum (:class:`~nnteleport.user_errors.UnsafeFileError`); the message names the file.
     FileNotFoundError
         A file of a standard dataset is missing (the message names the file, the folders searched and where
         to get it).
@@ -615,7 +776,7 @@ def load_dataset(
             DatasetName.MNIST1D: None,  # validated against the package's own arguments
         }[ds_name]
         if allowed_opts is not None and set(options) - allowed_opts:
-            raise ValueError(
+            raise InvalidValueError(
                 f"unknown option(s) {sorted(set(options) - allowed_opts)} for dataset {ds_name.value!r}; "
                 f"allowed: {', '.join(sorted(allowed_opts)) or '(none)'}"
             )
@@ -624,7 +785,7 @@ def load_dataset(
     else:
         allowed_opts = {"augment"} if ds_name in (DatasetName.CIFAR10, DatasetName.CIFAR100) else set()
         if set(options) - allowed_opts:
-            raise ValueError(
+            raise InvalidValueError(
                 f"unknown option(s) {sorted(set(options) - allowed_opts)} for dataset {ds_name.value!r}; "
                 f"allowed: {', '.join(sorted(allowed_opts)) or '(none)'}"
             )
@@ -669,7 +830,7 @@ def loader(
         As in ``torch.utils.data.DataLoader``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
     if generator is None:
         generator = torch.Generator()
         generator.manual_seed(0 if seed is None else int(seed))

@@ -64,7 +64,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from nnteleport._atomic import tmp_path
 from nnteleport.data import DataBundle, ImageDataset, TensorPairDataset
+from nnteleport.user_errors import ConfigMismatchError, CorruptFileError, InvalidValueError, UnsafeFileError
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -72,6 +74,7 @@ __all__ = [
     "OptimizerName",
     "OptimizerStateOnTeleport",
     "evaluate",
+    "load_checkpoint",
     "make_optimizer",
     "train",
 ]
@@ -86,7 +89,7 @@ class _StrEnum(StrEnum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown {what} {value!r}; choose one of: {allowed}") from None
+            raise InvalidValueError(f"unknown {what} {value!r}; choose one of: {allowed}") from None
 
 
 class OptimizerName(_StrEnum):
@@ -309,7 +312,7 @@ def make_optimizer(
         opt = optimizer(model)
         for attr in ("zero_grad", "step", "param_groups", "state_dict", "load_state_dict"):
             if not hasattr(opt, attr):
-                raise ValueError(
+                raise InvalidValueError(
                     f"optimizer factory {optimizer!r} returned {type(opt).__name__}, which lacks {attr!r}; "
                     "return a torch.optim.Optimizer or an object with zero_grad/step/param_groups/state_dict/"
                     "load_state_dict"
@@ -338,6 +341,12 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _norm(a: dict[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in a.values()))
+
+
+def _qualname(obj: Any) -> str:
+    """A stable name of a callable or object (its class for instances), for the checkpoint fingerprint."""
+    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
 
 
 def _teleport_fn() -> Callable[..., Any]:
@@ -393,9 +402,134 @@ def _apply_teleport(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = tmp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy names a checkpoint's RNG state needs (``np.random.get_state()`` holds a uint32 array)."""
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    uint32_dtype = type(np.dtype(np.uint32))
+    names = [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        uint32_dtype,
+    ]
+    return names
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train` without running code from it.
+
+    ``torch.load(weights_only=True)``: only tensors, containers, numbers, strings and the four numpy names of
+    the saved RNG state (``numpy._core.multiarray._reconstruct``, ``ndarray``, ``dtype``, ``UInt32DType``)
+    are accepted; a file that asks for anything else (e.g. a planted pickle calling ``os.system``) is refused.
+
+    Raises
+    ------
+    UnsafeFileError
+        The file asks for other Python objects (names the file; nothing of it was run).
+    CorruptFileError
+        The file cannot be read as a checkpoint.
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        ctx = getattr(torch.serialization, "safe_globals", None)
+        if ctx is not None:
+            with ctx(_numpy_globals()):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # torch < 2.5: no allow-list context
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln or "got <class" in ln), "")
+        raise UnsafeFileError(
+            f"checkpoint {path} asks for Python objects a checkpoint of nnteleport does not hold and was not "
+            f"loaded ({first.strip() or 'refused by torch.load(weights_only=True)'}); delete it if you did not "
+            "write it"
+        ) from None
+    except Exception as e:
+        raise CorruptFileError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}; delete it to start afresh"
+        ) from None
+    if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
+        raise CorruptFileError(f"{path} is not a checkpoint of nnteleport.training.train; delete it to start afresh")
+    return ckpt
+
+
+def _state_fingerprint(model: nn.Module) -> tuple[dict[str, Any], str]:
+    """The model's architecture (class, every state entry's shape and dtype) and a SHA-256 of its state."""
+    import hashlib
+
+    h = hashlib.sha256()
+    entries = {}
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        entries[name] = f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+        h.update(f"{name}:{entries[name]};".encode())
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    arch = {"class": f"{type(model).__module__}.{type(model).__qualname__}", "state": entries}
+    return arch, h.hexdigest()
+
+
+def _data_fingerprint(train_ds: Dataset, val_ds: Dataset | None) -> dict[str, Any]:
+    """Sizes of the splits and a SHA-256 of the first (unaugmented) training examples and their labels."""
+    import hashlib
+
+    n = min(64, len(train_ds))  # type: ignore[arg-type]
+    if isinstance(train_ds, TensorPairDataset):
+        x, y = train_ds.x[:n], train_ds.y[:n]
+    elif isinstance(train_ds, ImageDataset):
+        x, y = train_ds.get_batch(range(n), augment=False)
+    else:
+        x, y = default_collate([train_ds[i] for i in range(n)])
+    h = hashlib.sha256()
+    for t in (x, y):
+        t = torch.as_tensor(t).detach().to("cpu").contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return {
+        "num_train": len(train_ds),  # type: ignore[arg-type]
+        "num_val": None if val_ds is None else len(val_ds),  # type: ignore[arg-type]
+        "first_examples_sha256": h.hexdigest(),
+    }
+
+
+def _fingerprint_diff(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(now)):
+        a, b = stored.get(k), now.get(k)
+        if a == b:
+            continue
+        if k == "architecture" and isinstance(a, dict) and isinstance(b, dict):
+            if a.get("class") != b.get("class"):
+                out.append(f"model class: checkpoint {a.get('class')} vs now {b.get('class')}")
+                continue
+            sa, sb = a.get("state", {}), b.get("state", {})
+            first = next((n for n in [*sa, *sb] if sa.get(n) != sb.get(n)), None)
+            out.append(
+                f"architecture: {first}: checkpoint {sa.get(first, '(absent)')} vs now {sb.get(first, '(absent)')}"
+            )
+        elif k == "initial_state_sha256":
+            if stored.get("architecture") != now.get("architecture"):
+                continue  # another architecture has other weights, said above
+            out.append("initial weights differ (build the model after the same torch.manual_seed, or pass init=...)")
+        else:
+            out.append(f"{k}: checkpoint {a!r} vs now {b!r}")
+    return out
 
 
 def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
@@ -558,14 +692,26 @@ def train(
         run with different settings.
     """
     # ---- validation of the options (once, up front)
+    for name, value, ok, rule in (
+        ("lr", lr, lambda v: v >= 0, ">= 0"),
+        ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
+        ("lr_decay_gamma", lr_decay_gamma, lambda v: v > 0, "> 0"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise InvalidValueError(f"train: {name} must be a finite number {rule}, got {value!r}")
+    if teleport_at is not None and not (isinstance(cob_range, (int, float)) and 0 <= cob_range < 1):
+        raise InvalidValueError(
+            f"train: cob_range must be in [0, 1) (the CoB factors stay positive), got {cob_range!r}"
+        )
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InvalidValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
     if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        raise InvalidValueError(f"eval_every must be >= 1, got {eval_every}")
     if not (isinstance(optimizer, str) or callable(optimizer)):
-        raise ValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
+        raise InvalidValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
     if isinstance(optimizer, str):
         OptimizerName.parse(optimizer, "optimizer")
     state_policy = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport, "optimizer_state_on_teleport")
@@ -578,20 +724,21 @@ def train(
         teleport_epochs = sorted({int(teleport_at)} if isinstance(teleport_at, int) else {int(e) for e in teleport_at})
         bad = [e for e in teleport_epochs if not 0 <= e < max(epochs, 1)]
         if bad:
-            raise ValueError(
+            raise InvalidValueError(
                 f"teleport_at={teleport_at!r}: epochs must be in [0, {max(epochs, 1) - 1}] (epochs={epochs})"
             )
     elif pseudo_teleport:
-        raise ValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
+        raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
     if isinstance(data, DataBundle):
         train_ds, val_ds = data.train, data.val
     else:
         try:
             train_ds, val_ds = data
         except (TypeError, ValueError):
-            raise ValueError("data must be a DataBundle or a (train, val) pair of datasets") from None
+            raise InvalidValueError("data must be a DataBundle or a (train, val) pair of datasets") from None
     if len(train_ds) == 0:  # type: ignore[arg-type]
-        raise ValueError("the training split is empty")
+        raise InvalidValueError("the training split is empty")
+    loss_fn_given = loss_fn
     loss_fn = loss_fn or F.cross_entropy
     milestones = sorted(int(m) for m in lr_decay_epochs)
 
@@ -610,9 +757,10 @@ def train(
         x_tp = _to(_example_batch(train_ds, teleport_batch_size or batch_size), device_, dtype_)
 
     history = History()
+    architecture, initial_sha = _state_fingerprint(model)
     fingerprint = {
         "batch_size": batch_size,
-        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__qualname__", "callable"),
+        "optimizer": optimizer if isinstance(optimizer, str) else _qualname(optimizer),
         "lr": lr,
         "momentum": momentum,
         "weight_decay": weight_decay,
@@ -624,10 +772,16 @@ def train(
         "sampling": sampling,
         "pseudo_teleport": pseudo_teleport,
         "optimizer_state_on_teleport": state_policy.value,
+        "teleport_batch_size": teleport_batch_size,
+        "penalty": None if penalty is None else _qualname(penalty),
+        "loss_fn": None if loss_fn_given is None else _qualname(loss_fn_given),
         "seed": seed,
         "dtype": str(dtype_),
-        "num_train": len(train_ds),  # type: ignore[arg-type]
+        "eval_every": eval_every,
         "max_iters_per_epoch": max_iters_per_epoch,
+        "architecture": architecture,
+        "initial_state_sha256": initial_sha,
+        **_data_fingerprint(train_ds, val_ds),
     }
     ckpt_path = None
     ckpt = None
@@ -635,19 +789,25 @@ def train(
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if ckpt_path.is_file():
-            try:
-                ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            except Exception as e:
-                raise ValueError(
-                    f"cannot read checkpoint {ckpt_path}: {type(e).__name__}: {e}; delete it to start afresh"
-                ) from e
-            diff = {
-                k: (ckpt["fingerprint"].get(k), v) for k, v in fingerprint.items() if ckpt["fingerprint"].get(k) != v
-            }
+            ckpt = load_checkpoint(ckpt_path)
+            stored = dict(ckpt["fingerprint"])
+            diff = _fingerprint_diff({k: v for k, v in stored.items() if k != "epochs"}, fingerprint)
+            done_epochs = int(ckpt["epoch"]) + 1
+            if "epochs" not in stored:
+                diff.append("epochs: not recorded (a checkpoint of an older version)")
+            elif done_epochs > epochs:
+                diff.append(
+                    f"epochs: the checkpoint has {done_epochs} trained epochs, more than the {epochs} asked for"
+                )
+            elif epochs > done_epochs and done_epochs == stored["epochs"] and done_epochs % eval_every:
+                # its last epoch was evaluated because it was the last: a longer run would not have done that
+                diff.append(
+                    f"epochs: the checkpoint finished a {done_epochs}-epoch run evaluated at its last epoch, which a "
+                    f"{epochs}-epoch run with eval_every={eval_every} does not do"
+                )
             if diff:
-                pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-                raise ValueError(
-                    f"checkpoint {ckpt_path} was written by a run with other settings ({pretty}); use "
+                raise ConfigMismatchError(
+                    f"checkpoint {ckpt_path} was written by a run with other settings ({'; '.join(diff)}); use "
                     "another checkpoint_dir or delete the checkpoint"
                 )
 
@@ -781,9 +941,9 @@ def train(
                 bar.set_postfix(epoch=epoch, loss=f"{history.train_loss[-1]:.4g}", val_acc=f"{va:.3f}")
             if ckpt_path is not None:
                 state = {
-                    "format": 1,
+                    "format": 2,
                     "epoch": epoch,
-                    "fingerprint": fingerprint,
+                    "fingerprint": {**fingerprint, "epochs": epochs},
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": {"base_lrs": base_lrs, "milestones": milestones, "gamma": lr_decay_gamma},

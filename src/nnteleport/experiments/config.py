@@ -15,19 +15,63 @@ the default's type:
 An experiment module may also define ``CHOICES: dict[str, list]`` (dotted key -> allowed values; for a list
 key, allowed elements), checked after merging.
 
-Errors are ``ValueError`` naming the key, the bad value, and the allowed keys or values.
+Values are then checked by :func:`validate_config` (also called by every experiment's ``run`` before it starts
+any work): the ranges of the keys the experiments share (``epochs >= 1``, ``0 < cob_range < 1``, learning rates
+finite and ``> 0``, non-empty lists, ...; see :data:`RULES`), every number finite, the module's own
+``validate(config)`` if it has one, and that the files of a dataset read from disk are there.
+
+Errors are :class:`~nnteleport.user_errors.InvalidValueError` (a ``ValueError``) naming the key, the bad value,
+and the allowed keys or values, in one line; YAML errors name the file, line and column; a key given twice in a
+YAML mapping is an error (not "the last one wins").
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["format_defaults", "load_config", "merge_config", "parse_overrides"]
+from nnteleport.user_errors import InvalidValueError, MissingFileError
+
+__all__ = ["RULES", "format_defaults", "load_config", "merge_config", "parse_overrides", "validate_config"]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {seen[key].line + 1})", mark
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: plain data only
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """``line L, column C: problem (context)`` -- one line, from PyYAML's marked error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def _type_name(v: Any) -> str:
@@ -52,7 +96,7 @@ def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
     """``value`` checked against (and converted to) the type of ``default``."""
 
     def bad(expected: str) -> ValueError:
-        return ValueError(
+        return InvalidValueError(
             f"{source}: {key}={value!r} has type {_type_name(value)}, expected {expected} (the default is {default!r})"
         )
 
@@ -121,7 +165,7 @@ def merge_config(
     for k, v in updates.items():
         if not isinstance(k, str) or k not in out:
             allowed = ", ".join(prefix + str(a) for a in out) or "(none)"
-            raise ValueError(f"{source}: unknown key {prefix + str(k)!r}; allowed keys: {allowed}")
+            raise InvalidValueError(f"{source}: unknown key {prefix + str(k)!r}; allowed keys: {allowed}")
         out[k] = _coerce(prefix + k, out[k], v, source)
     return out
 
@@ -139,17 +183,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys for nested values, e.g. a.b=1)")
+            raise InvalidValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys for nested values, e.g. a.b=1)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ValueError(f"--set {item!r}: cannot parse the value as YAML ({e.__class__.__name__})") from None
+            raise InvalidValueError(f"--set {item!r}: cannot parse the value as YAML ({_yaml_error(e)})") from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ValueError(f"--set {item!r}: {p!r} was already set to a value, not a mapping")
+                raise InvalidValueError(f"--set {item!r}: {p!r} was already set to a value, not a mapping")
             node = nxt
         node[parts[-1]] = value
     return out
@@ -166,7 +210,7 @@ def _check_choices(config: Mapping[str, Any], choices: Mapping[str, Sequence[Any
         values = node if isinstance(node, (list, tuple)) else [node]
         for v in values:
             if v not in allowed:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{source}: {dotted}={node!r}: {v!r} is not allowed; choose from: " + ", ".join(map(str, allowed))
                 )
 
@@ -199,30 +243,171 @@ def load_config(
     module = get_experiment(name)
     defaults = getattr(module, "DEFAULTS", None)
     if not isinstance(defaults, Mapping):
-        raise ValueError(f"experiment {name!r} ({module.__name__}) defines no DEFAULTS dict")
+        raise InvalidValueError(f"experiment {name!r} ({module.__name__}) defines no DEFAULTS dict")
     config = copy.deepcopy(dict(defaults))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} not found")
+            raise MissingFileError(f"config file {str(path)!r} not found")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _yaml_load(path.read_text())
+        except UnicodeDecodeError as e:
+            raise InvalidValueError(f"{path}: not a text file ({e})") from None
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
+            raise InvalidValueError(f"{path}: not valid YAML: {_yaml_error(e)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: the file must hold a mapping (key: value lines), got {_type_name(loaded)}")
+            raise InvalidValueError(
+                f"{path}: the file must hold a mapping (key: value lines), got {_type_name(loaded)}"
+            )
         config = merge_config(config, loaded, source=str(path))
     if isinstance(overrides, Mapping):
         upd = dict(overrides)
     else:
         upd = parse_overrides(list(overrides))
     config = merge_config(config, upd, source="--set")
-    choices = getattr(module, "CHOICES", None)
-    if choices:
-        _check_choices(config, choices, source=f"experiment {name!r}")
+    validate_config(name, config)
     return config
+
+
+# --------------------------------------------------------------------------------------------------
+# value checks
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rule(test: Callable[[Any], bool], text: str) -> tuple[Callable[[Any], bool], str]:
+    return test, text
+
+
+_POS_INT = _rule(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_NONNEG_INT = _rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_POS_INT_OR_NONE = _rule(lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1")
+_POS = _rule(lambda v: _is_num(v) and math.isfinite(v) and v > 0, "a finite number > 0")
+_NONNEG = _rule(lambda v: _is_num(v) and math.isfinite(v) and v >= 0, "a finite number >= 0")
+_UNIT_OPEN = _rule(lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1) (the CoB factors must stay positive)")
+_MOMENTUM = _rule(lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+_AT_LEAST_1 = _rule(lambda v: _is_num(v) and math.isfinite(v) and v >= 1, "a finite number >= 1")
+_SEEDS = _rule(
+    lambda v: (_is_int(v) and v >= 1) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(s) for s in v)),
+    "an integer >= 1 (the number of seeds) or a non-empty list of integer seeds",
+)
+
+#: Checks of the keys the experiments share: key -> (rule for the value, rule for each element of a list).
+RULES: dict[str, tuple[tuple[Callable[[Any], bool], str] | None, tuple[Callable[[Any], bool], str] | None]] = {
+    "epochs": (_POS_INT, None),
+    "batch_size": (_POS_INT, None),
+    "batch_sizes": (None, _POS_INT),
+    "num_samples": (_POS_INT, None),
+    "num_teleports": (_POS_INT, None),
+    "num_examples": (_POS_INT, None),
+    "num_alphas": (_rule(lambda v: _is_int(v) and v >= 2, "an integer >= 2"), None),
+    "num_images": (_POS_INT, None),
+    "num_channels": (_POS_INT, None),
+    "bins": (_POS_INT, None),
+    "points": (_rule(lambda v: _is_int(v) and v >= 2, "an integer >= 2"), None),
+    "arrows": (_POS_INT, None),
+    "early_iters": (_POS_INT, None),
+    "early_epochs": (_POS_INT_OR_NONE, None),
+    "eval_examples": (_POS_INT_OR_NONE, None),
+    "checkpoint_every": (_POS_INT, None),
+    "warmup_epochs": (_NONNEG_INT, None),
+    "sgdr_cycle": (_POS_INT, None),
+    "sgdr_mult": (_POS_INT, None),
+    "overhead_reps": (_POS_INT, None),
+    "workers": (_POS_INT, None),
+    "threads": (_POS_INT, None),
+    "train_size": (_NONNEG_INT, None),
+    "val_size": (_NONNEG_INT, None),
+    "train_mode_teleports": (_NONNEG_INT, None),
+    "seed": (_NONNEG_INT, None),
+    "seeds": (_SEEDS, _NONNEG_INT),
+    "lr": (_POS, None),
+    "lrs": (None, _POS),
+    "weight_decay": (_NONNEG, None),
+    "momentum": (_MOMENTUM, None),
+    "cob_range": (_UNIT_OPEN, None),
+    "cob_ranges": (None, _UNIT_OPEN),
+    "lr_decay_epochs": (None, _NONNEG_INT),
+    "sigma": (_POS, None),
+    "strength": (_NONNEG, None),
+    "width": (_POS, None),
+    "good_factor": (_AT_LEAST_1, None),
+    "values": (None, _POS),
+}
+#: List-valued keys that must not be empty (an empty grid would "succeed" with no result).
+NON_EMPTY = (
+    "models", "datasets", "activations", "optimizers", "lrs", "batch_sizes", "cob_ranges", "dtypes", "methods",
+    "variants", "values", "fixed_w1", "invariant_levels",
+)  # fmt: skip
+
+
+def _non_finite(v: Any, path: str) -> str | None:
+    if isinstance(v, float) and not math.isfinite(v):
+        return path
+    if isinstance(v, Mapping):
+        for k, u in v.items():
+            hit = _non_finite(u, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    if isinstance(v, (list, tuple)):
+        for i, u in enumerate(v):
+            hit = _non_finite(u, f"{path}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def validate_config(name: str, config: Mapping[str, Any]) -> None:
+    """Check the values of experiment ``name``'s merged ``config`` before anything runs.
+
+    Raises
+    ------
+    InvalidValueError
+        A value out of range (names the key, the value and the rule), an empty list, a NaN or infinity.
+    MissingFileError
+        A dataset read from disk whose files are not in ``data_root`` (names the file and where to get it).
+    """
+    source = f"experiment {name!r}"
+    bad = _non_finite(dict(config), "")
+    if bad:
+        raise InvalidValueError(f"{source}: {bad} is not a finite number (NaN and infinities are not allowed)")
+    for key, (whole, each) in RULES.items():
+        if key not in config:
+            continue
+        v = config[key]
+        if whole is not None and not whole[0](v):
+            raise InvalidValueError(f"{source}: {key}={v!r} must be {whole[1]}")
+        if each is not None and isinstance(v, (list, tuple)):
+            for i, u in enumerate(v):
+                if not each[0](u):
+                    raise InvalidValueError(f"{source}: {key}[{i}]={u!r} (in {key}={list(v)!r}) must be {each[1]}")
+    for key in NON_EMPTY:
+        if key in config and isinstance(config[key], (list, tuple)) and len(config[key]) == 0:
+            raise InvalidValueError(f"{source}: {key}=[] is empty; give at least one value")
+    from nnteleport.experiments import EXPERIMENTS, get_experiment
+
+    if name in EXPERIMENTS:
+        choices = getattr(get_experiment(name), "CHOICES", None)
+        if choices:
+            _check_choices(config, choices, source=source)
+        hook = getattr(get_experiment(name), "validate", None)
+        if callable(hook):
+            hook(config)
+    names = [config["dataset"]] if isinstance(config.get("dataset"), str) else []
+    names += [d for d in config.get("datasets", []) or [] if isinstance(d, str)]
+    if names:
+        from nnteleport.data import check_available
+
+        for ds in dict.fromkeys(names):
+            check_available(ds, config.get("data_root"))
 
 
 def format_defaults(name: str) -> str:

@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnteleport.data import load_dataset
-from nnteleport.distance import CheckpointDistance, CheckpointSchedule
+from nnteleport.data import DatasetName, load_dataset
+from nnteleport.distance import CheckpointDistance, CheckpointSchedule, Kernel
 from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_scheduler, sgdr_snapshot_epochs
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.sweep import run_sweep
-from nnteleport.models import build_model
+from nnteleport.models import MODELS, build_model
 from nnteleport.training import History, train
 
 DESCRIPTION = (
@@ -68,11 +69,17 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0],
     "max_iters_per_epoch": 0,  # 0: no limit
     "overhead_reps": 5,
-    "threads": 0,  # torch CPU threads when workers == 1 (0: leave torch's default)
-    "workers": 2,  # parallel runs (processes, each with cpu_count // workers threads); finished runs resume
+    "threads": 1,  # torch CPU threads of every run, whatever `workers` (the numbers do not depend on workers)
+    "workers": 2,  # parallel runs (one process each); finished runs are read back, interrupted ones resume
 }
 
 _VARIANTS = ("baseline", "distance", "distance_invariant", "sgdr")
+CHOICES: dict[str, list] = {
+    "variants": list(_VARIANTS),
+    "models": list(MODELS),
+    "dataset": [d.value for d in DatasetName],
+    "kernel": [k.value for k in Kernel],
+}
 
 
 class _SGDR:
@@ -404,24 +411,22 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the experiment with ``config`` (keys of :data:`DEFAULTS`), writing results, CSVs and plots to ``out``."""
-    cfg = {**DEFAULTS, **config}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"distance-training: unknown config key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
-    bad = [v for v in cfg["variants"] if v not in _VARIANTS]
-    if bad:
-        raise ValueError(f"distance-training: unknown variant(s) {bad}; choose from {list(_VARIANTS)}")
+    cfg = merge_config(DEFAULTS, config or {}, source="distance-training")
+    validate_config("distance-training", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if int(cfg["threads"]) > 0:
-        torch.set_num_threads(int(cfg["threads"]))
+    # a run's config: the shared settings and its own model, variant and seed (not the lists of the grid, so
+    # that adding a seed or a model does not change the identity of the runs already done)
+    shared = {k: v for k, v in cfg.items() if k not in ("models", "variants", "seeds", "workers")}
     tasks = [
-        {**cfg, "id": f"{model_name}-{variant}-seed{seed}", "model": model_name, "variant": variant, "seed": int(seed)}
+        {**shared, "id": f"{model_name}-{variant}-seed{seed}", "model": model_name, "variant": variant,
+         "seed": int(seed)}
         for seed in cfg["seeds"]
         for model_name in cfg["models"]
         for variant in cfg["variants"]
-    ]
-    done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), progress=progress, desc="distance-training")
+    ]  # fmt: skip
+    done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), threads=int(cfg["threads"]),
+                     progress=progress, desc="distance-training")  # fmt: skip
     runs = [done[t["id"]] for t in tasks]
     results = _nan_safe({"config": cfg, "runs": runs, "summary": _summary(runs)})
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -24,7 +24,7 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
 
@@ -83,6 +83,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     from nnteleport.training import evaluate, train
 
     cfg = merge_config(DEFAULTS, config or {}, source="feature-maps")
+    validate_config("feature-maps", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])

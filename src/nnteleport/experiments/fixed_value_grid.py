@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
 from nnteleport.fixing import fix_weights
 from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
@@ -65,7 +66,8 @@ def _builder(value: float, lr: float, mode: str, opt_cls: type[torch.optim.Optim
 
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **config}
+    cfg = merge_config(DEFAULTS, config or {}, source="fixed-value-grid")
+    validate_config("fixed-value-grid", cfg)
     if cfg["mode"] not in MODES:
         raise ValueError(f"mode={cfg['mode']!r}; choose one of: {', '.join(MODES)}")
     if cfg["optimizer"] not in OPTIMIZERS:

@@ -32,7 +32,7 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.level_curves import parse_dtype
 from nnteleport.experiments.micro_teleport import flat_grad
 from nnteleport.models import MODELS, build_model, default_kwargs
@@ -92,6 +92,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, two CSVs and a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="gradient-scale")
+    validate_config("gradient-scale", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.fixing import fix_weights
 from nnteleport.gspace import GSpace, GSpaceOptimizer
 from nnteleport.plotting import new_figure, progress, save_figure, write_csv, write_json
@@ -234,7 +235,8 @@ def _mean(values: list[float]) -> float:
 
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **config}
+    cfg = merge_config(DEFAULTS, config or {}, source="gspace-lr-grid")
+    validate_config("gspace-lr-grid", cfg)
     for m in cfg["methods"]:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")

@@ -33,7 +33,7 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import COLORS, new_figure, progress, save_figure, write_csv, write_json
 
@@ -95,6 +95,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     from nnteleport.training import evaluate, train
 
     cfg = merge_config(DEFAULTS, config or {}, source="interpolation")
+    validate_config("interpolation", cfg)
     if len(cfg["batch_sizes"]) != 2:
         raise ValueError(f"interpolation: batch_sizes must be two sizes [A, B], got {cfg['batch_sizes']!r}")
     out = Path(out)

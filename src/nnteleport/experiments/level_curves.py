@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import (
     COLORS,
@@ -106,6 +106,7 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor, train: bool) -> torch.Tens
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``teleports.csv``, a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="level-curves")
+    validate_config("level-curves", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])

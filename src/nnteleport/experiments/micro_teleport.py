@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.level_curves import parse_dtype
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import (
@@ -107,6 +107,7 @@ def _datasets(cfg: dict) -> dict[str, Any]:
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``angles.csv`` and PNGs."""
     cfg = merge_config(DEFAULTS, config or {}, source="micro-teleport")
+    validate_config("micro-teleport", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])

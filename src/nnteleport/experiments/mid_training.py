@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.training import CHOICES as TRAINING_CHOICES
 from nnteleport.experiments.training import (
     DEFAULTS as TRAINING_DEFAULTS,
 )
 from nnteleport.experiments.training import aggregate, arm, grid_tasks, plot_curves, run_grid
 from nnteleport.plotting import COLORS, summary, write_csv, write_json
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "Teleport once in the middle of training (paper: epoch 30, CoB range 0.7/0.8/0.9) vs no teleport; "
@@ -48,6 +49,15 @@ del DEFAULTS["cob_range"], DEFAULTS["early_epochs"], DEFAULTS["early_iters"]
 CHOICES = TRAINING_CHOICES
 
 
+def validate(cfg: dict[str, Any]) -> None:
+    """``teleport_at`` must fall inside the training (called by ``validate_config``)."""
+    t = cfg["teleport_at"]
+    if not (isinstance(t, int) and 0 < t < int(cfg["epochs"])):
+        raise InvalidValueError(
+            f"experiment 'mid-training': teleport_at={t!r} must be in [1, epochs - 1] = [1, {cfg['epochs'] - 1}]"
+        )
+
+
 def _arm_name(s: float) -> str:
     return f"s={s:g}"
 
@@ -55,9 +65,8 @@ def _arm_name(s: float) -> str:
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
     cfg = merge_config(DEFAULTS, config or {}, source="mid-training")
+    validate_config("mid-training", cfg)
     t = int(cfg["teleport_at"])
-    if not 0 < t < int(cfg["epochs"]):
-        raise ValueError(f"mid-training: teleport_at must be in [1, epochs - 1] = [1, {cfg['epochs'] - 1}], got {t}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [arm("none")] + [

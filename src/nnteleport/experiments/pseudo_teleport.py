@@ -17,7 +17,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.training import CHOICES as TRAINING_CHOICES
 from nnteleport.experiments.training import (
     DEFAULTS as TRAINING_DEFAULTS,
@@ -47,6 +47,7 @@ CHOICES = TRAINING_CHOICES
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
     cfg = merge_config(DEFAULTS, config or {}, source="pseudo-teleport")
+    validate_config("pseudo-teleport", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
 
 DESCRIPTION = (
@@ -79,7 +80,8 @@ def surfaces(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **config}
+    cfg = merge_config(DEFAULTS, config or {}, source="toy-surfaces")
+    validate_config("toy-surfaces", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, Activation, default_kwargs
 from nnteleport.plotting import (
     COLORS,
@@ -217,7 +217,9 @@ def run_grid(
     ``workers`` processes (finished runs are read back, not re-trained); returns ``[{"task", "history"}]``."""
     from nnteleport.experiments.sweep import run_sweep
 
-    results = run_sweep(train_one, tasks, out, workers=max(1, int(workers)), progress=progress_bar, desc=desc)
+    # TensorBoard files do not change the numbers: switching them on or off reuses the finished runs
+    results = run_sweep(train_one, tasks, out, workers=max(1, int(workers)), progress=progress_bar, desc=desc,
+                        ignore_keys=("tensorboard",))  # fmt: skip
     return [{"task": t, "history": results[t["id"]]["history"]} for t in tasks]
 
 
@@ -471,6 +473,7 @@ def plot_curves(
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
     cfg = merge_config(DEFAULTS, config or {}, source="training")
+    validate_config("training", cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [arm("none"), arm("teleport", teleport_at=0, cob_range=cfg["cob_range"], sampling=cfg["sampling"])]

@@ -17,7 +17,7 @@ import torch
 
 import nnteleport
 from nnteleport.data import load_dataset
-from nnteleport.experiments.config import merge_config
+from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import COLORS, new_figure, save_figure, write_csv, write_json
 
@@ -64,6 +64,7 @@ def _stats(t: torch.Tensor) -> dict[str, float]:
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs and a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="weight-histograms")
+    validate_config("weight-histograms", cfg)
     if cfg["parameters"] not in ("weights", "all"):
         raise ValueError(f"weight-histograms: parameters must be 'weights' or 'all', got {cfg['parameters']!r}")
     out = Path(out)

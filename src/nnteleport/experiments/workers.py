@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nnteleport._atomic import remove_tmp_files, tmp_path
 from nnteleport.user_errors import Interrupted, OutputInUseError
 
 __all__ = ["interruptible", "out_lock", "remove_tmp_files", "run_jobs", "tmp_path"]
@@ -40,25 +41,6 @@ TERMINATE_GRACE_S = 5.0
 
 _LIVE: set[Any] = set()  # worker processes now running (killed at once by a second interrupt)
 _HANDLER_DEPTH = [0]
-
-
-def tmp_path(path: str | Path, pid: int | None = None) -> Path:
-    """The temporary file written before an atomic rename onto ``path``: ``.<name>.<pid>.tmp`` beside it."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp")
-
-
-def remove_tmp_files(folder: str | Path, pid: int) -> list[Path]:
-    """Delete the temporary files process ``pid`` left under ``folder`` (recursively); returns them."""
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for p in folder.rglob(f".*.{pid}.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            removed.append(p)
-    return removed
 
 
 # --------------------------------------------------------------------------------------------------
