@@ -250,15 +250,16 @@ def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset
                 f". Modules with hooks ({', '.join(hooked[:4])}) are analysed as black boxes and their hooks do not "
                 "run while tracing: a forward() that reads what a hook stored cannot be traced"
             )
+        hint += ", or make the control flow independent of tensor values."
         if origin == "transformers":
             hint = (
-                " Hugging Face transformers models need transformers' own torch.fx tracer, which nnteleport does "
-                "not use yet; pass leaf_modules=[...] naming the blocks that hold such code"
+                " Hugging Face transformers models trace only with transformers' own torch.fx tracer "
+                "(transformers.utils.fx), which nnteleport does not use yet: such a model cannot be teleported "
+                "today (leaf_modules=[...] naming its attention modules makes a block traceable, at tau = 1 there)."
             )
         raise UntraceableModelError(
             f"torch.fx could not trace {type(model).__name__} (from {type(model).__module__}){inside}{call}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.{hint}, "
-            "or make the control flow independent of tensor values."
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.{hint}"
         ) from exc
 
 
