@@ -985,6 +985,24 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
                         now[k] = v
 
 
+def _graph_key(graph: fx.Graph) -> tuple:
+    """What a traced graph computes, as a hashable value (ops, targets, arguments with nodes by position), without
+    generating its Python code."""
+    index: dict[fx.Node, int] = {}
+    key = []
+    for n in graph.nodes:
+        index[n] = len(index)
+        args = map_arg((n.args, n.kwargs), lambda a: _NodeRef(index[a]))
+        target = n.target if isinstance(n.target, str) else id(n.target)
+        key.append((n.op, target, repr(args)))
+    return tuple(key)
+
+
+class _NodeRef(int):
+    def __repr__(self) -> str:
+        return f"%{int(self)}"
+
+
 def _batch_variant(inputs: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
     """The example inputs with one more sample (the first repeated), to check that the plan does not depend on the
     batch size (a model that mixes samples: ``torch.cat([h, g])[2:4]``)."""
@@ -1056,7 +1074,7 @@ def analyze(
     state.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     devices = list({t.device for t in inputs})
     graphs: list[fx.Graph] = []
-    codes: set[str] = set()
+    codes: set[tuple] = set()
     was_training = model.training
     with _preserved(model, devices):
         for training in (was_training, not was_training):
@@ -1064,8 +1082,7 @@ def analyze(
                 model.train(training)
                 with torch.set_grad_enabled(grad):
                     graph = _trace(model, leaf_types, leaf_names, len(inputs))
-                gm = fx.GraphModule(model, graph)
-                code = gm.code
+                code = _graph_key(graph)
                 if code in codes:
                     continue
                 if codes and mode is Functional.GRAPH:
@@ -1077,6 +1094,7 @@ def analyze(
                     )
                 codes.add(code)
                 graphs.append(graph)
+                gm = fx.GraphModule(model, graph)
                 _walk(model, gm, state, mode, inputs, training)
                 variant = _batch_variant(inputs)
                 if variant is not None:
