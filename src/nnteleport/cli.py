@@ -6,8 +6,12 @@
 defaults. ``nnteleport demo [--out DIR]`` writes the demo report. ``nnteleport teleport`` teleports a model of the
 zoo on an example input and prints the engine's report and the function-preservation error.
 
-Errors caused by the input (unknown names, bad config keys or values, missing files) print one line
-``nnteleport: error: ...`` and exit with status 2; set ``NNTELEPORT_DEBUG=1`` to see the traceback.
+Errors caused by the input (unknown names, bad config keys or values, missing files, an output folder in use,
+stored results of another config) print one line ``nnteleport: error: ...`` and exit with status 2, before any
+run starts; they are the :class:`~nnteleport.errors.NNTeleportError` exceptions. Any other exception is a bug
+and shows its traceback. Set ``NNTELEPORT_DEBUG=1`` to see the traceback of user errors too. Runs that fail
+(``runs/<id>/error.txt``) give one line and status 1. Ctrl-C or SIGTERM stops a run within seconds (status 130 /
+143; finished results are kept, run the same command again to resume); a second one exits at once.
 """
 
 from __future__ import annotations
@@ -23,13 +27,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnteleport.errors import NNTeleportError
+
 __all__ = ["build_parser", "main"]
 
 PROG = "nnteleport"
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+# files the user named that are missing or unusable are user errors as well
+_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FileExistsError,
+    PermissionError,
+)
 
 
-class UsageError(Exception):
+class UsageError(NNTeleportError):
     """A problem with the command line itself (exit status 2)."""
 
 
@@ -122,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} experiment micro-teleport --set batch_sizes=[8] --out results/micro\n"
             f"  {PROG} teleport --model resnet18 --cob-range 0.9\n\n"
             f"`{PROG} COMMAND --help` explains a command; `{PROG} experiment NAME --help` shows an experiment's "
-            "defaults.\n\nexperiments:\n"
+            "defaults.\n\nerrors: a wrong input gives one line `nnteleport: error: ...` and exit status 2, before "
+            "anything runs;\nset NNTELEPORT_DEBUG=1 to see its traceback. Ctrl-C stops a run (status 130), keeping "
+            "what finished;\nthe same command resumes it.\n\nexperiments:\n"
             + textwrap.fill(
                 ", ".join(_experiment_names()), 100, initial_indent="  ", break_on_hyphens=False, subsequent_indent="  "
             )
@@ -227,11 +242,23 @@ def _cmd_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         overrides.append(f"workers={args.workers}")
     config = load_config(args.name, args.config, overrides)
     out = args.out if args.out is not None else Path("results") / args.name
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    from nnteleport.experiments.workers import out_lock
+
     module = get_experiment(args.name)
-    module.run(config, out, progress=not args.no_progress)
+    with out_lock(out):
+        module.run(config, out, progress=not args.no_progress)
     print(f"{args.name}: results in {out}/ (results.json, CSVs, PNGs)")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder; give a folder (it is created if needed)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -241,8 +268,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if e.name in ("nnteleport.demo",):
             raise UsageError("the demo is not available in this version (module nnteleport.demo is missing)") from e
         raise
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = run_demo(args.out, progress=not args.no_progress)
+    _check_out(args.out)
+    from nnteleport.experiments.workers import out_lock
+
+    with out_lock(args.out):
+        result = run_demo(args.out, progress=not args.no_progress)
     report = result if isinstance(result, (str, Path)) else args.out / "report.html"
     print(f"demo: report written to {report}")
     return 0
@@ -280,7 +310,11 @@ def teleport_check(
     from nnteleport.models import build_model
 
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 0 < cob_range < 1:
+        raise UsageError(f"--cob-range must be in (0, 1) (the CoB factors must stay positive), got {cob_range:g}")
+    if num_classes < 1:
+        raise UsageError(f"--num-classes must be >= 1, got {num_classes}")
     torch.manual_seed(seed)
     kwargs = {} if activation is None else {"activation": activation}
     model = build_model(model_name, in_shape=tuple(input_shape), num_classes=num_classes, **kwargs).double().eval()
@@ -333,23 +367,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `nnteleport ... | head` ends quietly, like other tools
     parser = build_parser()
     args = parser.parse_args(argv)
+    from nnteleport.experiments.workers import interruptible
+    from nnteleport.user_errors import RunsFailedError
+
+    debug = bool(os.environ.get("NNTELEPORT_DEBUG"))
     try:
-        if args.command == "experiment":
-            return _cmd_experiment(parser, args)
-        if args.command == "demo":
-            return _cmd_demo(args)
-        if args.command == "teleport":
-            return _cmd_teleport(args)
-        raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
-    except (UsageError, *_USER_ERRORS) as e:
-        if os.environ.get("NNTELEPORT_DEBUG"):
+        with interruptible():
+            if args.command == "experiment":
+                return _cmd_experiment(parser, args)
+            if args.command == "demo":
+                return _cmd_demo(args)
+            if args.command == "teleport":
+                return _cmd_teleport(args)
+            raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
+    except (NNTeleportError, *_FILE_ERRORS) as e:
+        if debug:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (finished runs are kept; run the same command again to resume)", file=sys.stderr)
-        return 130
+    except RunsFailedError as e:
+        if debug:
+            raise
+        print(f"{PROG}: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        text = str(e) if str(e) else "interrupted"
+        if "run the same command again" not in text:
+            text += " (finished results are kept; run the same command again to resume)"
+        print(f"{PROG}: {_one_line(text)}", file=sys.stderr)
+        return 128 + int(signum)
+
+
+def _one_line(e: BaseException | str) -> str:
+    msg = e if isinstance(e, str) else (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+    return " ".join(str(msg).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from typing import Any
 
 from nnteleport.plotting import write_json
 from nnteleport.report_html import Figure, Headline, Section, render
+from nnteleport.user_errors import InvalidValueError
 
 __all__ = ["DEMO_CONFIGS", "run_demo"]
 
@@ -120,7 +121,7 @@ def run_demo(
     names = list(DEMO_CONFIGS) if experiments is None else list(experiments)
     unknown = [n for n in names if n not in DEMO_CONFIGS]
     if unknown:
-        raise ValueError(f"unknown demo experiment(s) {unknown}; choose from: {', '.join(DEMO_CONFIGS)}")
+        raise InvalidValueError(f"unknown demo experiment(s) {unknown}; choose from: {', '.join(DEMO_CONFIGS)}")
     jobs = []
     for n in names:
         cfg = copy.deepcopy(DEMO_CONFIGS[n])
@@ -142,31 +143,58 @@ def run_demo(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc="demo experiments", unit="exp")
+    running: list[str] = []
+
+    def show() -> None:
+        if bar is not None:
+            bar.set_postfix_str(("running " + ", ".join(running)) if running else "", refresh=True)
+
+    def finished(name: str, res: dict | None, sec: float, err: str | None) -> None:
+        done[name] = (res, sec, err)
+        if name in running:
+            running.remove(name)
+        if bar is not None:
+            bar.update(1)
+        show()
+
     try:
         if workers <= 1:
             threads = _torch_threads()
             try:
                 for job in order:
-                    name, res, sec, err = _run_experiment(*job)
-                    done[name] = (res, sec, err)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix_str(name)
+                    running[:] = [job[0]]
+                    show()
+                    finished(*_run_experiment(*job))
             finally:
                 _torch_threads(threads)
         else:
-            import concurrent.futures as cf
-            import multiprocessing as mp
+            from nnteleport._atomic import remove_tmp_files
+            from nnteleport.experiments.workers import run_jobs
 
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                futures = [pool.submit(_run_experiment, *job) for job in order]
-                for fut in cf.as_completed(futures):
-                    name, res, sec, err = fut.result()
-                    done[name] = (res, sec, err)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix_str(name)
+            folders = {j[0]: j[2] for j in order}
+
+            def on_start(name: str) -> None:
+                running.append(name)
+                show()
+
+            def on_done(name: str, ok: bool, payload: Any) -> None:
+                if ok:
+                    finished(*payload)
+                else:  # the worker process died
+                    finished(name, None, math.nan, payload)
+
+            run_jobs(
+                [(j[0], _run_experiment, j) for j in order],
+                workers=workers,
+                threads=1,
+                on_done=on_done,
+                on_start=on_start,
+                cleanup=lambda name, pid: remove_tmp_files(folders[name], pid),
+                describe_stop=lambda n_running, n_queued: (
+                    f"{len(done)} of {len(jobs)} demo experiments finished, {n_running} stopped, {n_queued} not "
+                    "started; run the demo again to write the report"
+                ),
+            )
     finally:
         if bar is not None:
             bar.close()

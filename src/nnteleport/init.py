@@ -20,6 +20,8 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from nnteleport.user_errors import InvalidValueError
+
 __all__ = ["InitScheme", "initialize"]
 
 
@@ -37,7 +39,7 @@ class InitScheme(StrEnum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown init scheme {value!r}; choose one of: {allowed}") from None
+            raise InvalidValueError(f"unknown init scheme {value!r}; choose one of: {allowed}") from None
 
 
 _WEIGHTED = (
@@ -85,7 +87,7 @@ def initialize(
     """
     sch = InitScheme.parse(scheme)
     if sch is InitScheme.NORMAL and not std > 0:
-        raise ValueError(f"std of the 'normal' init must be > 0, got {std}")
+        raise InvalidValueError(f"std of the 'normal' init must be > 0, got {std}")
     kw = _gen_kw(generator)
     for module in model.modules():
         if sch is InitScheme.DEFAULT:

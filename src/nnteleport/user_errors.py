@@ -13,6 +13,7 @@ __all__ = [
     "ConfigMismatchError",
     "CorruptFileError",
     "Interrupted",
+    "InvalidArgumentError",
     "InvalidValueError",
     "MissingFileError",
     "OutputInUseError",
@@ -23,6 +24,10 @@ __all__ = [
 
 class InvalidValueError(NNTeleportError, ValueError):
     """A parameter or configuration value is out of range, of the wrong type, or unknown (names it)."""
+
+
+class InvalidArgumentError(NNTeleportError, TypeError):
+    """A function was given an argument it does not take (names the function and the argument)."""
 
 
 class MissingFileError(NNTeleportError, FileNotFoundError):

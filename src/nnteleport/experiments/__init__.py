@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from nnteleport.user_errors import InvalidValueError
+
 EXPERIMENTS: dict[str, str] = {
     # Neural teleportation (Armenta et al. 2023)
     "level-curves": "nnteleport.experiments.level_curves",
@@ -40,5 +42,5 @@ def get_experiment(name: str) -> ModuleType:
     """Import and return the module of experiment ``name`` (a CLI name such as ``"level-curves"``)."""
     if name not in EXPERIMENTS:
         allowed = ", ".join(sorted(EXPERIMENTS))
-        raise ValueError(f"unknown experiment {name!r}; choose one of: {allowed}")
+        raise InvalidValueError(f"unknown experiment {name!r}; choose one of: {allowed}")
     return importlib.import_module(EXPERIMENTS[name])

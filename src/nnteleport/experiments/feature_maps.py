@@ -27,6 +27,7 @@ from nnteleport.data import load_dataset
 from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "Train a conv net (default: small ResNet-18 with ReLU and with tanh), teleport it (CoB range 0.9, inter) "
@@ -66,7 +67,7 @@ def features(model: torch.nn.Module, layer: str, x: torch.Tensor) -> tuple[torch
     modules = dict(model.named_modules())
     if layer not in modules:
         some = ", ".join(n for n in list(modules)[1:12])
-        raise ValueError(f"feature-maps: model has no module {layer!r}; some of its modules: {some}, ...")
+        raise InvalidValueError(f"feature-maps: model has no module {layer!r}; some of its modules: {some}, ...")
     grabbed: list[torch.Tensor] = []
     handle = modules[layer].register_forward_hook(lambda _m, _i, o: grabbed.append(o.detach()))
     try:

@@ -24,6 +24,7 @@ from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
 from nnteleport.fixing import fix_weights
 from nnteleport.plotting import new_figure, save_figure, write_csv, write_json
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
@@ -69,9 +70,9 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     cfg = merge_config(DEFAULTS, config or {}, source="fixed-value-grid")
     validate_config("fixed-value-grid", cfg)
     if cfg["mode"] not in MODES:
-        raise ValueError(f"mode={cfg['mode']!r}; choose one of: {', '.join(MODES)}")
+        raise InvalidValueError(f"mode={cfg['mode']!r}; choose one of: {', '.join(MODES)}")
     if cfg["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer={cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        raise InvalidValueError(f"optimizer={cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.fixing import fix_weights
 from nnteleport.gspace import GSpace, GSpaceOptimizer
 from nnteleport.plotting import new_figure, progress, save_figure, write_csv, write_json
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "SGD, Adam, G-SGD, G-Adam (state kept / reset each step as in the thesis' wrapper), Fixed-SGD/Adam and "
@@ -143,7 +144,7 @@ def make_optimizer(
     if method.startswith("g"):
         base = method.removesuffix("-set1")
         if base not in ("gsgd", "gadam", "gadam-reset"):
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            raise InvalidValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if method.endswith("-set1"):
             set_fixed_to_sign(model, GSpace(model, skeleton=skeleton).skeleton_masks)
         cls = torch.optim.SGD if base == "gsgd" else torch.optim.Adam
@@ -159,7 +160,7 @@ def make_optimizer(
     elif method == "fixed-sgd-rescaled":
         handle = fix_weights(model, value=1.0)
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise InvalidValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     cls = torch.optim.Adam if method == "fixed-adam" else torch.optim.SGD
     return cls(model.parameters(), lr=lr), handle
 
@@ -239,7 +240,7 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     validate_config("gspace-lr-grid", cfg)
     for m in cfg["methods"]:
         if m not in METHODS:
-            raise ValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")
+            raise InvalidValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

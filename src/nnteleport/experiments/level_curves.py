@@ -39,6 +39,7 @@ from nnteleport.plotting import (
     write_csv,
     write_json,
 )
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "Teleport each model num_teleports times (paper: 100, inter-landscape, CoB range 0.9) and record the mean "
@@ -74,7 +75,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 def parse_dtype(name: str) -> torch.dtype:
     """``"float32"`` -> ``torch.float32`` etc.; a ``ValueError`` lists the allowed names."""
     if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
+        raise InvalidValueError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
     return _DTYPES[name]
 
 

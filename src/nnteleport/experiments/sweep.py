@@ -429,11 +429,13 @@ def _run_sweep_locked(
                 remove_tmp_files(out / "runs" / run_id, pid)
 
             jobs = [(r["id"], _run_in_worker, (fn, by_id[r["id"]], str(out), sha)) for r, sha in todo]
-            active[:] = [j[0] for j in jobs[:workers]]
-            show()
 
-            run_jobs(jobs, workers=workers, threads=threads, on_done=_tracking(on_done, active, jobs, workers),
-                     cleanup=cleanup, describe_stop=stop_message)  # fmt: skip
+            def on_start(run_id: str) -> None:
+                active.append(run_id)
+                show()
+
+            run_jobs(jobs, workers=workers, threads=threads, on_done=on_done, on_start=on_start, cleanup=cleanup,
+                     describe_stop=stop_message)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -446,20 +448,6 @@ def _run_sweep_locked(
             f"(traceback in {out}/runs/{first_id}/error.txt)"
         )
     return {r["id"]: records[r["id"]]["result"] for r in checked if r["id"] in records}
-
-
-def _tracking(
-    on_done: Callable[[str, bool, Any], None], active: list[str], jobs: list[tuple], workers: int
-) -> Callable[[str, bool, Any], None]:
-    """``on_done`` that also keeps ``active`` (the runs now in a worker, for the progress bar) up to date."""
-    queue = [j[0] for j in jobs[workers:]]
-
-    def wrapped(run_id: str, ok: bool, payload: Any) -> None:
-        if queue:
-            active.append(queue.pop(0))
-        on_done(run_id, ok, payload)
-
-    return wrapped
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ from nnteleport.data import load_dataset
 from nnteleport.experiments.config import merge_config, validate_config
 from nnteleport.models import MODELS, build_model, default_kwargs
 from nnteleport.plotting import COLORS, new_figure, save_figure, write_csv, write_json
+from nnteleport.user_errors import InvalidValueError
 
 DESCRIPTION = (
     "Histograms of the weights of an MLP (PyTorch default uniform initialisation) before and after one "
@@ -66,7 +67,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     cfg = merge_config(DEFAULTS, config or {}, source="weight-histograms")
     validate_config("weight-histograms", cfg)
     if cfg["parameters"] not in ("weights", "all"):
-        raise ValueError(f"weight-histograms: parameters must be 'weights' or 'all', got {cfg['parameters']!r}")
+        raise InvalidValueError(f"weight-histograms: parameters must be 'weights' or 'all', got {cfg['parameters']!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])

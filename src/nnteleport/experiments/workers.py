@@ -1,8 +1,9 @@
 """Worker processes that stop when asked: one spawned process per job, interruption, output-folder locks.
 
-* :func:`run_jobs` runs ``fn(*args)`` of every job in its own spawned process, at most ``workers`` at once,
-  each with ``threads`` torch threads, and reports each job's return value (or error) as it finishes. A job
-  whose process dies (killed by the out-of-memory killer, a segfault) fails alone; the other jobs go on.
+* :func:`run_jobs` runs ``fn(*args)`` of every job in ``workers`` spawned worker processes (one job at a time
+  each), each with ``threads`` torch threads, and reports each job's return value (or error) as it finishes. A
+  job whose worker dies (killed by the out-of-memory killer, a segfault) fails alone; the worker is replaced and
+  the other jobs go on.
 * :func:`interruptible` makes SIGINT (Ctrl-C) and SIGTERM raise :class:`~nnteleport.user_errors.Interrupted`
   in the main thread; :func:`run_jobs` then ends its worker processes (SIGTERM, SIGKILL after 5 s), cancels
   the queued jobs and removes the temporary files of the stopped jobs. A second signal kills the workers and
@@ -41,6 +42,7 @@ TERMINATE_GRACE_S = 5.0
 
 _LIVE: set[Any] = set()  # worker processes now running (killed at once by a second interrupt)
 _HANDLER_DEPTH = [0]
+_IN_WORKER = [False]  # set in worker processes: they are stopped by their parent, not by their own handlers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,10 +57,10 @@ def _in_main_thread() -> bool:
 def interruptible() -> Iterator[None]:
     """Within: the first SIGINT/SIGTERM raises :class:`Interrupted`; a second one exits at once.
 
-    Does nothing outside the main thread, in a worker process (where SIGINT is ignored), or when already
-    active (nested use).
+    Does nothing outside the main thread, in a worker process (its parent stops it), or when already active
+    (nested use). An ignored SIGINT (a background job of a non-interactive shell) stays ignored.
     """
-    if not _in_main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN or _HANDLER_DEPTH[0] > 0:
+    if not _in_main_thread() or _IN_WORKER[0] or _HANDLER_DEPTH[0] > 0:
         yield
         return
     count = [0]
@@ -74,7 +76,8 @@ def interruptible() -> Iterator[None]:
             os._exit(128 + signum)
         raise Interrupted(f"interrupted by {name}", signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {s: signal.signal(s, handler) for s in signals}
     _HANDLER_DEPTH[0] += 1
     try:
         yield
@@ -109,25 +112,47 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="nnteleport-parent-watch", daemon=True).start()
 
 
+def _thread_lock_for_tqdm() -> None:
+    """Give tqdm a thread lock: its default also creates a multiprocessing semaphore (``torch.fx`` makes a
+    disabled bar on every trace), which a worker stopped by its parent could not release -- the resource tracker
+    would then warn about a "leaked semaphore". A worker's bars are never shared with other processes."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    tqdm.set_lock(threading.RLock())
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
 
 
-def _child(fn: Callable[..., Any], args: tuple, threads: int, parent_pid: int, conn: Any) -> None:
+def _worker_loop(threads: int, parent_pid: int, conn: Any) -> None:
+    """A worker process: run the jobs the parent sends, one at a time, until it sends ``None`` or goes away."""
+    _IN_WORKER[0] = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent_pid)
     _set_threads(threads)
-    try:
-        msg: tuple[str, Any] = ("ok", fn(*args))
-    except BaseException as e:  # reported to the parent
-        msg = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-    try:
-        conn.send(msg)
-    except Exception as e:  # e.g. an unpicklable result
-        conn.send(("error", f"{type(e).__name__}: the job's result could not be sent back: {e}"))
-    conn.close()
+    _thread_lock_for_tqdm()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            msg: tuple[str, Any] = ("ok", fn(*args))
+        except BaseException as e:  # reported to the parent
+            msg = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        try:
+            conn.send(msg)
+        except Exception as e:  # e.g. an unpicklable result
+            conn.send(("error", f"{type(e).__name__}: the job's result could not be sent back: {e}"))
 
 
 def death_message(exitcode: int | None) -> str:
@@ -143,37 +168,16 @@ def death_message(exitcode: int | None) -> str:
 # the parent side
 
 
-def run_jobs(
-    jobs: Sequence[tuple[str, Callable[..., Any], tuple]],
-    *,
-    workers: int,
-    threads: int = 1,
-    on_done: Callable[[str, bool, Any], None],
-    cleanup: Callable[[str, int], None] | None = None,
-    describe_stop: Callable[[int, int], str] | None = None,
-) -> None:
-    """Run ``fn(*args)`` of every ``(key, fn, args)`` job in its own spawned process, ``workers`` at once.
-
-    ``on_done(key, ok, payload)`` is called in this process as each job ends: ``ok`` with ``fn``'s return value
-    (pickled back), else with the error text (exception and traceback, or how the process died).
-    ``cleanup(key, pid)`` is called for a job whose process died or was stopped (e.g. to delete its temporary
-    files). On an interruption (see :func:`interruptible`, which this function activates) the running
-    processes are ended, the queued jobs are cancelled, and :class:`Interrupted` is raised with the message
-    ``describe_stop(running, queued)``.
-    """
-    ctx = mp.get_context("spawn")
-    pending = list(jobs)[::-1]
-    running: dict[str, list[Any]] = {}  # key -> [process, connection, message]
-
-    def start(key: str, fn: Callable[..., Any], args: tuple) -> None:
-        r, w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, args=(fn, args, threads, os.getpid(), w), name=f"nnteleport:{key}")
+class _Worker:
+    def __init__(self, ctx: Any, threads: int) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_loop, args=(threads, os.getpid(), child_conn), name="nnteleport-worker")
         env_before = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         os.environ.update({v: str(max(1, threads)) for v in env_before})
         # an ignored SIGINT is inherited across exec: the worker never sees the terminal's Ctrl-C
         sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if _in_main_thread() else None
         try:
-            p.start()
+            self.proc.start()
         finally:
             if sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
@@ -182,69 +186,119 @@ def run_jobs(
                     os.environ.pop(v, None)
                 else:
                     os.environ[v] = old
-        w.close()
-        _LIVE.add(p)
-        running[key] = [p, r, None]
+        child_conn.close()
+        _LIVE.add(self.proc)
+        self.key: str | None = None  # the job it is running
 
-    def finish(key: str) -> None:
-        p, conn, msg = running.pop(key)
-        p.join()
-        _LIVE.discard(p)
-        conn.close()
-        if msg is None or msg is False:
-            if cleanup is not None:
-                cleanup(key, p.pid)
-            on_done(key, False, death_message(p.exitcode))
-        else:
-            on_done(key, msg[0] == "ok", msg[1])
+    def close(self) -> None:
+        _LIVE.discard(self.proc)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def run_jobs(
+    jobs: Sequence[tuple[str, Callable[..., Any], tuple]],
+    *,
+    workers: int,
+    threads: int = 1,
+    on_done: Callable[[str, bool, Any], None],
+    on_start: Callable[[str], None] | None = None,
+    cleanup: Callable[[str, int], None] | None = None,
+    describe_stop: Callable[[int, int], str] | None = None,
+) -> None:
+    """Run ``fn(*args)`` of every ``(key, fn, args)`` job in ``workers`` spawned worker processes.
+
+    Each worker runs one job at a time (so the imports are paid once per worker, not per job).
+    ``on_start(key)`` is called when a job is handed to a worker, ``on_done(key, ok, payload)`` when it ends:
+    ``ok`` with ``fn``'s return value (pickled back), else with the error text (exception and traceback, or how
+    the worker died). A worker that dies fails only its current job (``cleanup(key, pid)`` is called for it, e.g.
+    to delete its temporary files) and is replaced. On an interruption (see :func:`interruptible`, which this
+    function activates) the workers are ended (SIGTERM, SIGKILL after :data:`TERMINATE_GRACE_S`), the queued jobs
+    are cancelled, ``cleanup`` is called for the jobs that were running, and :class:`Interrupted` is raised with
+    the message ``describe_stop(running, queued)``.
+    """
+    ctx = mp.get_context("spawn")
+    pending = list(jobs)[::-1]
+    pool: list[_Worker] = []
+
+    def assign(w: _Worker) -> None:
+        while pending:
+            key, fn, args = pending.pop()
+            try:
+                w.conn.send((fn, args))
+            except (BrokenPipeError, OSError):  # it died before taking the job: the job goes back
+                pending.append((key, fn, args))
+                return
+            w.key = key
+            if on_start is not None:
+                on_start(key)
+            return
 
     with interruptible():
         try:
-            while pending or running:
-                while pending and len(running) < workers:
-                    start(*pending.pop())
-                waitables = [x for v in running.values() for x in (v[0].sentinel, v[1]) if v[2] is None or x != v[1]]
-                ready = set(mpc.wait(waitables))
-                for key in list(running):
-                    p, conn, msg = running[key]
-                    if msg is None and (conn in ready or (p.sentinel in ready and conn.poll())):
-                        try:
-                            running[key][2] = conn.recv()
-                        except (EOFError, OSError):
-                            running[key][2] = False
-                    if p.sentinel in ready:
-                        finish(key)
+            while pending or any(w.key is not None for w in pool):
+                for w in pool:
+                    if w.key is None and pending:
+                        assign(w)
+                while pending and len(pool) < workers:
+                    pool.append(_Worker(ctx, threads))
+                    assign(pool[-1])
+                for w in [w for w in pool if w.key is None and not pending]:  # nothing left for it
+                    with contextlib.suppress(Exception):
+                        w.conn.send(None)
+                    w.proc.join(TERMINATE_GRACE_S)
+                    w.close()
+                    pool.remove(w)
+                if not pool:
+                    continue
+                ready = set(mpc.wait([w.conn for w in pool if w.key is not None] + [w.proc.sentinel for w in pool]))
+                for w in list(pool):
+                    msg = None
+                    if w.key is not None and (w.conn in ready or (w.proc.sentinel in ready and w.conn.poll())):
+                        with contextlib.suppress(EOFError, OSError):
+                            msg = w.conn.recv()
+                    if msg is not None:
+                        key, w.key = w.key, None
+                        on_done(key, msg[0] == "ok", msg[1])
+                    if w.proc.sentinel in ready or not w.proc.is_alive():
+                        w.proc.join()
+                        w.close()
+                        pool.remove(w)
+                        if w.key is not None:
+                            if cleanup is not None:
+                                cleanup(w.key, w.proc.pid)
+                            on_done(w.key, False, death_message(w.proc.exitcode))
         except BaseException as exc:
-            n_running, n_queued = len(running), len(pending)
-            _stop_all(running, cleanup)
+            n_running, n_queued = sum(w.key is not None for w in pool), len(pending)
+            _stop_all(pool, cleanup)
             if isinstance(exc, KeyboardInterrupt):
                 signum = getattr(exc, "signum", signal.SIGINT)
                 base = str(exc) if isinstance(exc, Interrupted) else "interrupted"
                 detail = describe_stop(n_running, n_queued) if describe_stop is not None else ""
                 raise Interrupted(f"{base}{': ' + detail if detail else ''}", signum) from None
             raise
+        finally:
+            for w in pool:  # normally none left
+                w.close()
 
 
-def _stop_all(running: dict[str, list[Any]], cleanup: Callable[[str, int], None] | None) -> None:
-    procs = [(k, v[0]) for k, v in running.items()]
-    for _, p in procs:
+def _stop_all(pool: list[_Worker], cleanup: Callable[[str, int], None] | None) -> None:
+    for w in pool:
         with contextlib.suppress(Exception):
-            p.terminate()
+            w.proc.terminate()
     deadline = time.monotonic() + TERMINATE_GRACE_S
-    for _, p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for _, p in procs:
-        if p.is_alive():
+    for w in pool:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+    for w in pool:
+        if w.proc.is_alive():
             with contextlib.suppress(Exception):
-                p.kill()
-            p.join()
-    for k, p in procs:
-        _LIVE.discard(p)
-        with contextlib.suppress(Exception):
-            running[k][1].close()
-        if cleanup is not None:
-            cleanup(k, p.pid)
-    running.clear()
+                w.proc.kill()
+            w.proc.join()
+    for w in pool:
+        w.close()
+        if w.key is not None and cleanup is not None:
+            cleanup(w.key, w.proc.pid)
+    pool.clear()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from nnteleport.models.mlp import MLP
 from nnteleport.models.mobilenetv2 import MobileNetV2
 from nnteleport.models.resnet import BasicBlock, ResNet, resnet18
 from nnteleport.models.vgg import VGG
+from nnteleport.user_errors import InvalidArgumentError, InvalidValueError
 
 __all__ = [
     "MLP",
@@ -59,7 +60,7 @@ def default_kwargs(name: str) -> dict[str, Any]:
     ``--set model_kwargs.<name>.<option>=...`` and is type-checked.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise InvalidValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     cls = {"resnet18": ResNet}.get(name, MODELS[name])
     out: dict[str, Any] = {}
     for pname, param in inspect.signature(cls).parameters.items():
@@ -91,10 +92,12 @@ def build_model(name: str, *, in_shape: Sequence[int], num_classes: int, **kw) -
         A freshly initialised model (PyTorch default initialisation) in training mode, float32 on CPU.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise InvalidValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     try:
         return MODELS[name](in_shape, num_classes, **kw)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
-            raise TypeError(f"build_model({name!r}): {exc}; see help(nnteleport.models.MODELS[{name!r}])") from exc
+            raise InvalidArgumentError(
+                f"build_model({name!r}): {exc}; see help(nnteleport.models.MODELS[{name!r}])"
+            ) from exc
         raise

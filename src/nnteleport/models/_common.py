@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from nnteleport.user_errors import InvalidValueError
+
 
 class Activation(enum.StrEnum):
     """Element-wise activation functions accepted by the zoo (``activation="..."``)."""
@@ -35,7 +37,7 @@ class Activation(enum.StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> Activation:
         allowed = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown activation {value!r}; choose one of: {allowed}")
+        raise InvalidValueError(f"unknown activation {value!r}; choose one of: {allowed}")
 
 
 _ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
@@ -71,7 +73,7 @@ def check_in_shape(in_shape: Sequence[int], model: str, *, dims: tuple[int, ...]
         raise TypeError(f"{model}: in_shape must be a sequence of ints such as (1, 8, 8), got {in_shape!r}") from exc
     if len(shape) not in dims or any(d < 1 for d in shape):
         wanted = " or ".join(f"{d}-d" for d in dims)
-        raise ValueError(
+        raise InvalidValueError(
             f"{model}: in_shape must be a {wanted} shape of positive sizes without the batch axis "
             f"(e.g. (1, 8, 8) for digits, (3, 32, 32) for CIFAR, (40,) for MNIST-1D), got {in_shape!r}"
         )
@@ -81,7 +83,7 @@ def check_in_shape(in_shape: Sequence[int], model: str, *, dims: tuple[int, ...]
 def check_positive(value: float, name: str, model: str) -> None:
     """Raise a ``ValueError`` naming ``model`` and ``name`` unless ``value > 0``."""
     if not value > 0:
-        raise ValueError(f"{model}: {name} must be > 0, got {value!r}")
+        raise InvalidValueError(f"{model}: {name} must be > 0, got {value!r}")
 
 
 def conv_layers(in_shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...], type, type, type, type]:

@@ -16,6 +16,7 @@ from nnteleport.models._common import (
     conv_layers,
     make_activation,
 )
+from nnteleport.user_errors import InvalidValueError
 
 
 class Bottleneck(nn.Module):
@@ -96,9 +97,9 @@ class DenseNet(nn.Module):
         check_positive(num_classes, "num_classes", "densenet")
         check_positive(growth_rate, "growth_rate", "densenet")
         if not 0 < reduction <= 1:
-            raise ValueError(f"densenet: reduction must be in (0, 1], got {reduction!r}")
+            raise InvalidValueError(f"densenet: reduction must be in (0, 1], got {reduction!r}")
         if len(blocks) < 1 or any(int(n) < 1 for n in blocks):
-            raise ValueError(f"densenet: blocks must be positive ints, got {blocks!r}")
+            raise InvalidValueError(f"densenet: blocks must be positive ints, got {blocks!r}")
         channels, rank, spatial, conv, bn, _, avgpool = conv_layers(shape)
         self._unsqueeze = len(shape) == 1
         size = min(spatial)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nnteleport.models._common import Activation, check_in_shape, check_positive, make_activation
+from nnteleport.user_errors import InvalidValueError
 
 
 class MLP(nn.Module):
@@ -46,7 +47,7 @@ class MLP(nn.Module):
         shape = check_in_shape(in_shape, "mlp", dims=(1, 2, 3, 4))
         check_positive(num_classes, "num_classes", "mlp")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"mlp: dropout must be in [0, 1), got {dropout!r}")
+            raise InvalidValueError(f"mlp: dropout must be in [0, 1), got {dropout!r}")
         self.in_features = math.prod(shape)
         layers: list[nn.Module] = []
         width = self.in_features

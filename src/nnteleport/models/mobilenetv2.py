@@ -16,6 +16,7 @@ from nnteleport.models._common import (
     make_activation,
     scaled,
 )
+from nnteleport.user_errors import InvalidValueError
 
 #: (expansion t, output channels c, blocks n, stride s) of Sandler et al. 2018, Table 2, with the second
 #: stage's stride set to 1 for 32x32 inputs (the usual CIFAR adaptation).
@@ -101,7 +102,7 @@ class MobileNetV2(nn.Module):
         check_positive(num_classes, "num_classes", "mobilenetv2")
         check_positive(width, "width", "mobilenetv2")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"mobilenetv2: dropout must be in [0, 1), got {dropout!r}")
+            raise InvalidValueError(f"mobilenetv2: dropout must be in [0, 1), got {dropout!r}")
         channels, rank, _, conv, bn, _, _ = conv_layers(shape)
         self._unsqueeze = len(shape) == 1
         planes = scaled(32, width)

@@ -17,6 +17,7 @@ from nnteleport.models._common import (
     make_activation,
     scaled,
 )
+from nnteleport.user_errors import InvalidValueError
 
 
 class BasicBlock(nn.Module):
@@ -87,7 +88,7 @@ class ResNet(nn.Module):
         check_positive(num_classes, "num_classes", "resnet18")
         check_positive(width, "width", "resnet18")
         if len(blocks) != 4 or any(int(n) < 1 for n in blocks):
-            raise ValueError(f"resnet18: blocks must be 4 positive ints (one per stage), got {blocks!r}")
+            raise InvalidValueError(f"resnet18: blocks must be 4 positive ints (one per stage), got {blocks!r}")
         channels, rank, _, conv, bn, _, _ = conv_layers(shape)
         self._unsqueeze = len(shape) == 1
         planes = scaled(64, width)

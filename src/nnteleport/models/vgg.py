@@ -16,6 +16,7 @@ from nnteleport.models._common import (
     make_activation,
     scaled,
 )
+from nnteleport.user_errors import InvalidValueError
 
 #: Layer configurations of Simonyan & Zisserman (numbers: 3x3 conv output channels, "M": 2x2 max pooling).
 CONFIGS: dict[str, list[int | str]] = {
@@ -86,7 +87,7 @@ class VGG(nn.Module):
         check_positive(width, "width", "vgg")
         if isinstance(config, str):
             if config not in CONFIGS:
-                raise ValueError(f"vgg: unknown config {config!r}; choose one of: {', '.join(CONFIGS)}")
+                raise InvalidValueError(f"vgg: unknown config {config!r}; choose one of: {', '.join(CONFIGS)}")
             config = CONFIGS[config]
         channels, _, spatial, conv, bn, maxpool, _ = conv_layers(shape)
         self._unsqueeze = len(shape) == 1
@@ -99,7 +100,7 @@ class VGG(nn.Module):
                     size = [s // 2 for s in size]
                 continue
             if not isinstance(item, int) or item < 1:
-                raise ValueError(f"vgg: config entries must be positive ints or 'M', got {item!r}")
+                raise InvalidValueError(f"vgg: config entries must be positive ints or 'M', got {item!r}")
             out = scaled(item, width)
             layers.append(conv(channels, out, kernel_size=3, padding=1, bias=not batchnorm))
             if batchnorm:
