@@ -125,6 +125,23 @@ class TeleportReport:
         return "\n".join(lines)
 
 
+def _still(o: Any, i: Any, numel: int) -> int:
+    """Elements of a parameter with ``t[o] / t[i]`` identically 1 (both indices 0), ``o``/``i`` broadcasting
+    against it, counted without materialising the parameter's shape when the two index tensors vary along
+    different axes (``(O, 1)`` and ``(1, I)`` for a linear weight: counting over ``O * I`` took 0.35 s for AlexNet)."""
+    zo = o == 0
+    if i is None:
+        return int(zo.sum()) * (numel // max(zo.numel(), 1))
+    zi = i == 0
+    n = max(zo.dim(), zi.dim())
+    so = (1,) * (n - zo.dim()) + tuple(zo.shape)
+    si = (1,) * (n - zi.dim()) + tuple(zi.shape)
+    if all(a == 1 or b == 1 for a, b in zip(so, si)):  # disjoint axes: the count factorises
+        return int(zo.sum()) * int(zi.sum()) * (numel // max(zo.numel() * zi.numel(), 1))
+    both = zo & zi
+    return int(both.sum()) * (numel // max(both.numel(), 1))
+
+
 def build_report(
     model: nn.Module,
     state: Any,
@@ -152,11 +169,7 @@ def build_report(
         p = params.get(name)
         if p is None:
             continue
-        m = o != 0
-        if i is not None:
-            m = m | (i != 0)
-        # m broadcasts against p (e.g. (O, I, 1, 1) for a conv kernel): count without materialising p's shape
-        moving += int(m.sum()) * (p.numel() // max(m.numel(), 1))
+        moving += p.numel() - _still(o, i, p.numel())
     groups = [
         {
             "name": g.name,
