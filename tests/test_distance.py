@@ -465,3 +465,26 @@ def test_invariant_resume_and_errors():
     torch.testing.assert_close(restored(), dist(), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="invariant=True"):
         CheckpointDistance(model, sigma=2.0).load_state_dict(state)
+
+
+def test_non_finite_strength_and_checkpoints_are_refused():
+    from nnteleport.user_errors import InvalidValueError
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidValueError, match="strength must be finite"):
+            CheckpointDistance(model, strength=bad)
+    # a schedule that becomes NaN later is caught when it gets there
+    d = CheckpointDistance(model, strength=lambda e: 1.0 if e < 1 else float("nan"))
+    with pytest.raises(InvalidValueError, match="strength must be finite, got nan at epoch 1"):
+        d.step()
+    d = CheckpointDistance(model)
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state["0.weight"][1, 2] = float("nan")
+    with pytest.raises(InvalidValueError, match=r"parameter '0\.weight' has 1 NaN/infinite value"):
+        d.add_checkpoint(state)
+    assert len(d) == 0
+    with torch.no_grad():
+        model[2].bias.fill_(float("inf"))  # a diverged model
+    with pytest.raises(InvalidValueError, match=r"parameter '2\.bias' has 2 NaN/infinite"):
+        d.add_checkpoint()

@@ -567,3 +567,25 @@ def test_zero_skeleton_weight_and_bad_option_raise():
         GSpace(model, skeleton="diag")
     with pytest.raises(ValueError, match="shape"):
         GSpace(model).load_values(torch.zeros(3, dtype=DT))
+
+
+def test_deep_float32_chain_underflow_is_named_not_called_dead():
+    from nnteleport.errors import UnsupportedModelError
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(100):
+        layers += [nn.Linear(8, 8), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(8, 2))
+    with pytest.raises(UnsupportedModelError, match=r"underflows float32 .*no neuron is dead: use float64") as e:
+        GSpace(model)
+    assert "the neuron is dead" not in str(e.value) and "coordinates are undefined" not in str(e.value)
+    assert GSpace(model.double()).dim > 0  # float64 reaches that deep
+
+
+def test_bare_single_layer_gets_a_message_about_the_layer():
+    from nnteleport.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"bare Linear layer; one layer has no hidden neurons") as e:
+        GSpaceOptimizer(nn.Linear(4, 3), torch.optim.SGD, lr=0.1)
+    assert "use nn.Linear" not in str(e.value)

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nnteleport.user_errors import InvalidValueError
+
 __all__ = [
     "CheckpointDistance",
     "CheckpointSchedule",
@@ -531,6 +533,7 @@ class CheckpointDistance:
                 )
             self._balancer, _ = _structure(model, example_input)
         self._check_sigma()
+        self._check_strength()
 
     # -- schedules ------------------------------------------------------------------------------------
     @property
@@ -546,13 +549,24 @@ class CheckpointDistance:
     def _check_sigma(self) -> float:
         sigma = self.sigma
         if self.kernel is Kernel.RBF and not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"CheckpointDistance: sigma must be > 0 and finite, got {sigma} at epoch {self.epoch}")
+            raise InvalidValueError(
+                f"CheckpointDistance: sigma must be > 0 and finite, got {sigma} at epoch {self.epoch}"
+            )
         return sigma
+
+    def _check_strength(self) -> float:
+        strength = self.strength
+        if not math.isfinite(strength):
+            raise InvalidValueError(
+                f"CheckpointDistance: strength must be finite, got {strength} at epoch {self.epoch}"
+            )
+        return strength
 
     def step(self) -> None:
         """Advance the epoch counter of the ``sigma`` / ``strength`` schedules by one."""
         self.epoch += 1
         self._check_sigma()
+        self._check_strength()
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _current(self) -> list[Tensor]:
@@ -587,7 +601,15 @@ class CheckpointDistance:
                     f"CheckpointDistance: checkpoint parameter {n!r} has shape {tuple(t.shape)}, the model's "
                     f"has {tuple(own[n].shape)} -- checkpoint of another model?"
                 )
-            out.append(t.detach().to(device=own[n].device, dtype=own[n].dtype).clone())
+            stored = t.detach().to(device=own[n].device, dtype=own[n].dtype).clone()
+            if not bool(torch.isfinite(stored).all()):
+                bad = int((~torch.isfinite(stored)).sum())
+                raise InvalidValueError(
+                    f"CheckpointDistance.add_checkpoint: parameter {n!r} has {bad} NaN/infinite value(s); a "
+                    "non-finite checkpoint would make the penalty NaN for the rest of training (has the run "
+                    "diverged?)"
+                )
+            out.append(stored)
         return out
 
     def _canonical(self, tensors: list[Tensor], *, warm: bool) -> tuple[dict[int, Tensor], Tensor]:

@@ -68,6 +68,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.optim import optimizer as _optim_mod
 
 from nnteleport import _native
+from nnteleport.errors import UnsupportedModelError
 
 # the global optimizer step hooks (``register_optimizer_step_pre/post_hook``), run by GSpaceOptimizer.step itself
 _GLOBAL_PRE_HOOKS: dict[int, Any] = getattr(_optim_mod, "_global_optimizer_pre_hooks", {})
@@ -211,6 +212,12 @@ def trace_chain(model: nn.Module) -> list[ChainLayer]:
         parametrised modules, non-homogeneous activations between layers, grouped or transposed convolutions,
         modules called twice, models that ``torch.fx`` cannot trace.
     """
+    if isinstance(model, (nn.Linear, _ConvNd)):
+        raise UnsupportedModelError(
+            f"GSpace: the model is a bare {type(model).__name__} layer; one layer has no hidden neurons, so its "
+            "G-space is its weight space (no rescaling symmetry to remove): use a plain torch.optim optimizer, or "
+            "wrap it as nn.Sequential(layer) to use the G-space machinery anyway"
+        )
     try:
         graph = fx.Tracer().trace(model)
     except Exception as exc:  # fx raises many exception types
@@ -422,8 +429,9 @@ class GSpace:
                 row, pos = k % nxt.out, torch.full_like(k, rep // 2)
             flat = row * cols + k * rep + pos
             self._succ_flat[i] = flat
-            S[i] = mats[i + 1].reshape(-1)[flat] * S[i + 1][row]
-            self._check_nonzero(S[i], i, "outgoing skeleton path (suffix product S)")
+            w_skel = mats[i + 1].reshape(-1)[flat]
+            S[i] = w_skel * S[i + 1][row]
+            self._check_nonzero(S[i], i, "outgoing skeleton path (suffix product S)", w_skel, L - 1 - i)
         # pred: forwards from the input
         self._pred_flat: list[Tensor] = []
         P_prev = torch.ones(self.layers[0].sources, dtype=self._dtype, device=self._device)
@@ -438,22 +446,38 @@ class GSpace:
                 col = (r % lay.sources) * rep + rep // 2
             flat = r * cols + col
             self._pred_flat.append(flat)
-            P_prev = P_prev[col // rep] * mats[i].reshape(-1)[flat]
-            self._check_nonzero(P_prev, i, "incoming prefix path (prefix product P)")
+            w_skel = mats[i].reshape(-1)[flat]
+            P_prev = P_prev[col // rep] * w_skel
+            self._check_nonzero(P_prev, i, "incoming prefix path (prefix product P)", w_skel, i + 1)
 
-    def _check_nonzero(self, x: Tensor, i: int, what: str) -> None:
+    def _check_nonzero(self, x: Tensor, i: int, what: str, factor: Tensor | None, depth: int) -> None:
+        """Refuse zero / non-finite path products, saying whether a weight is zero or the product under- or
+        overflowed the dtype (``depth`` skeleton weights multiplied; each one is non-zero)."""
         bad = (x == 0) | ~torch.isfinite(x)
-        if bool(bad.any()):
-            idx = bad.nonzero().flatten()[:5].tolist()
-            hint = (
-                "use skeleton='greedy'"
-                if self.skeleton is Skeleton.DIAGONAL
-                else "the neuron is dead (all its weights on that side are zero); remove or re-initialise it"
+        if not bool(bad.any()):
+            return
+        idx = bad.nonzero().flatten()[:5].tolist()
+        name = self.layers[i].name
+        dead = bad & (factor == 0) if factor is not None else torch.zeros_like(bad)
+        if not bool(dead.any()):
+            finfo = torch.finfo(x.dtype)
+            kind = "overflows" if bool((~torch.isfinite(x[bad])).any()) else "underflows"
+            raise UnsupportedModelError(
+                f"GSpace: the {what} of neurons {idx} of layer {name!r} {kind} {str(x.dtype).removeprefix('torch.')} "
+                f"(a product of {depth} non-zero skeleton weights, beyond the range {finfo.tiny:.1e} .. "
+                f"{finfo.max:.1e}); no neuron is dead: use float64 (model.double()), which reaches much deeper, or "
+                "a shallower network"
             )
-            raise ValueError(
-                f"neurons {idx} of layer {self.layers[i].name!r} have a zero or non-finite {what}: their "
-                f"G-space coordinates are undefined (a zero skeleton weight); {hint}"
-            )
+        hint = (
+            "use skeleton='greedy'"
+            if self.skeleton is Skeleton.DIAGONAL
+            else "the neuron is dead (all its weights on that side are zero); remove or re-initialise it"
+        )
+        idx = dead.nonzero().flatten()[:5].tolist()
+        raise UnsupportedModelError(
+            f"GSpace: neurons {idx} of layer {name!r} have a zero or non-finite {what}: their "
+            f"G-space coordinates are undefined (a zero skeleton weight); {hint}"
+        )
 
     @torch.no_grad()
     def _build_indices(self) -> None:
@@ -522,9 +546,9 @@ class GSpace:
         self._root_pred_global = self._pred_global[self._root]
         self._hid_off = hid_off
         self._refresh_suffix()
-        for i, (P, S) in enumerate(zip(*self.path_factors())):
-            self._check_nonzero(S, i, "outgoing skeleton path (suffix product S)")
-            self._check_nonzero(P, i, "incoming prefix path (prefix product P)")
+        for i, (P, S) in enumerate(zip(*self.path_factors())):  # skeleton weights checked non-zero by _select
+            self._check_nonzero(S, i, "outgoing skeleton path (suffix product S)", None, L - 1 - i)
+            self._check_nonzero(P, i, "incoming prefix path (prefix product P)", None, i + 1)
         self._build_kernels()
 
     @torch.no_grad()
