@@ -123,6 +123,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], n_inputs: int | None = None) -> None:
         super().__init__()
         self.n_inputs = n_inputs
+        self._param_names: dict[int, str] | None = None
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
         self.stack: list[str] = []
@@ -150,6 +151,20 @@ class _Tracer(fx.Tracer):
             raise
         finally:
             self.stack.pop()
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """As ``torch.fx.Tracer.getattr``, with parameters found by a dictionary: fx searches
+        ``root.named_parameters()`` on every attribute access (a quarter of the analysis time of ConvNeXt, whose
+        layer scales are read in forward)."""
+        if isinstance(attr_val, nn.Parameter) and not self.param_shapes_constant:
+            if self._param_names is None:
+                self._param_names = {id(p): n for n, p in self.root.named_parameters()}
+            name = self._param_names.get(id(attr_val))
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
         """Trace ``forward`` as called with the example inputs only: parameters after them keep their defaults
@@ -508,6 +523,7 @@ class _Walker(fx.Interpreter):
         self.state = state
         self.graph_mode = graph_mode
         self.spaces: dict[fx.Node, Any] = {}
+        self.axis0_varies = False  # some space has different factors along its first axis (the batch axis?)
         self.submodules = dict(gm.named_modules())
         self.calls: dict[str, int] = {}
         for n in gm.graph.nodes:
@@ -529,7 +545,9 @@ class _Walker(fx.Interpreter):
             out = super().run_node(n)
         except Exception as exc:
             raise _NodeFailed(n, exc) from exc
-        self.spaces[n] = self._space(n, out)
+        S = self.spaces[n] = self._space(n, out)
+        if not self.axis0_varies:
+            self.axis0_varies = any(t.dim() and t.shape[0] > 1 and bool((t != t[:1]).any()) for t in _tensors(S))
         return out
 
     def _space(self, n: fx.Node, out: Any) -> Any:
@@ -1041,8 +1059,10 @@ def analyze(
 
     * ``train()``/``eval()`` and ``torch.is_grad_enabled()``: the model is traced in all four combinations and the
       constraints of the distinct graphs are combined, so one plan holds in every mode;
-    * the batch size: the graphs are also run on the example batch with one more sample, and the constraints of
-      both runs combined (a model that mixes samples along the batch axis has its mixed spaces pinned);
+    * the batch size: every rule sees spaces, not values, so a plan depends on the batch size only where a space
+      has different factors along the first (batch) axis -- a model that mixes samples, ``torch.cat([h, g])[2:4]``.
+      Where that happens, the graph is also run on the example batch with one more sample and the constraints of
+      both runs combined, which pins the mixed spaces;
     * plain Python attributes of the modules (``self.use_skip = False``), hooks and replaced methods are part of
       the cache key: changing one re-analyses. Global state the forward reads (a module-level flag) is not seen.
 
@@ -1095,8 +1115,8 @@ def analyze(
                 codes.add(code)
                 graphs.append(graph)
                 gm = fx.GraphModule(model, graph)
-                _walk(model, gm, state, mode, inputs, training)
-                variant = _batch_variant(inputs)
+                walker = _walk(model, gm, state, mode, inputs, training)
+                variant = _batch_variant(inputs) if walker.axis0_varies else None
                 if variant is not None:
                     try:
                         _Walker(gm, state, graph_mode=mode is Functional.GRAPH).run(*variant)
@@ -1111,10 +1131,11 @@ def analyze(
 
 def _walk(
     model: nn.Module, gm: fx.GraphModule, state: _State, mode: Functional, inputs: tuple[Tensor, ...], training: bool
-) -> None:
+) -> _Walker:
     walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
     try:
         walker.run(*(t.clone() for t in inputs))  # a forward that writes into its input must not change x
+        return walker
     except _NodeFailed as failed:
         exc, node = failed.exc, failed.node
         try:
