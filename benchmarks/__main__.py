@@ -10,7 +10,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench_teleport", "bench_gspace", "bench_fixing", "bench_distance", "bench_training"]
+BENCHMARKS = [
+    "bench_teleport",
+    "bench_gspace",
+    "bench_fixing",
+    "bench_distance",
+    "bench_canonicalize",
+    "bench_training",
+]
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import bench_fixing, bench_gspace
+from benchmarks import bench_canonicalize, bench_fixing, bench_gspace
 
 from nnteleport import _native
 
@@ -33,3 +33,10 @@ def test_bench_fixing_runs():
     for name in bench_fixing.OPTIMIZERS:
         assert math.isfinite(res[name]["step_ratio"]) and res[name]["iter_fixed_us"] > 0
     assert all(res[f"fix_weights({s})"]["setup_ms"] > 0 for s in ("diagonal", "hungarian"))
+
+
+def test_bench_canonicalize_runs():
+    rows = bench_canonicalize.bench([3, 6], reps=1, gs_max_depth=6)
+    assert [r["depth"] for r in rows] == [3, 6]
+    for r in rows:
+        assert r["seconds"] > 0 and r["newton_steps"] >= 1 and r["gs_sweeps"] >= 1 and r["imbalance"] <= 1e-10

@@ -488,3 +488,29 @@ def test_non_finite_strength_and_checkpoints_are_refused():
         model[2].bias.fill_(float("inf"))  # a diverged model
     with pytest.raises(InvalidValueError, match=r"parameter '2\.bias' has 2 NaN/infinite"):
         d.add_checkpoint()
+
+
+@engine
+def test_newton_balancing_matches_gauss_seidel_and_does_not_need_more_steps_with_depth():
+    from nnteleport.distance import _structure
+
+    def chain(depth):
+        torch.manual_seed(depth)
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Linear(6, 6), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(6, 2)).double()
+
+    steps = {}
+    for depth in (4, 12, 60):
+        model = chain(depth)
+        bal, _ = _structure(model, torch.randn(3, 6, dtype=torch.float64))
+        masses = bal.masses(list(model.parameters()), torch.float64)
+        u_newton, steps[depth], left = bal.solve(masses, tol=1e-12, max_iter=100, method="newton")
+        assert left <= 1e-12
+        if depth <= 12:  # Gauss-Seidel needs O(depth^2) sweeps: compared where that is cheap
+            u_gs, sweeps, _ = bal.solve(masses, tol=1e-13, max_iter=200_000, method="gauss-seidel")
+            torch.testing.assert_close(u_newton, u_gs, rtol=0, atol=1e-9)
+            assert sweeps > 5 * steps[depth]
+    assert steps[60] <= steps[4] + 6  # (5, 7, 9, 11 steps at 20, 80, 300, 1000 layers: benchmarks)
+    assert bal.solve(masses, tol=1e-12, max_iter=100)[1] == steps[60]  # "auto" picks Newton for a cold start

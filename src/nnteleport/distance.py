@@ -187,31 +187,49 @@ class _Balancer:
             ii = _pad_index(in_idx, ndim, device)
             red = tuple(d for d in range(ndim) if oi.shape[d] == 1 and (ii is None or ii.shape[d] == 1))
             self.entries.append((i, oi, ii, red))
-        # which entries touch which group (on the out or in side), and self-coupling
-        touch: list[set[int]] = []
-        coupled: list[bool] = []
-        for a, b in self.groups:
-            touching, is_coupled = set(), False
-            for j, (_, oi, ii, _) in enumerate(self.entries):
-                o_hit = bool(((oi >= a) & (oi < b)).any())
-                i_hit = ii is not None and bool(((ii >= a) & (ii < b)).any())
-                if o_hit or i_hit:
-                    touching.add(j)
-                is_coupled |= o_hit and i_hit
-            touch.append(touching)
-            coupled.append(is_coupled)
+        # which entries touch which group (on the out or in side), and self-coupling: one pass over the entries
+        # (each entry's distinct indices are located among the group ranges by a sorted search), so the set-up
+        # is linear in the number of layers
+        G = len(self.groups)
+        starts = torch.tensor([a for a, _ in self.groups], dtype=torch.long)
+        stops = torch.tensor([b for _, b in self.groups], dtype=torch.long)
+
+        def groups_of(idx: Tensor | None) -> set[int]:
+            if idx is None or G == 0:
+                return set()
+            vals = torch.unique(idx.detach().to("cpu").reshape(-1))
+            g = torch.searchsorted(starts, vals, right=True) - 1
+            ok = (g >= 0) & (vals < stops[g.clamp(min=0)])
+            return set(g[ok].tolist())
+
+        touch: list[set[int]] = [set() for _ in range(G)]
+        coupled: list[bool] = [False] * G
+        entry_groups: list[set[int]] = []
+        for j, (_, oi, ii, _) in enumerate(self.entries):
+            o_groups, i_groups = groups_of(oi), groups_of(ii)
+            for g in o_groups | i_groups:
+                touch[g].add(j)
+            for g in o_groups & i_groups:
+                coupled[g] = True
+            entry_groups.append(o_groups | i_groups)
+        neighbours: list[set[int]] = [set() for _ in range(G)]
+        for gs in entry_groups:
+            for g in gs:
+                neighbours[g] |= gs - {g}
         # colour classes: groups sharing no parameter are independent given the others, so one class is
         # updated at once (red-black Gauss-Seidel; one class per sweep for BatchNorm nets, two for a chain)
-        colour: list[int] = []
-        for g in range(len(self.groups)):
+        colour: list[int] = [-1] * G
+        for g in range(G):
             if coupled[g]:
-                colour.append(-1)
                 continue
-            used = {colour[h] for h in range(g) if colour[h] >= 0 and touch[g] & touch[h]}
-            colour.append(next(c for c in range(len(self.groups) + 1) if c not in used))
+            used = {colour[h] for h in neighbours[g] if h < g and colour[h] >= 0}
+            colour[g] = next(c for c in range(G + 1) if c not in used)
+        by_colour: dict[int, list[int]] = {}
+        for g in range(G):
+            by_colour.setdefault(colour[g], []).append(g)
         self.classes: list[tuple[list[int], Tensor, bool]] = []
-        for c in sorted(set(colour)):
-            members = [g for g in range(len(self.groups)) if colour[g] == c]
+        for c in sorted(by_colour):
+            members = by_colour[c]
             for chunk in [members] if c >= 0 else [[g] for g in members]:
                 entries = sorted(set().union(*(touch[g] for g in chunk)))
                 pos = torch.cat([torch.arange(*self.groups[g]) for g in chunk]).to(device)
@@ -246,9 +264,110 @@ class _Balancer:
         return inc, outg, total
 
     def solve(
-        self, masses: list[Tensor], u0: Tensor | None = None, tol: float = 1e-10, max_iter: int = 1000
+        self,
+        masses: list[Tensor],
+        u0: Tensor | None = None,
+        tol: float = 1e-10,
+        max_iter: int = 1000,
+        method: str = "auto",
     ) -> tuple[Tensor, int, float]:
-        """Return ``(u, sweeps, last_step)``: log-factors of the balanced point, sweeps used, max |step|."""
+        """Return ``(u, iterations, last_step)``: log-factors of the balanced point, iterations used, and the
+        largest Gauss-Seidel step ``|log(O_k / I_k)| / 4`` left (``<= tol`` when converged).
+
+        ``method``: ``"gauss-seidel"`` (block sweeps; cheap per sweep, but on a chain of ``L`` layers a
+        perturbation travels one layer per sweep, so a cold start needs ``O(L^2)`` sweeps), ``"newton"``
+        (damped Newton on the convex ``F(log t)``; each step solves one sparse system whose pattern is the
+        neuron-coupling graph -- block tridiagonal for a chain, linear in ``L`` -- and the number of steps does
+        not grow with depth), or ``"auto"``: Gauss-Seidel when one sweep is exact (BatchNorm nets) or when
+        warm-started from ``u0`` (the penalty's per-step update), Newton otherwise.
+        """
+        if method == "auto":
+            method = "gauss-seidel" if (self.exact_in_one_sweep or u0 is not None) else "newton"
+        if method == "newton":
+            return self._solve_newton(masses, u0, tol, max_iter)
+        if method != "gauss-seidel":
+            raise ValueError(f"unknown balancing method {method!r}; choose auto, newton or gauss-seidel")
+        return self._solve_gauss_seidel(masses, u0, tol, max_iter)
+
+    def _edges(self, masses: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Every mass entry as an edge ``(out, in, m)`` of ``F = sum m exp(2 u[out] - 2 u[in])`` (in = 0: pinned)."""
+        outs, ins, ms = [], [], []
+        for j, (_, oi, ii, _) in enumerate(self.entries):
+            m = masses[j]
+            shape = torch.broadcast_shapes(m.shape, oi.shape, () if ii is None else ii.shape)
+            outs.append(oi.expand(shape).reshape(-1))
+            ins.append(torch.zeros_like(outs[-1]) if ii is None else ii.expand(shape).reshape(-1))
+            ms.append(m.expand(shape).reshape(-1))
+        if not ms:
+            z = torch.zeros(0, dtype=torch.long, device=self.device)
+            return z, z, torch.zeros(0, dtype=torch.float64, device=self.device)
+        o, i, m = torch.cat(outs), torch.cat(ins), torch.cat(ms)
+        keep = (o != i) & (m > 0)  # a self-loop's term does not depend on u; a zero mass is no term at all
+        return o[keep], i[keep], m[keep]
+
+    def _solve_newton(
+        self, masses: list[Tensor], u0: Tensor | None, tol: float, max_iter: int
+    ) -> tuple[Tensor, int, float]:
+        import numpy as np
+        import scipy.sparse as sp
+        import scipy.sparse.linalg as spla
+
+        dtype = masses[0].dtype if masses else torch.float64
+        o_t, i_t, m_t = self._edges(masses)
+        o, i = o_t.cpu().numpy(), i_t.cpu().numpy()
+        m = m_t.to("cpu", torch.float64).numpy()
+        n = self.num
+        u = np.zeros(n) if u0 is None else u0.detach().to("cpu", torch.float64).numpy().copy()
+        in_mass = np.bincount(o, weights=m, minlength=n)  # neuron k's incoming mass (edges into k) at u = 0
+        out_mass = np.bincount(i, weights=m, minlength=n)
+        in_group = np.zeros(n, dtype=bool)
+        for a, b in self.groups:
+            in_group[a:b] = True
+        # neurons with no incoming or no outgoing mass keep their factor (the infimum is not attained there)
+        free = np.flatnonzero(in_group & (in_mass > 0) & (out_mass > 0))
+        pos = np.full(n, -1)
+        pos[free] = np.arange(len(free))
+
+        def energy(v: np.ndarray) -> tuple[float, np.ndarray]:
+            e = m * np.exp(2.0 * (v[o] - v[i]))
+            return float(e.sum()), e
+
+        f, e = energy(u)
+        step_max = math.inf
+        for it in range(1, max_iter + 1):
+            inc = np.bincount(o, weights=e, minlength=n)
+            outg = np.bincount(i, weights=e, minlength=n)
+            step_max = float(np.max(np.abs(0.25 * (np.log(outg[free]) - np.log(inc[free]))), initial=0.0))
+            if step_max <= tol or len(free) == 0:
+                return torch.as_tensor(u, dtype=dtype, device=self.device), it - 1, step_max
+            grad = 2.0 * (inc - outg)[free]
+            diag = 4.0 * (inc + outg)[free]
+            both = (pos[o] >= 0) & (pos[i] >= 0)
+            r, c, w = pos[o[both]], pos[i[both]], -4.0 * e[both]
+            hess = sp.coo_matrix(
+                (np.concatenate([diag, w, w]), (np.concatenate([np.arange(len(free)), r, c]),
+                                                np.concatenate([np.arange(len(free)), c, r]))),
+                shape=(len(free), len(free)),
+            ).tocsc()  # fmt: skip
+            hess = hess + sp.identity(len(free), format="csc") * (1e-12 * float(diag.max()))
+            d = spla.spsolve(hess, -grad)
+            slope = float(grad @ d)
+            alpha = 1.0
+            while True:  # backtracking (Armijo): F is convex, the Newton direction descends
+                trial = u.copy()
+                trial[free] += alpha * d
+                f_new, e_new = energy(trial)
+                if f_new <= f + 1e-4 * alpha * slope or alpha < 1e-10:
+                    break
+                alpha *= 0.5
+            if f_new > f:  # no progress possible at this precision
+                break
+            u, f, e = trial, f_new, e_new
+        return torch.as_tensor(u, dtype=dtype, device=self.device), max_iter, step_max
+
+    def _solve_gauss_seidel(
+        self, masses: list[Tensor], u0: Tensor | None, tol: float, max_iter: int
+    ) -> tuple[Tensor, int, float]:
         dtype = masses[0].dtype if masses else torch.float64
         device = self.device
         u = torch.zeros(self.num, dtype=dtype, device=device) if u0 is None else u0.to(dtype).clone()
