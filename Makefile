@@ -1,9 +1,12 @@
 # The two commands of the README's quick start are `make demo` and `make test`.
-# Both create .venv (CPU build of PyTorch, no CUDA download) and install the package into it.
+# Both create .venv, install torch ($(TORCH_SPEC)) and the package into it. pip takes torch from wherever it is
+# configured to look: on Linux, PyPI's torch is the CUDA build (several GB of nvidia-* wheels); set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (macOS and Windows wheels are CPU builds).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 OUT ?= demo_out
 
 .PHONY: install demo test test-slow test-all lint bench
@@ -13,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
