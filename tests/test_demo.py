@@ -70,7 +70,7 @@ def test_failed_experiment_is_shown_and_raised(tmp_path):
     with pytest.raises(RuntimeError, match="weight-histograms failed"):
         run_demo(tmp_path, progress=False, workers=1, experiments=["weight-histograms"], configs=bad, coverage=False)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "This experiment failed" in page and "'everything' is not allowed" in page
+    assert "This experiment failed" in page and "&#x27;everything&#x27; is not allowed" in page  # HTML-escaped
 
 
 def test_unknown_demo_experiment():
