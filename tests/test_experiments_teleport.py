@@ -362,3 +362,30 @@ def test_calibrate_bn_sets_batch_statistics():
     torch.testing.assert_close(bn.running_mean, z.mean(0))
     torch.testing.assert_close(bn.running_var, z.var(0, unbiased=True))
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_training_numbers_do_not_depend_on_workers(tmp_path):
+    # the CLI's process has all cores; before, one worker ran in it with every thread and two workers got one
+    # thread each, and the histories differed at round-off
+    from nnteleport.experiments import training
+
+    # wide enough that one and two threads round differently (the 16-wide test MLP would hide it)
+    wide = {"model_kwargs": {"mlp": {"hidden": [256, 256]}}}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = training.run(_tiny_training_cfg(workers=1, **wide), tmp_path / "w1", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    two = training.run(_tiny_training_cfg(workers=2, **wide), tmp_path / "w2", progress=False)
+    assert one["gaps"] == two["gaps"]
+
+    def histories(out):
+        res = {}
+        for p in sorted((out / "runs").glob("*/result.json")):
+            h = json.loads(p.read_text())["result"]["history"]
+            h.pop("seconds")
+            res[p.parent.name] = h
+        return res
+
+    assert histories(tmp_path / "w1") == histories(tmp_path / "w2") and len(histories(tmp_path / "w1")) == 4

@@ -174,3 +174,28 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     assert proc.returncode == 130 and "second SIGINT: stopped at once" in err, err
     time.sleep(0.3)
     assert not [p for p in workers if _alive(p)]
+
+
+def test_ctrl_c_stops_the_demo_with_its_workers(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NNTELEPORT_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "nnteleport", "demo", "--no-progress", "--out", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 3:  # two workers and multiprocessing's resource tracker
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        workers |= _children(proc.pid)
+        time.sleep(0.05)
+    time.sleep(2.0)  # the experiments are running
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < STOP_WITHIN_S
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "demo experiments finished" in lines[0], err
+    time.sleep(0.5)
+    assert not [p for p in workers if _alive(p)]
+    assert not list(tmp_path.rglob("*.tmp"))
