@@ -14,12 +14,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from nnteleport._atomic import tmp_path
 
 __all__ = [
     "COLORS",
@@ -73,10 +76,16 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON; creates the parent folder."""
+    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON, atomically; creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    tmp = tmp_path(path)  # atomic: an interrupted write never leaves half a results.json
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
