@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench_distance",
     "bench_canonicalize",
     "bench_training",
+    "bench_analysis",
 ]
 
 
