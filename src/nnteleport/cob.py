@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nnteleport.user_errors import InvalidArgumentError, InvalidValueError
+
 __all__ = ["CoB", "Sampling", "expected_squared_ratio", "sample_cob"]
 
 
@@ -35,7 +37,7 @@ class Sampling(str, Enum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown sampling {value!r}; allowed values: {allowed}") from None
+            raise InvalidValueError(f"unknown sampling {value!r}; allowed values: {allowed}") from None
 
 
 class CoB(Mapping[str, Tensor]):
@@ -87,25 +89,27 @@ def _validate_cob_range(cob_range: Any) -> float:
     try:
         s = float(cob_range)
     except (TypeError, ValueError):
-        raise TypeError(f"cob_range must be a number in (0, 1), got {cob_range!r}") from None
+        raise InvalidArgumentError(f"cob_range must be a number in (0, 1), got {cob_range!r}") from None
     if math.isnan(s) or not 0.0 < s < 1.0:
-        raise ValueError(f"cob_range must lie in the open interval (0, 1), got {cob_range!r}")
+        raise InvalidValueError(f"cob_range must lie in the open interval (0, 1), got {cob_range!r}")
     return s
 
 
 def _validate_against_plan(plan: Any, cob: Mapping[str, Any]) -> Tensor:
     if not isinstance(cob, Mapping):
-        raise TypeError(f"cob must be a CoB or a mapping group name -> factors, got {type(cob).__name__}")
+        raise InvalidArgumentError(f"cob must be a CoB or a mapping group name -> factors, got {type(cob).__name__}")
     unknown = [k for k in cob if k not in plan.groups]
     if unknown:
         known = ", ".join(repr(g) for g in plan.groups) or "(none: the model has no teleportable neuron)"
-        raise ValueError(f"CoB has unknown group(s) {unknown!r}; the model's groups are: {known}")
+        raise InvalidValueError(f"CoB has unknown group(s) {unknown!r}; the model's groups are: {known}")
     flat = torch.ones(plan.num_free, dtype=torch.float64)
     for name, factors in cob.items():
         g = plan.groups[name]
         t = torch.as_tensor(factors).detach()
         if t.dim() != 1 or t.numel() != g.size:
-            raise ValueError(f"CoB group {name!r} must be a 1-D tensor of {g.size} factors, got shape {tuple(t.shape)}")
+            raise InvalidValueError(
+                f"CoB group {name!r} must be a 1-D tensor of {g.size} factors, got shape {tuple(t.shape)}"
+            )
         flat[g.offset : g.offset + g.size] = t
     # checked once over the flat vector; the error names the group and neuron
     bad = ~torch.isfinite(flat) | (flat == 0) | ((flat < 0) & plan.positive_mask)
@@ -114,10 +118,10 @@ def _validate_against_plan(plan: Any, cob: Mapping[str, Any]) -> Tensor:
         g = next(g for g in plan.groups.values() if g.offset <= k < g.offset + g.size)
         v, j = float(flat[k]), k - g.offset
         if not math.isfinite(v):
-            raise ValueError(f"CoB group {g.name!r} contains NaN or inf factors (neuron {j})")
+            raise InvalidValueError(f"CoB group {g.name!r} contains NaN or inf factors (neuron {j})")
         if v == 0:
-            raise ValueError(f"CoB group {g.name!r} has a zero factor (neuron {j}); factors must be non-zero")
-        raise ValueError(
+            raise InvalidValueError(f"CoB group {g.name!r} has a zero factor (neuron {j}); factors must be non-zero")
+        raise InvalidValueError(
             f"CoB group {g.name!r}: neuron {j} must have a positive factor (it passes through a positively "
             f"homogeneous function that cannot hold a wrapper; see the report), got {v}"
         )

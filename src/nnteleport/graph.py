@@ -41,6 +41,7 @@ from nnteleport import inspection, rules
 from nnteleport.activation import TeleportedActivation, call_is_inplace
 from nnteleport.errors import UnsupportedModelError, UntraceableModelError
 from nnteleport.rules import Kind, _callable_name, zeros_like_space
+from nnteleport.user_errors import InvalidArgumentError, InvalidValueError
 
 __all__ = ["Functional", "GroupInfo", "TeleportPlan", "UntraceableModelError", "analyze"]
 
@@ -64,7 +65,7 @@ class Functional(str, enum.Enum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown functional mode {value!r}; allowed values: {allowed}") from None
+            raise InvalidValueError(f"unknown functional mode {value!r}; allowed values: {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -800,7 +801,7 @@ class TeleportPlan:
 
         flat = torch.as_tensor(flat)
         if flat.shape != (self.num_free,):
-            raise ValueError(f"flat CoB must have shape ({self.num_free},), got {tuple(flat.shape)}")
+            raise InvalidValueError(f"flat CoB must have shape ({self.num_free},), got {tuple(flat.shape)}")
         return CoB({g.name: flat[g.offset : g.offset + g.size] for g in self.groups.values()})
 
     def flat(self, cob: Any) -> Tensor:
@@ -924,7 +925,7 @@ def _as_inputs(x: Any) -> tuple[Tensor, ...]:
         return (x,)
     if isinstance(x, (tuple, list)) and x and all(isinstance(t, Tensor) for t in x):
         return tuple(x)
-    raise TypeError(
+    raise InvalidArgumentError(
         f"x must be an example input batch: a tensor or a tuple of tensors passed to forward(), got {type(x).__name__}"
     )
 
@@ -1075,13 +1076,13 @@ def analyze(
         When ``torch.fx`` cannot trace the model (data-dependent control flow).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_inputs(x)
     leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
     leaf_names = frozenset(t for t in leaf_modules if isinstance(t, str))
     bad = [t for t in leaf_modules if not isinstance(t, (type, str))]
     if bad:
-        raise TypeError(f"leaf_modules must hold module types or qualified names, got {bad!r}")
+        raise InvalidArgumentError(f"leaf_modules must hold module types or qualified names, got {bad!r}")
     mode = Functional.parse(functional)
     inspection.check_model(model)
     key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), mode)

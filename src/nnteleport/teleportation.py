@@ -63,7 +63,7 @@ class _Layout:
         for name, (o, i) in plan.param_scale_indices.items():
             p = params.get(name)
             if p is None:
-                raise ValueError(f"parameter {name!r} of the plan is missing from the model")
+                raise InvalidValueError(f"parameter {name!r} of the plan is missing from the model")
             if p.device != device:
                 continue
             self.names.append(name)
@@ -241,7 +241,7 @@ def teleport(
     _check_representable(model, plan, flat)
     rewrites = _functional_wrappers(plan, flat)
     if rewrites and inplace:
-        raise ValueError(
+        raise InvalidValueError(
             "functional='graph' with inplace=True: functional activation calls need wrappers, which requires a new "
             "GraphModule; use inplace=False (or functional='constrain')"
         )
