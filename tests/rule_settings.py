@@ -1214,3 +1214,23 @@ def all_cases() -> list[tuple[Any, Case]]:
 
 def case_id(key: Any, case: Case) -> str:
     return f"{key_name(key)}-{case.variant}"
+
+
+# ops that read only metadata of their input: a constant output, nothing pinned; a DropPath-style mask
+def _drop_path(m: Any, h: Tensor, x: Tensor) -> Tensor:
+    mask = h.new_empty((h.shape[0], 1)).bernoulli_(0.7)  # timm's drop_path, train mode
+    return h.div(0.7) * mask
+
+
+add("new_empty", C("drop-path-mask", _drop_path, "free"))
+add("new_zeros", C("plus-zeros", lambda m, h, x: h + h.new_zeros(h.shape), "pinned", reason="constant"))
+add("new_ones", C("times-ones", lambda m, h, x: h * h.new_ones((1, h.shape[1])), "free"))
+add("new_full", C("times-full", lambda m, h, x: h * h.new_full((1, h.shape[1]), 2.0), "free"))
+add("new_tensor", C("times-constant", lambda m, h, x: h * h.new_tensor([2.0]), "free"))
+add(torch.zeros_like, C("plus-zeros", lambda m, h, x: h + torch.zeros_like(h), "pinned", reason="constant"))
+add(torch.ones_like, C("times-ones", lambda m, h, x: h * torch.ones_like(h), "free"))
+add(torch.empty_like, C("filled", lambda m, h, x: h * torch.empty_like(h).fill_(3.0), "free"))
+add(torch.full_like, C("times-full", lambda m, h, x: h * torch.full_like(h, 0.5), "free"))
+add(torch.rand_like, C("random-mask", lambda m, h, x: h * (torch.rand_like(h) > 0.3), "free"))
+add(torch.randn_like, C("noise-added", lambda m, h, x: h + torch.randn_like(h), "pinned", reason="constant"))
+add(torch.randint_like, C("random-scale", lambda m, h, x: h * torch.randint_like(h, 1, 3), "free"))

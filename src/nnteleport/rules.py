@@ -634,6 +634,31 @@ register_function(torch.numel)(_no_tensor_output)
 register_method("size", "dim", "numel", "ndimension", "nelement", "get_device")(_no_tensor_output)
 
 
+@register_method("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor")
+@register_function(
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
+    torch.randint_like,
+)  # fmt: skip
+def metadata_rule(ctx: Any) -> Any:
+    """Ops that read only the shape, dtype and device of their tensor input (``x.new_empty(shape)``,
+    ``torch.zeros_like(x)``): the output does not depend on the input's values, so it is a constant and nothing is
+    pinned. timm's ``drop_path`` draws its mask as ``x.new_empty(...).bernoulli_(keep)``; the product of ``x`` with
+    that constant mask then keeps ``x``'s factors."""
+    for i in range(len(ctx.args)):
+        ctx.in_value(i)  # read: the values of every argument are irrelevant (a tensor argument only lends metadata)
+    for name in ctx.kwargs:
+        ctx.kwarg(name, 10**6, None)
+    if not all(isinstance(t, Tensor) for t in _flat_leaves(ctx.out)):
+        return fallback(ctx)
+    return zeros_like_space(ctx.out)
+
+
+def _flat_leaves(v: Any) -> list[Any]:
+    if isinstance(v, (tuple, list)):
+        return [x for e in v for x in _flat_leaves(e)]
+    return [v]
+
+
 @register_function(builtins.getattr)
 def getattr_rule(ctx: Any) -> Any:
     if not isinstance(ctx.out, Tensor):
