@@ -525,6 +525,7 @@ class _Walker(fx.Interpreter):
         self.graph_mode = graph_mode
         self.spaces: dict[fx.Node, Any] = {}
         self.axis0_varies = False  # some space has different factors along its first axis (the batch axis?)
+        self.batch: int | None = None  # the example's batch size, when all inputs share one
         self.submodules = dict(gm.named_modules())
         self.calls: dict[str, int] = {}
         for n in gm.graph.nodes:
@@ -547,9 +548,23 @@ class _Walker(fx.Interpreter):
         except Exception as exc:
             raise _NodeFailed(n, exc) from exc
         S = self.spaces[n] = self._space(n, out)
-        if not self.axis0_varies:
-            self.axis0_varies = any(t.dim() and t.shape[0] > 1 and bool((t != t[:1]).any()) for t in _tensors(S))
+        if not self.axis0_varies and S is not None:
+            self.axis0_varies = self._batch_dependent(out, S)
         return out
+
+    def _batch_dependent(self, out: Any, S: Any) -> bool:
+        """Whether a space has different factors along a first axis that can hold the batch (its length a multiple
+        of the example's batch size: ``torch.cat([h, g])`` has ``2 B`` rows; the ``3`` of a ``(3, B, H, N, D)``
+        query-key-value stack cannot)."""
+        if isinstance(out, Tensor):
+            if not isinstance(S, Tensor) or not S.dim() or S.shape[0] == 1:
+                return False
+            if self.batch and out.dim() and out.shape[0] % self.batch:
+                return False
+            return bool((S != S[:1]).any())
+        if isinstance(out, (tuple, list)) and isinstance(S, (tuple, list)):
+            return any(self._batch_dependent(o, s) for o, s in zip(out, S))
+        return False
 
     def _space(self, n: fx.Node, out: Any) -> Any:
         if n.op == "placeholder":
@@ -788,6 +803,7 @@ class TeleportPlan:
     report: Any = None
     functional_sites: list[ActivationSite] = field(default_factory=list)  # functional="graph": node names
     graph: fx.Graph | None = None  # functional="graph": the traced graph the wrappers are inserted into
+    constants: dict[str, Tensor] = field(default_factory=dict)  # functional="graph": the graph's tensor constants
     _device_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def ones(self) -> Any:
@@ -1004,17 +1020,29 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
                         now[k] = v
 
 
-def _graph_key(graph: fx.Graph) -> tuple:
+def _graph_key(graph: fx.Graph, root: nn.Module) -> tuple:
     """What a traced graph computes, as a hashable value (ops, targets, arguments with nodes by position), without
-    generating its Python code."""
+    generating its Python code. Tensor constants (``_tensor_constantN``, numbered anew by every trace) count by
+    the tensor they hold."""
     index: dict[fx.Node, int] = {}
     key = []
     for n in graph.nodes:
         index[n] = len(index)
         args = map_arg((n.args, n.kwargs), lambda a: _NodeRef(index[a]))
-        target = n.target if isinstance(n.target, str) else id(n.target)
+        target: Any = n.target if isinstance(n.target, str) else id(n.target)
+        if n.op == "get_attr" and str(n.target).startswith("_tensor_constant"):
+            target = ("tensor", _tensor_identity(getattr(root, n.target, None)))
         key.append((n.op, target, repr(args)))
     return tuple(key)
+
+
+def _tensor_identity(t: Any) -> Any:
+    """A tensor constant by its contents (computed anew by every trace: ``buffer.view(-1)``), by identity when
+    large."""
+    if not isinstance(t, Tensor) or t.numel() > 1 << 20:
+        return id(t)
+    data = t.detach().reshape(-1).contiguous().cpu().view(torch.uint8)
+    return tuple(t.shape), t.dtype, hash(data.numpy().tobytes())
 
 
 class _NodeRef(int):
@@ -1103,7 +1131,7 @@ def analyze(
                 model.train(training)
                 with torch.set_grad_enabled(grad):
                     graph = _trace(model, leaf_types, leaf_names, len(inputs))
-                code = _graph_key(graph)
+                code = _graph_key(graph, model)
                 if code in codes:
                     continue
                 if codes and mode is Functional.GRAPH:
@@ -1123,9 +1151,15 @@ def analyze(
                         _Walker(gm, state, graph_mode=mode is Functional.GRAPH).run(*variant)
                     except _NodeFailed:
                         pass  # the model does not run at that batch size: only the example's holds
+        constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
+            str(n.target): getattr(model, str(n.target))
+            for n in graphs[0].nodes
+            if n.op == "get_attr" and str(n.target).startswith("_tensor_constant") and hasattr(model, str(n.target))
+        }
     plan = _finalize(state, model)
     if mode is Functional.GRAPH:
         plan.graph = graphs[0]
+        plan.constants = constants
     per_model[key] = plan
     return plan
 
@@ -1134,6 +1168,8 @@ def _walk(
     model: nn.Module, gm: fx.GraphModule, state: _State, mode: Functional, inputs: tuple[Tensor, ...], training: bool
 ) -> _Walker:
     walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
+    sizes = {t.shape[0] for t in inputs if t.dim()}
+    walker.batch = sizes.pop() if len(sizes) == 1 and len(inputs) == sum(t.dim() > 0 for t in inputs) else None
     try:
         walker.run(*(t.clone() for t in inputs))  # a forward that writes into its input must not change x
         return walker

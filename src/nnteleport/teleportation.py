@@ -318,6 +318,8 @@ def _as_graph_module(model: nn.Module, plan: TeleportPlan, rewrites: list[tuple[
 
     assert plan.graph is not None
     graph = copy.deepcopy(plan.graph)
+    for name, value in plan.constants.items():  # tensors torch.fx keeps as graph constants (`model` is a copy)
+        setattr(model, name, value)
     gm = fx.GraphModule(model, graph, class_name=f"Teleported{type(model).__name__}")
     nodes = {n.name: n for n in gm.graph.nodes}
     dtype = _model_dtype(model)
