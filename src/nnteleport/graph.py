@@ -771,31 +771,25 @@ def _touches_hidden(w: _Walker, n: fx.Node) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- union-find
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.size = [1] * n
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if ra == 0 or (rb != 0 and self.size[ra] >= self.size[rb]):
-            self.parent[rb] = ra
-            self.size[ra] += self.size[rb]
-            return ra
-        self.parent[ra] = rb
-        self.size[rb] += self.size[ra]
-        return rb
+def _components(n: int, merges: list[Tensor]) -> Tensor:
+    """Connected components of the variables ``0..n-1`` under the merged pairs: for each variable the smallest
+    variable of its component (label propagation with pointer jumping, whole-tensor operations)."""
+    label = torch.arange(n, dtype=torch.long)
+    if not merges:
+        return label
+    pairs = torch.cat(merges)
+    a, b = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+    while True:
+        m = torch.minimum(label[a], label[b])
+        new = label.scatter_reduce(0, a, m, "amin").scatter_reduce(0, b, m, "amin")
+        while True:  # pointer jumping: every label points at a root
+            jumped = new[new]
+            if torch.equal(jumped, new):
+                break
+            new = jumped
+        if torch.equal(new, label):
+            return label
+        label = new
 
 
 _PIN_PRIORITY = {"output": 0, "normalization": 1}
@@ -856,25 +850,21 @@ def _finalize(state: _State, model: nn.Module) -> TeleportPlan:
         for idx in (out_idx, in_idx):
             if idx is not None:
                 state.pins.append(_PinEvent(torch.unique(idx), "shared", why))
-    uf = _UnionFind(state.n_vars)
-    for pairs in state.merges:
-        for a, b in pairs.tolist():
-            uf.union(a, b)
+    label = _components(state.n_vars, state.merges)
     # pins in priority order, so the report attributes each pinned neuron to the most fundamental reason
+    pinned = torch.zeros(state.n_vars, dtype=torch.bool)
+    pinned[label[0]] = True
     pinned_by: list[tuple[str, str, int]] = []
     order = sorted(range(len(state.pins)), key=lambda i: _PIN_PRIORITY.get(state.pins[i].category, 2))
     for i in order:
         ev = state.pins[i]
-        newly = 0
-        for v in ev.vars.tolist():
-            r = uf.find(v)
-            if r != uf.find(0):
-                newly += 1  # one neuron (a set of merged variables) more pinned
-                uf.union(0, r)
-        if newly:
-            pinned_by.append((ev.category, ev.why, newly))
-    root0 = uf.find(0)
-    roots = [uf.find(v) for v in range(state.n_vars)]
+        comps = torch.unique(label[ev.vars])
+        new = comps[~pinned[comps]]
+        if new.numel():  # neurons (sets of merged variables) newly pinned
+            pinned[new] = True
+            pinned_by.append((ev.category, ev.why, int(new.numel())))
+    root0 = 0
+    roots = torch.where(pinned[label], 0, label).tolist()
     positive_roots = set()
     pos_reasons: list[tuple[str, int]] = []
     for vars_, why in state.positives:

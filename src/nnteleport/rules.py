@@ -237,8 +237,12 @@ def conv_rule(ctx: Any) -> Any:
     copies or zeroes values within a channel)."""
     s_in, out, cg, og, _, ones = _conv_spaces(ctx)
     O = out.numel()
-    cols = (torch.arange(O) // og).view(O, 1) * cg + torch.arange(cg).view(1, cg)
-    ctx.register_param("weight", out.view(O, 1, *ones), s_in[cols].view(O, cg, *ones))
+    if ctx.module.groups == 1:  # every output channel reads every input channel: a broadcast (1, C) index
+        in_idx = s_in.view(1, cg, *ones)
+    else:
+        cols = (torch.arange(O) // og).view(O, 1) * cg + torch.arange(cg).view(1, cg)
+        in_idx = s_in[cols].view(O, cg, *ones)
+    ctx.register_param("weight", out.view(O, 1, *ones), in_idx)
     if ctx.module.bias is not None:
         ctx.register_param("bias", out, None)
     return out.view(1, O, *ones)
