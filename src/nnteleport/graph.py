@@ -373,33 +373,42 @@ class RuleContext:
         return [k for k in self.kwargs if k not in allowed]
 
     def apply_to_spaces(self) -> Any:
-        """Run this node's op on the spaces of its tensor arguments (expanded to the arguments' shapes)."""
+        """Run this node's op on the spaces of its tensor arguments (expanded to the arguments' shapes). The
+        expanded spaces are broadcast views first (no copy; a ``(1, C, 1, 1)`` space of a large feature map stays
+        small); an op that needs contiguous memory (``view``) gets materialised copies."""
         w = self.w
 
-        def sub(a: fx.Node) -> Any:
-            v = w.value_of(a)
-            if isinstance(v, Tensor):
-                S = w.space_of(a)
-                if not isinstance(S, Tensor):
-                    S = zeros_like_space(v)
-                return S.expand(v.shape).contiguous() if v.is_floating_point() or v.is_complex() else v.cpu()
-            if isinstance(v, (tuple, list)) and v and all(isinstance(t, Tensor) for t in v):
-                S = w.space_of(a)
-                return type(v)(
-                    (s if isinstance(s, Tensor) else zeros_like_space(t)).expand(t.shape).contiguous()
-                    for s, t in zip(S, v)
-                )
-            return v
+        def sub(contiguous: bool) -> Any:
+            def one(S: Any, v: Tensor) -> Tensor:
+                S = S if isinstance(S, Tensor) else zeros_like_space(v)
+                S = S.expand(v.shape)
+                return S.contiguous() if contiguous else S
+
+            def f(a: fx.Node) -> Any:
+                v = w.value_of(a)
+                if isinstance(v, Tensor):
+                    return one(w.space_of(a), v) if v.is_floating_point() or v.is_complex() else v.cpu()
+                if isinstance(v, (tuple, list)) and v and all(isinstance(t, Tensor) for t in v):
+                    return type(v)(one(s, t) for s, t in zip(w.space_of(a), v))
+                return v
+
+            return f
 
         self.read.update(self.node.all_input_nodes)
-        args = map_arg(self.node.args, sub)
-        kwargs = map_arg(self.node.kwargs, sub)
         n = self.node
-        if n.op == "call_function":
-            return n.target(*args, **kwargs)
-        if n.op == "call_method":
-            return getattr(args[0], n.target)(*args[1:], **kwargs)
-        return self.module(*args, **kwargs)
+        for contiguous in (False, True):
+            args = map_arg(n.args, sub(contiguous))
+            kwargs = map_arg(n.kwargs, sub(contiguous))
+            try:
+                if n.op == "call_function":
+                    return n.target(*args, **kwargs)
+                if n.op == "call_method":
+                    return getattr(args[0], n.target)(*args[1:], **kwargs)
+                return self.module(*args, **kwargs)
+            except RuntimeError:
+                if contiguous:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- effects
     def new_space(self, n: int) -> Tensor:

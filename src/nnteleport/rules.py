@@ -68,7 +68,11 @@ def zeros_like_space(value: Any) -> Any:
 
 
 def compress(S: Tensor) -> Tensor:
-    """Shrink every axis along which ``S`` is constant to size 1 (keeps the rank)."""
+    """Shrink every axis along which ``S`` is constant to size 1 (keeps the rank). Broadcast axes (stride 0)
+    are shrunk without looking at the values."""
+    for d in range(S.dim()):
+        if S.shape[d] > 1 and S.stride(d) == 0:
+            S = S.narrow(d, 0, 1)
     for d in range(S.dim()):
         if S.shape[d] > 1:
             first = S.narrow(d, 0, 1)
