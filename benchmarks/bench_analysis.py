@@ -6,7 +6,7 @@ Run: ``python -m benchmarks.bench_analysis`` (a quick, documented selection: :da
 ``python -m benchmarks.bench_analysis --zoo all --out /tmp/analysis_times.txt`` for the whole torchvision
 classification zoo (``torchvision.models.list_models(module=torchvision.models)``) and the timm sample
 :data:`TIMM_MODELS`. ``--models cspdarknet53,tv:resnet18,nt:densenet`` picks models by name (prefix ``tv:``
-torchvision, ``timm:`` timm, ``nt:`` ``nnteleport.models.build_model``; without a prefix: torchvision if it has the
+torchvision, ``timm:`` timm, ``nt:`` ``nnteleport.lab.models.build_model``; without a prefix: torchvision if it has the
 name, else timm, else nnteleport); ``--limit N`` keeps the first N.
 
 For each model (random initialisation, never pretrained weights, ``num_classes=10``) it prints
@@ -188,7 +188,7 @@ def _timm_spec(timm: Any, name: str) -> Spec:
 
 
 def _nt_spec(name: str) -> Spec:
-    from nnteleport.models import build_model
+    from nnteleport.lab.models import build_model
 
     model_name, shape, kw = NT_MODELS[name]
     return Spec(

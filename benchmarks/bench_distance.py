@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nnteleport.distance import CheckpointDistance
-from nnteleport.models import build_model
+from nnteleport.lab.models import build_model
 
 
 def _interleaved_ms(fns: dict[str, object], reps: int, sync=lambda: None) -> dict[str, float]:

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nnteleport import GSpaceOptimizer, _native
+from nnteleport import GSpaceOptimizer
+from nnteleport.gspace import _native
 
 OPTIMIZERS = {
     "SGD": (torch.optim.SGD, {"lr": 0.01}),

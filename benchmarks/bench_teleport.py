@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import nnteleport as nt
-from nnteleport.graph import _Tracer
-from nnteleport.models import build_model
+from nnteleport.engine.analysis import _Tracer
+from nnteleport.lab.models import build_model
 
 
 def _sync(device: torch.device) -> None:

@@ -1,8 +1,8 @@
-"""Overhead of ``nnteleport.training.train`` against a bare hand-written PyTorch loop, measured side by side.
+"""Overhead of ``nnteleport.lab.training.train`` against a bare hand-written PyTorch loop, measured side by side.
 
 Same model (MLP 64-128-128-10), data (digits, 1437 training images), batch size, optimizer and epochs; the bare
 loop slices tensors the same way (no DataLoader). Also: the cost of a checkpoint per epoch, of a progress bar,
-and of a teleport at initialisation, and the DataLoader path of ``nnteleport.data.loader`` for comparison.
+and of a teleport at initialisation, and the DataLoader path of ``nnteleport.lab.data.loader`` for comparison.
 
     python -m benchmarks.bench_training
 """
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnteleport.data import load_dataset, loader
-from nnteleport.training import train
+from nnteleport.lab.data import load_dataset, loader
+from nnteleport.lab.training import train
 
 EPOCHS = 5
 BS = 64

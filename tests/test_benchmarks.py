@@ -11,7 +11,7 @@ import math
 
 from benchmarks import bench_canonicalize, bench_fixing, bench_gspace
 
-from nnteleport import _native
+from nnteleport.gspace import _native
 
 
 def test_bench_gspace_runs_every_configuration():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nnteleport.cli import main
-from nnteleport.experiments import EXPERIMENTS
+from nnteleport.lab.experiments import EXPERIMENTS
 
 
 @pytest.fixture
@@ -118,13 +118,13 @@ def test_experiment_without_name_lists_and_fails(fake, capsys):
 
 
 def test_missing_experiment_module_is_a_clean_error(capsys, monkeypatch):
-    monkeypatch.setitem(EXPERIMENTS, "ghost", "nnteleport.experiments._no_such_module_")
+    monkeypatch.setitem(EXPERIMENTS, "ghost", "nnteleport.lab.experiments._no_such_module_")
     code, _, err = run_cli(["experiment", "ghost"], capsys)
     assert code == 2 and "not available" in err and "Traceback" not in err
 
 
 def test_demo_calls_run_demo(capsys, monkeypatch, tmp_path):
-    mod = types.ModuleType("nnteleport.demo")
+    mod = types.ModuleType("nnteleport.lab.demo")
     calls = []
 
     def run_demo(out, progress=True):
@@ -133,7 +133,7 @@ def test_demo_calls_run_demo(capsys, monkeypatch, tmp_path):
         return out / "report.html"
 
     mod.run_demo = run_demo
-    monkeypatch.setitem(sys.modules, "nnteleport.demo", mod)
+    monkeypatch.setitem(sys.modules, "nnteleport.lab.demo", mod)
     code, out, _ = run_cli(["demo", "--out", str(tmp_path / "d"), "--no-progress"], capsys)
     assert code == 0
     assert calls == [(tmp_path / "d", False)] and isinstance(calls[0][0], Path)
@@ -141,7 +141,7 @@ def test_demo_calls_run_demo(capsys, monkeypatch, tmp_path):
 
 
 def test_demo_missing_module_message(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "nnteleport.demo", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "nnteleport.lab.demo", None)  # import raises ModuleNotFoundError
     code, _, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
     assert code == 2 and "demo is not available" in err
 

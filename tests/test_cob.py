@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import nnteleport as nt
-from nnteleport.cob import expected_squared_ratio, sample_flat
+from nnteleport.engine.cob import expected_squared_ratio, sample_flat
 
 
 def _model():

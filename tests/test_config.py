@@ -1,4 +1,4 @@
-"""Tests of nnteleport.experiments.config: defaults <- YAML <- --set, with key/type/choice checks."""
+"""Tests of nnteleport.lab.experiments.config: defaults <- YAML <- --set, with key/type/choice checks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from nnteleport.experiments import EXPERIMENTS
-from nnteleport.experiments.config import format_defaults, load_config, merge_config, parse_overrides
+from nnteleport.lab.experiments import EXPERIMENTS
+from nnteleport.lab.experiments.config import format_defaults, load_config, merge_config, parse_overrides
 
 DEFAULTS = {
     "epochs": 3,

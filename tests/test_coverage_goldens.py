@@ -8,7 +8,7 @@ neurons, moves fewer parameters) -- or more -- than before. For each model they 
 * ``groups``: the number of free neuron groups of the plan.
 
 Models: the hand-written engine models (``tests/engine_models.py``, ``hand_written_cases()``), the
-``nnteleport.models`` zoo of ``tests/test_teleport.py`` (``zoo_cases()``) and, only where torchvision is importable
+``nnteleport.lab.models`` zoo of ``tests/test_teleport.py`` (``zoo_cases()``) and, only where torchvision is importable
 (else skipped), the torchvision models of ``tests/test_torchvision.py`` (``CASES``).
 
 When a change of coverage is intended, regenerate the goldens and commit the JSON with the change:

@@ -1,4 +1,4 @@
-"""Tests of nnteleport.data: embedded datasets, IDX / CIFAR readers on fixture files written here, errors."""
+"""Tests of nnteleport.lab.data: embedded datasets, IDX / CIFAR readers on fixture files written here, errors."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnteleport.data import DataBundle, ImageDataset, load_dataset, loader, read_idx
-from nnteleport.user_errors import MissingFileError, UnsafeFileError
+from nnteleport.errors import MissingFileError, UnsafeFileError
+from nnteleport.lab.data import DataBundle, ImageDataset, load_dataset, loader, read_idx
 
 # ----------------------------------------------------------------------------- fixture writers (real formats)
 
@@ -260,7 +260,7 @@ def test_cifar_missing_and_corrupt(tmp_path):
 
 def test_download_from_local_url(tmp_path, monkeypatch):
     # a plain urllib download, exercised on a file:// "mirror" (tests never use the network)
-    from nnteleport import data as data_mod
+    from nnteleport.lab import data as data_mod
 
     mirror = tmp_path / "mirror"
     write_mnist(mirror, gz=True)
@@ -278,7 +278,7 @@ def test_download_from_local_url(tmp_path, monkeypatch):
 
 
 def test_download_with_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypatch):
-    from nnteleport import data as data_mod
+    from nnteleport.lab import data as data_mod
 
     mirror = tmp_path / "mirror"
     write_mnist(mirror, gz=True)
@@ -293,7 +293,7 @@ def test_download_with_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypat
 
 
 def test_sources_are_https_and_plain_http_is_refused(tmp_path):
-    from nnteleport import data as data_mod
+    from nnteleport.lab import data as data_mod
 
     for src in data_mod._SOURCES.values():
         assert src["url"].startswith("https://")
@@ -327,7 +327,7 @@ def test_planted_cifar_batch_is_refused_without_running(tmp_path):
 
 
 def test_check_available_names_the_missing_file(tmp_path):
-    from nnteleport.data import check_available
+    from nnteleport.lab.data import check_available
 
     check_available("digits", tmp_path)  # embedded: nothing to check
     with pytest.raises(MissingFileError, match=r"mnist: file 'train-images-idx3-ubyte\[\.gz\]' not found"):
@@ -362,7 +362,7 @@ def test_example_batch_is_deterministic(tmp_path):
 def test_cifar_download_and_extract_from_local_url(tmp_path, monkeypatch):
     import tarfile
 
-    from nnteleport import data as data_mod
+    from nnteleport.lab import data as data_mod
 
     src_dir = tmp_path / "src"
     batches = write_cifar(src_dir, n_per_batch=3)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nnteleport.demo import DEMO_CONFIGS, run_demo
-from nnteleport.experiments import EXPERIMENTS
+from nnteleport.lab.demo import DEMO_CONFIGS, run_demo
+from nnteleport.lab.experiments import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_EXPERIMENTS = {

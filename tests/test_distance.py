@@ -19,8 +19,8 @@ from nnteleport.distance import (
     _Balancer,
 )
 
-HAS_ENGINE = importlib.util.find_spec("nnteleport.graph") is not None and (
-    importlib.util.find_spec("nnteleport.teleportation") is not None
+HAS_ENGINE = importlib.util.find_spec("nnteleport.engine.analysis") is not None and (
+    importlib.util.find_spec("nnteleport.engine.apply") is not None
 )
 
 
@@ -232,7 +232,7 @@ def test_bad_inputs_give_clear_errors():
         dist.add_checkpoint(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="another model than the one it was built for"):
         dist(wider)
-    assert float(dist(model)) == 0.0  # the `penalty(model)` hook of nnteleport.training.train
+    assert float(dist(model)) == 0.0  # the `penalty(model)` hook of nnteleport.lab.training.train
     other = CheckpointDistance(model, params=["0.weight"])
     with pytest.raises(ValueError, match="selection differs"):
         dist.load_state_dict(other.state_dict())
@@ -328,7 +328,9 @@ def test_balancer_deep_mlp_is_balanced_invariant_and_minimal():
 # invariant distance through the engine
 # ----------------------------------------------------------------------------------------------------------
 
-engine = pytest.mark.skipif(not HAS_ENGINE, reason="teleportation engine (nnteleport.graph) not available yet")
+engine = pytest.mark.skipif(
+    not HAS_ENGINE, reason="teleportation engine (nnteleport.engine.analysis) not available yet"
+)
 
 
 def homogeneous_cob(model: nn.Module, x: torch.Tensor, seed: int, cob_range: float = 0.8):
@@ -342,7 +344,7 @@ def homogeneous_cob(model: nn.Module, x: torch.Tensor, seed: int, cob_range: flo
 
 
 def zoo(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    from nnteleport.models import build_model
+    from nnteleport.lab.models import build_model
 
     torch.manual_seed(seed)
     kw = {"width": 0.125} if name != "mlp" else {"hidden": (12, 10, 8)}
@@ -468,7 +470,7 @@ def test_invariant_resume_and_errors():
 
 
 def test_non_finite_strength_and_checkpoints_are_refused():
-    from nnteleport.user_errors import InvalidValueError
+    from nnteleport.errors import InvalidValueError
 
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     for bad in (float("nan"), float("inf")):

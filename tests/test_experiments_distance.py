@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from nnteleport.experiments import distance_training as dt
-from nnteleport.experiments import get_experiment
+from nnteleport.lab.experiments import distance_training as dt
+from nnteleport.lab.experiments import get_experiment
 
 TINY = {
     "models": ["mlp"],

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nnteleport.experiments import get_experiment
+from nnteleport.lab.experiments import get_experiment
 
 
 def test_gspace_lr_grid_tiny(tmp_path):

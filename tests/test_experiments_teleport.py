@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnteleport.experiments import get_experiment
-from nnteleport.experiments.config import load_config
-from nnteleport.plotting import read_csv
+from nnteleport.lab.experiments import get_experiment
+from nnteleport.lab.experiments.config import load_config
+from nnteleport.lab.plotting import read_csv
 
 NAMES = [
     "level-curves",
@@ -54,7 +54,7 @@ def test_defaults_pass_the_config_checks(name):
 
 
 def test_level_curves_preserves_function_and_moves_weights(tmp_path):
-    from nnteleport.experiments import level_curves
+    from nnteleport.lab.experiments import level_curves
 
     res = level_curves.run(
         {"models": ["mlp"], "model_kwargs": TINY_MLP, "num_teleports": 5, "num_examples": 32},
@@ -78,7 +78,7 @@ def test_level_curves_preserves_function_and_moves_weights(tmp_path):
 
 
 def test_micro_teleport_angles_are_90_degrees_and_controls_spread(tmp_path):
-    from nnteleport.experiments import micro_teleport
+    from nnteleport.lab.experiments import micro_teleport
 
     res = micro_teleport.run(
         {"models": ["mlp"], "datasets": ["digits", "random"], "batch_sizes": [8], "num_samples": 12},
@@ -100,8 +100,8 @@ def test_micro_teleport_angles_are_90_degrees_and_controls_spread(tmp_path):
 
 
 def test_micro_teleport_flat_grad_matches_autograd():
-    from nnteleport.experiments.micro_teleport import flat_grad
-    from nnteleport.models import build_model
+    from nnteleport.lab.experiments.micro_teleport import flat_grad
+    from nnteleport.lab.models import build_model
 
     torch.manual_seed(0)
     model = build_model("mlp", in_shape=(4,), num_classes=3, hidden=[5]).double()
@@ -113,7 +113,7 @@ def test_micro_teleport_flat_grad_matches_autograd():
 
 
 def test_expected_ratio_matches_monte_carlo():
-    from nnteleport.experiments.gradient_scale import expected_ratio
+    from nnteleport.lab.experiments.gradient_scale import expected_ratio
 
     rng = np.random.default_rng(0)
     for s in (0.3, 0.6, 0.8):
@@ -124,7 +124,7 @@ def test_expected_ratio_matches_monte_carlo():
 
 
 def test_gradient_scale_grows_with_cob_range(tmp_path):
-    from nnteleport.experiments import gradient_scale
+    from nnteleport.lab.experiments import gradient_scale
 
     res = gradient_scale.run(
         {"models": ["mlp"], "model_kwargs": TINY_MLP, "cob_ranges": [0.2, 0.5, 0.9], "num_teleports": 6},
@@ -145,7 +145,7 @@ def test_gradient_scale_grows_with_cob_range(tmp_path):
 
 
 def test_weight_histograms_counts_and_broadening(tmp_path):
-    from nnteleport.experiments import weight_histograms
+    from nnteleport.lab.experiments import weight_histograms
 
     res = weight_histograms.run({"model_kwargs": {"mlp": {"hidden": [64, 64]}}, "bins": 21}, tmp_path, progress=False)
     _files_exist(tmp_path, res)
@@ -175,7 +175,7 @@ def _tiny_training_cfg(**kw):
 
 
 def test_training_experiment_pairs_runs_and_aggregates(tmp_path):
-    from nnteleport.experiments import training
+    from nnteleport.lab.experiments import training
 
     res = training.run(_tiny_training_cfg(), tmp_path, progress=False)
     _files_exist(tmp_path, res)
@@ -209,7 +209,7 @@ def test_training_experiment_pairs_runs_and_aggregates(tmp_path):
 
 
 def test_paired_gaps_skip_diverged_runs():
-    from nnteleport.experiments.training import paired_gaps
+    from nnteleport.lab.experiments.training import paired_gaps
 
     def rec(arm, seed, losses):
         task = {
@@ -238,7 +238,7 @@ def test_paired_gaps_skip_diverged_runs():
 
 
 def test_pseudo_teleport_jumps_as_far_as_the_teleport(tmp_path):
-    from nnteleport.experiments import pseudo_teleport
+    from nnteleport.lab.experiments import pseudo_teleport
 
     res = pseudo_teleport.run(_tiny_training_cfg(seeds=1), tmp_path, progress=False)
     _files_exist(tmp_path, res)
@@ -250,7 +250,7 @@ def test_pseudo_teleport_jumps_as_far_as_the_teleport(tmp_path):
 
 
 def test_mid_training_arms_agree_until_the_teleport(tmp_path):
-    from nnteleport.experiments import mid_training
+    from nnteleport.lab.experiments import mid_training
 
     cfg = _tiny_training_cfg(models=["mlp"], seeds=1, epochs=3, teleport_at=2, cob_ranges=[0.5, 0.9])
     res = mid_training.run(cfg, tmp_path, progress=False)
@@ -270,8 +270,8 @@ def test_mid_training_arms_agree_until_the_teleport(tmp_path):
 
 
 def test_interpolate_endpoints_and_midpoint():
-    from nnteleport.experiments.interpolation import interpolate
-    from nnteleport.models import build_model
+    from nnteleport.lab.experiments.interpolation import interpolate
+    from nnteleport.lab.models import build_model
 
     torch.manual_seed(0)
     a = build_model("mlp", in_shape=(3,), num_classes=2, hidden=[4], batchnorm=True).double()
@@ -288,7 +288,7 @@ def test_interpolate_endpoints_and_midpoint():
 
 
 def test_interpolation_profiles_keep_endpoints(tmp_path):
-    from nnteleport.experiments import interpolation
+    from nnteleport.lab.experiments import interpolation
 
     res = interpolation.run(
         {
@@ -311,7 +311,7 @@ def test_interpolation_profiles_keep_endpoints(tmp_path):
 
 
 def test_feature_maps_are_channelwise_multiples(tmp_path):
-    from nnteleport.experiments import feature_maps
+    from nnteleport.lab.experiments import feature_maps
 
     res = feature_maps.run(
         {
@@ -340,7 +340,7 @@ def test_feature_maps_are_channelwise_multiples(tmp_path):
 
 
 def test_epochs_to_reach_interpolates():
-    from nnteleport.experiments.training import epochs_to_reach
+    from nnteleport.lab.experiments.training import epochs_to_reach
 
     assert epochs_to_reach([3.0, 2.0, 1.0], 1.0) == 3.0
     assert epochs_to_reach([3.0, 2.0, 1.0], 1.5) == pytest.approx(2.5)  # halfway between epochs 2 and 3
@@ -350,8 +350,8 @@ def test_epochs_to_reach_interpolates():
 
 
 def test_calibrate_bn_sets_batch_statistics():
-    from nnteleport.experiments.level_curves import calibrate_bn
-    from nnteleport.models import build_model
+    from nnteleport.lab.experiments.level_curves import calibrate_bn
+    from nnteleport.lab.models import build_model
 
     torch.manual_seed(0)
     model = build_model("mlp", in_shape=(4,), num_classes=2, hidden=[3], batchnorm=True).double().eval()
@@ -367,7 +367,7 @@ def test_calibrate_bn_sets_batch_statistics():
 def test_training_numbers_do_not_depend_on_workers(tmp_path):
     # the CLI's process has all cores; before, one worker ran in it with every thread and two workers got one
     # thread each, and the histories differed at round-off
-    from nnteleport.experiments import training
+    from nnteleport.lab.experiments import training
 
     # wide enough that one and two threads round differently (the 16-wide test MLP would hide it)
     wide = {"model_kwargs": {"mlp": {"hidden": [256, 256]}}}

@@ -1,4 +1,4 @@
-"""Tests of nnteleport.fixing: fixed entries never move, rescaling to ±value keeps the function, selections."""
+"""Tests of nnteleport.gspace.fixing: fixed entries never move, rescaling to ±value keeps the function, selections."""
 
 from __future__ import annotations
 

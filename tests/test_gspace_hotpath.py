@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnteleport import GSpaceOptimizer, _native
+from nnteleport import GSpaceOptimizer
+from nnteleport.gspace import _native
 from tests.test_gspace import DT, ZOO, make
 
 HAVE_NATIVE = _native.load() is not None

@@ -1,4 +1,4 @@
-"""Tests of nnteleport.init: each scheme draws from its distribution; validation; generator; dtype kept."""
+"""Tests of nnteleport.lab.init: each scheme draws from its distribution; validation; generator; dtype kept."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnteleport.init import initialize
+from nnteleport.lab.init import initialize
 
 
 def net(dtype=torch.float32) -> nn.Module:

@@ -152,7 +152,7 @@ def stubborn_run(config: dict, run_dir: Path) -> dict:
 def test_second_ctrl_c_exits_at_once(tmp_path):
     script = (
         "import sys\nfrom tests.test_interrupt import stubborn_run\n"
-        "from nnteleport.experiments.sweep import run_sweep\n"
+        "from nnteleport.lab.experiments.sweep import run_sweep\n"
         "run_sweep(stubborn_run, [{'id': f'r{i}'} for i in range(3)], sys.argv[1], workers=2, progress=False)\n"
     )
     root = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from nnteleport.models import MODELS, Activation, build_model
+from nnteleport.lab.models import MODELS, Activation, build_model
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (40,), (2, 16)]
 
@@ -131,7 +131,7 @@ def test_bad_arguments_name_the_problem():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_default_kwargs_rebuild_the_default_model(name):
-    from nnteleport.models import default_kwargs
+    from nnteleport.lab.models import default_kwargs
 
     kw = default_kwargs(name)
     assert "in_shape" not in kw and "num_classes" not in kw

@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 import nnteleport as nt
-from nnteleport import rules
+from nnteleport.engine import rules
 from tests import rule_settings as rs
 
 CASES = rs.all_cases()

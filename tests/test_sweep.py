@@ -1,4 +1,4 @@
-"""Tests of nnteleport.experiments.sweep: parallel runs, atomic result files, resume, errors, aggregation."""
+"""Tests of nnteleport.lab.experiments.sweep: parallel runs, atomic result files, resume, errors, aggregation."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnteleport.errors import NNTeleportError
-from nnteleport.experiments.sweep import (
+from nnteleport.errors import ConfigMismatchError, CorruptFileError, NNTeleportError, OutputInUseError, RunsFailedError
+from nnteleport.lab.experiments.sweep import (
     aggregate,
     config_sha256,
     grid,
@@ -26,7 +26,6 @@ from nnteleport.experiments.sweep import (
     result_path,
     run_sweep,
 )
-from nnteleport.user_errors import ConfigMismatchError, CorruptFileError, OutputInUseError, RunsFailedError
 
 
 def square_run(config: dict, run_dir: Path) -> dict:
@@ -245,7 +244,7 @@ def test_threads_per_run_do_not_depend_on_workers(tmp_path):
 
 def test_second_process_on_the_same_out_is_refused(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from nnteleport.experiments.workers import out_lock\n"
+        [sys.executable, "-c", "import sys, time; from nnteleport.lab.experiments.workers import out_lock\n"
          "with out_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnteleport as nt
-from nnteleport.graph import UntraceableModelError, _Tracer
-from nnteleport.models import build_model
+from nnteleport.engine.analysis import UntraceableModelError, _Tracer
+from nnteleport.lab.models import build_model
 from tests.engine_models import ConvBNResidual, hand_written_cases
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -382,8 +382,8 @@ def test_public_name_not_shadowed_by_a_submodule():
     """Importing the implementation module must not turn ``nnteleport.teleport`` into a module."""
     import importlib
 
-    importlib.import_module("nnteleport.teleportation")
-    assert callable(nt.teleport) and nt.teleport.__module__ == "nnteleport.teleportation"
+    importlib.import_module("nnteleport.engine.apply")
+    assert callable(nt.teleport) and nt.teleport.__module__ == "nnteleport.engine.apply"
 
 
 # ----------------------------------------------------------------------------------------------- functional="graph"

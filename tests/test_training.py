@@ -1,4 +1,4 @@
-"""Tests of nnteleport.training: optimizers, schedule, teleport/pseudo-teleport, determinism, exact resume."""
+"""Tests of nnteleport.lab.training: optimizers, schedule, teleport/pseudo-teleport, determinism, exact resume."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnteleport import training as training_mod
-from nnteleport.data import load_dataset
-from nnteleport.training import History, evaluate, load_checkpoint, train
-from nnteleport.user_errors import ConfigMismatchError, InvalidValueError, UnsafeFileError
+from nnteleport.errors import ConfigMismatchError, InvalidValueError, UnsafeFileError
+from nnteleport.lab import training as training_mod
+from nnteleport.lab.data import load_dataset
+from nnteleport.lab.training import History, evaluate, load_checkpoint, train
 
 
 def mlp(in_features: int = 64, hidden: int = 16, classes: int = 10, seed: int = 0) -> nn.Module:
@@ -350,7 +350,7 @@ def test_real_engine_teleport_at_init_preserves_function(digits):
 def test_real_engine_resume_after_teleport_with_activation_wrappers(digits, tmp_path):
     # tanh is not positively homogeneous: the engine wraps the activations (tau * tanh(x / tau)); a resumed
     # run must rebuild that structure before loading the checkpoint
-    from nnteleport.models import build_model
+    from nnteleport.lab.models import build_model
 
     def net():
         torch.manual_seed(0)

@@ -21,24 +21,24 @@ __version__ = "0.1.0"
 # public name -> module that defines it (one module per concept)
 _EXPORTS: dict[str, str] = {
     # teleportation engine (graph analysis -> CoB -> teleport)
-    "analyze": "nnteleport.graph",
-    "TeleportPlan": "nnteleport.graph",
-    "GroupInfo": "nnteleport.graph",
-    "CoB": "nnteleport.cob",
-    "Sampling": "nnteleport.cob",
-    "sample_cob": "nnteleport.cob",
-    "teleport": "nnteleport.teleportation",
-    "micro_teleport": "nnteleport.teleportation",
-    "TeleportedActivation": "nnteleport.teleportation",
-    "TeleportReport": "nnteleport.report",
+    "analyze": "nnteleport.engine.analysis",
+    "TeleportPlan": "nnteleport.engine.analysis",
+    "GroupInfo": "nnteleport.engine.analysis",
+    "CoB": "nnteleport.engine.cob",
+    "Sampling": "nnteleport.engine.cob",
+    "sample_cob": "nnteleport.engine.cob",
+    "teleport": "nnteleport.engine.apply",
+    "micro_teleport": "nnteleport.engine.apply",
+    "TeleportedActivation": "nnteleport.engine.apply",
+    "TeleportReport": "nnteleport.engine.report",
     "NNTeleportError": "nnteleport.errors",
     "UnsupportedModelError": "nnteleport.errors",
     "UntraceableModelError": "nnteleport.errors",
     # scale-invariant parameter spaces
     "GSpace": "nnteleport.gspace",
     "GSpaceOptimizer": "nnteleport.gspace",
-    "fix_weights": "nnteleport.fixing",
-    "FixedWeights": "nnteleport.fixing",
+    "fix_weights": "nnteleport.gspace.fixing",
+    "FixedWeights": "nnteleport.gspace.fixing",
     # checkpoint distance
     "CheckpointDistance": "nnteleport.distance",
     "canonicalize": "nnteleport.distance",
@@ -62,11 +62,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     # ruff: noqa: F401
-    from nnteleport.cob import CoB, Sampling, sample_cob
     from nnteleport.distance import CheckpointDistance, canonicalize
+    from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
+    from nnteleport.engine.apply import TeleportedActivation, micro_teleport, teleport
+    from nnteleport.engine.cob import CoB, Sampling, sample_cob
+    from nnteleport.engine.report import TeleportReport
     from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
-    from nnteleport.fixing import FixedWeights, fix_weights
-    from nnteleport.graph import GroupInfo, TeleportPlan, analyze
     from nnteleport.gspace import GSpace, GSpaceOptimizer
-    from nnteleport.report import TeleportReport
-    from nnteleport.teleportation import TeleportedActivation, micro_teleport, teleport
+    from nnteleport.gspace.fixing import FixedWeights, fix_weights

@@ -1,7 +1,7 @@
 """Command line: ``nnteleport experiment | demo | teleport``. The CLI only parses and calls the library.
 
 ``nnteleport experiment NAME [--config FILE.yaml] [--set key=value ...] [--out DIR] [--workers N]
-[--no-progress]`` runs one experiment of :data:`nnteleport.experiments.EXPERIMENTS`;
+[--no-progress]`` runs one experiment of :data:`nnteleport.lab.experiments.EXPERIMENTS`;
 ``nnteleport experiment list`` lists them; ``nnteleport experiment NAME --help`` shows its description and
 defaults. ``nnteleport demo [--out DIR]`` writes the demo report. ``nnteleport teleport`` teleports a model of the
 zoo on an example input and prints the engine's report and the function-preservation error.
@@ -47,7 +47,7 @@ class UsageError(NNTeleportError):
 
 
 def _experiment_names() -> list[str]:
-    from nnteleport.experiments import EXPERIMENTS
+    from nnteleport.lab.experiments import EXPERIMENTS
 
     return list(EXPERIMENTS)
 
@@ -64,7 +64,7 @@ def _first_line(text: str | None) -> str:
 
 def _experiment_list() -> str:
     """One line per experiment: name and the first line of its DESCRIPTION (imports each module)."""
-    from nnteleport.experiments import get_experiment
+    from nnteleport.lab.experiments import get_experiment
 
     names = _experiment_names()
     width = max(len(n) for n in names)
@@ -84,7 +84,7 @@ def _experiment_list() -> str:
 
 def _load_experiment(name: str) -> Any:
     """The experiment's module; a module that is not there is an input error, not a crash."""
-    from nnteleport.experiments import EXPERIMENTS, get_experiment
+    from nnteleport.lab.experiments import EXPERIMENTS, get_experiment
 
     try:
         return get_experiment(name)
@@ -97,8 +97,8 @@ def _load_experiment(name: str) -> Any:
 
 
 def _experiment_help(parser: argparse.ArgumentParser, name: str) -> str:
-    from nnteleport.experiments import get_experiment
-    from nnteleport.experiments.config import format_defaults
+    from nnteleport.lab.experiments import get_experiment
+    from nnteleport.lab.experiments.config import format_defaults
 
     module = get_experiment(name)
     desc = (getattr(module, "DESCRIPTION", "") or "").strip()
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "teleport",
         help="teleport a model of the zoo and print the engine's report and the function-preservation error",
         description=(
-            "Build a model of the zoo (nnteleport.models), teleport it on a random example batch, print the "
+            "Build a model of the zoo (nnteleport.lab.models), teleport it on a random example batch, print the "
             "engine's report (which neurons get a change of basis, what is pinned and why) and the measured "
             "function-preservation error max |f(x) - g(x)| in float64."
         ),
@@ -230,8 +230,8 @@ def _cmd_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         print(_experiment_help(exp_parser, args.name))
         return 0
 
-    from nnteleport.experiments import get_experiment
-    from nnteleport.experiments.config import load_config
+    from nnteleport.lab.experiments import get_experiment
+    from nnteleport.lab.experiments.config import load_config
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -243,7 +243,7 @@ def _cmd_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     config = load_config(args.name, args.config, overrides)
     out = args.out if args.out is not None else Path("results") / args.name
     _check_out(out)
-    from nnteleport.experiments.workers import out_lock
+    from nnteleport.lab.experiments.workers import out_lock
 
     module = get_experiment(args.name)
     with out_lock(out):
@@ -263,13 +263,13 @@ def _check_out(out: Path) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from nnteleport.demo import run_demo
+        from nnteleport.lab.demo import run_demo
     except ModuleNotFoundError as e:
-        if e.name in ("nnteleport.demo",):
-            raise UsageError("the demo is not available in this version (module nnteleport.demo is missing)") from e
+        if e.name in ("nnteleport.lab.demo",):
+            raise UsageError("the demo is not available in this version (module nnteleport.lab.demo is missing)") from e
         raise
     _check_out(args.out)
-    from nnteleport.experiments.workers import out_lock
+    from nnteleport.lab.experiments.workers import out_lock
 
     with out_lock(args.out):
         result = run_demo(args.out, progress=not args.no_progress)
@@ -307,7 +307,7 @@ def teleport_check(
     import torch
 
     import nnteleport  # the public names (a direct submodule import would shadow nnteleport.teleport)
-    from nnteleport.models import build_model
+    from nnteleport.lab.models import build_model
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
@@ -367,8 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `nnteleport ... | head` ends quietly, like other tools
     parser = build_parser()
     args = parser.parse_args(argv)
-    from nnteleport.experiments.workers import interruptible
-    from nnteleport.user_errors import RunsFailedError
+    from nnteleport.errors import RunsFailedError
+    from nnteleport.lab.experiments.workers import interruptible
 
     debug = bool(os.environ.get("NNTELEPORT_DEBUG"))
     try:

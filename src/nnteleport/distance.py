@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nnteleport.user_errors import InvalidValueError
+from nnteleport.errors import InvalidValueError
 
 __all__ = [
     "CheckpointDistance",
@@ -405,7 +405,7 @@ class _Balancer:
 
 def _structure(model: nn.Module, x: Any) -> tuple[_Balancer, Any]:
     """Build the balancer of ``model`` from the teleportation engine's plan (homogeneous groups only)."""
-    from nnteleport.graph import analyze  # the engine; imported lazily (library layering)
+    from nnteleport.engine.analysis import analyze  # the engine; imported lazily (library layering)
 
     plan = analyze(model, x)
     named = list(model.named_parameters())
@@ -779,7 +779,7 @@ class CheckpointDistance:
         """The penalty ``strength * sum_c k(theta, theta_c)``: scalar with gradients (0 if no checkpoint).
 
         ``model`` is optional and must be the regularised model: this lets the instance serve directly as
-        the ``penalty(model)`` hook of :func:`nnteleport.training.train`.
+        the ``penalty(model)`` hook of :func:`nnteleport.lab.training.train`.
         """
         if model is not None and model is not self.model:
             raise ValueError(

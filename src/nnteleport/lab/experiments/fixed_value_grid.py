@@ -1,0 +1,138 @@
+"""fixed-value-grid: median validation loss of Fixed-SGD over a grid of fixed-weight value x learning rate.
+
+Jestädt (2025), Sec. 4.2.3, Fig. 4.7: the fixed weights (one outgoing weight per hidden neuron, diagonal
+selection) are given the value ``±b``; each cell is the median validation loss over seeds after a short training
+(the thesis: 5 runs, 20 iterations of its training loop -- it calls them iterations; we use ``epochs``); runs that
+reach NaN / inf count as ``inf``.
+
+``mode="set"`` overwrites the fixed weights with ``sign(w) * b`` (the thesis' setting, which changes the initial
+function); ``mode="rescale"`` reaches ``±b`` by a function-preserving rescaling (``fix_weights(value=b)``), which
+isolates the effect of the parametrisation from that of a different initial function.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnteleport.errors import InvalidValueError
+from nnteleport.gspace.fixing import fix_weights
+from nnteleport.lab.experiments.config import merge_config, validate_config
+from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
+from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
+
+DESCRIPTION = (
+    "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
+    "(Jestädt 2025, Sec. 4.2.3, Fig. 4.7); mode 'set' (thesis, overwrite) or 'rescale' (function-preserving)."
+)
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "data_root": "data",
+    "train_size": 0,
+    "val_size": 0,
+    "hidden": [64, 64, 64, 64],
+    "bias": False,
+    "values": [0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+    "lrs": [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4],
+    "mode": "set",
+    "optimizer": "sgd",
+    "seeds": 3,
+    "epochs": 3,
+    "batch_size": 64,
+    "threads": 1,
+}
+
+MODES = ("set", "rescale")
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+def _builder(value: float, lr: float, mode: str, opt_cls: type[torch.optim.Optimizer]):
+    def build(model: torch.nn.Module):
+        if mode == "set":
+            first = fix_weights(model)
+            first.remove()
+            set_fixed_to_sign(model, first.masks, value)
+            handle = fix_weights(model)
+        else:
+            handle = fix_weights(model, value=value)
+        return opt_cls(model.parameters(), lr=lr), handle
+
+    return build
+
+
+def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
+    cfg = merge_config(DEFAULTS, config or {}, source="fixed-value-grid")
+    validate_config("fixed-value-grid", cfg)
+    if cfg["mode"] not in MODES:
+        raise InvalidValueError(f"mode={cfg['mode']!r}; choose one of: {', '.join(MODES)}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise InvalidValueError(f"optimizer={cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(b, lr, s) for b in cfg["values"] for lr in cfg["lrs"] for s in range(int(cfg["seeds"]))]
+
+    def spec(job: tuple[float, float, int]) -> tuple[str, float, int, Any, dict[str, Any]]:
+        b, lr, seed = job
+        build = _builder(float(b), float(lr), cfg["mode"], OPTIMIZERS[cfg["optimizer"]])
+        return "fixed", lr, seed, build, {"value": b, "lr": lr, "seed": seed}
+
+    runs = train_grid(cfg, jobs, spec, desc="fixed-value-grid", progress_bar=progress)
+    for r in runs:
+        r["final_val_loss"] = r["val_loss"][-1]
+    grid = []
+    for b in cfg["values"]:
+        for lr in cfg["lrs"]:
+            finals = [r["final_val_loss"] for r in runs if r["value"] == b and r["lr"] == lr]
+            grid.append(
+                {
+                    "value": b,
+                    "lr": lr,
+                    "median_val_loss": float(np.median(finals)),
+                    "n_diverged": sum(not math.isfinite(f) for f in finals),
+                }
+            )
+    best = min(grid, key=lambda g: g["median_val_loss"])
+    per_value_best = {repr(b): min(g["median_val_loss"] for g in grid if g["value"] == b) for b in cfg["values"]}
+    results = {
+        "config": cfg,
+        "grid": grid,
+        "best": best,
+        "best_per_value": per_value_best,
+        "best_lr_per_value": {
+            repr(b): min((g for g in grid if g["value"] == b), key=lambda g: g["median_val_loss"])["lr"]
+            for b in cfg["values"]
+        },
+        "runs": runs,
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json(out / "results.json", results)
+    write_csv(out / "grid.csv", grid)
+    plot(results, out)
+    return results
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    cfg = results["config"]
+    values, lrs = cfg["values"], cfg["lrs"]
+    M = np.full((len(values), len(lrs)), np.nan)
+    for g in results["grid"]:
+        v = g["median_val_loss"]
+        M[values.index(g["value"]), lrs.index(g["lr"])] = np.log10(v) if math.isfinite(v) else np.nan
+    fig, axes = new_figure(1, 1, size=(5.0, 3.8))
+    ax = axes[0, 0]
+    cmap = __import__("matplotlib").colormaps["viridis"].with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize=7)
+    ax.set_yticks(range(len(values)), [f"{v:g}" for v in values], fontsize=7)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("fixed-weight value b")
+    ax.set_title(f"log10 median val. loss ({cfg['mode']}, {cfg['optimizer']}; white: diverged)", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    save_figure(fig, out / "fixed_value_grid.png")

@@ -1,0 +1,236 @@
+"""Back-propagated gradients of a teleported network scale with the CoB range (Armenta et al. 2023, Sec. 5.1).
+
+Theorem 2 of the paper: ``dV = tau_in * dW / tau_out`` per weight, so the squared gradient picks up factors
+``tau_a^2 / tau_b^2`` whose expectation for ``tau ~ U[1 - s, 1 + s]`` (and for the inter-landscape mixture, since
+only squares enter) is
+
+    E[tau_a^2 / tau_b^2] = (s^2 + 3) / (3 (1 - s^2)),
+
+growing without bound as ``s -> 1``. For each model and each CoB range ``s`` we teleport the same network
+``num_teleports`` times (paper: 20) and record, on one fixed batch,
+
+* the paper's Fig. 5 quantity ``|‖dW‖/‖W‖ - ‖dV‖/‖V‖|`` (mean +- std over the teleports);
+* the gradient-norm ratio ``‖dV‖^2 / ‖dW‖^2``, drawn against the expectation above. Weights touching the
+  input or output layer (pinned CoB 1) only pick up ``E[tau^2] = 1 + s^2/3`` or ``E[1/tau^2] = 1/(1 - s^2)``,
+  so the measured ratio of a whole network sits near, not on, the curve.
+
+The "fit" reported is the least-squares scale ``c`` in ``|...| ~ c * (E(s) - 1)`` and its R^2. The curve "increases
+with s" when Spearman's rank correlation between ``s`` and the mean is at least 0.9 and the last point is above the
+first (with a few teleports per point, neighbouring small-``s`` points can swap by noise); ``strictly_increasing``
+is reported as well.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import nnteleport
+from nnteleport.lab.data import load_dataset
+from nnteleport.lab.experiments.config import merge_config, validate_config
+from nnteleport.lab.experiments.level_curves import parse_dtype
+from nnteleport.lab.experiments.micro_teleport import flat_grad
+from nnteleport.lab.models import MODELS, build_model, default_kwargs
+from nnteleport.lab.plotting import (
+    COLORS,
+    band,
+    new_figure,
+    progress,
+    save_figure,
+    summary,
+    write_csv,
+    write_json,
+)
+
+DESCRIPTION = (
+    "Normalised gradient change |‖dW‖/‖W‖ - ‖dV‖/‖V‖| against the CoB range s (num_teleports teleports per "
+    "point, mean +- std), with the expectation (s^2+3)/(3(1-s^2)) of the squared gradient scaling overlaid "
+    "(Armenta et al. 2023, Sec. 5.1, Fig. 5)."
+)
+
+DEFAULTS: dict[str, Any] = {
+    "models": ["mlp", "vgg", "resnet18", "densenet"],
+    "model_kwargs": {name: default_kwargs(name) for name in MODELS},
+    "dataset": "digits",
+    "data_root": None,
+    "batch_size": 64,
+    "cob_ranges": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "num_teleports": 20,
+    "sampling": "inter",
+    "dtype": "float32",
+    "seed": 0,
+}
+
+
+CHOICES: dict[str, list] = {
+    "models": list(MODELS),
+    "dataset": ["digits", "mnist1d", "random", "mnist", "fashion-mnist", "cifar10", "cifar100"],
+    "sampling": ["intra", "inter"],
+    "dtype": ["float32", "float64"],
+}
+
+
+def expected_ratio(s: float | np.ndarray) -> float | np.ndarray:
+    """``E[tau_a^2 / tau_b^2] = (s^2 + 3) / (3 (1 - s^2))`` for independent ``tau ~ U[1 - s, 1 + s]``."""
+    s = np.asarray(s, dtype=np.float64)
+    return (s**2 + 3) / (3 * (1 - s**2))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def run(config: dict, out: Path, *, progress: bool = True) -> dict:
+    """Run the experiment (see the module docstring); writes ``results.json``, two CSVs and a PNG."""
+    cfg = merge_config(DEFAULTS, config or {}, source="gradient-scale")
+    validate_config("gradient-scale", cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = parse_dtype(cfg["dtype"])
+    data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
+    x, y = data.example_batch(cfg["batch_size"], split="train")
+    x = x.to(dtype)
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    per_model: dict[str, Any] = {}
+    for name in cfg["models"]:
+        torch.manual_seed(cfg["seed"])
+        kwargs = dict(cfg["model_kwargs"].get(name, {}))
+        model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
+        model = model.to(dtype).train()
+        w_norm = torch.cat([p.detach().flatten() for p in model.parameters()]).double().norm().item()
+        dw_norm = flat_grad(model, x, y).double().norm().item()
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        for s, i in _bar(cfg, progress, name):
+            tele = nnteleport.teleport(model, x, cob_range=s, sampling=cfg["sampling"], generator=gen).train()
+            v_norm = torch.cat([p.detach().flatten() for p in tele.parameters()]).double().norm().item()
+            dv_norm = flat_grad(tele, x, y).double().norm().item()
+            rows.append(
+                {
+                    "model": name,
+                    "cob_range": s,
+                    "teleport": i,
+                    "w_norm": w_norm,
+                    "dw_norm": dw_norm,
+                    "v_norm": v_norm,
+                    "dv_norm": dv_norm,
+                    "abs_diff_normalized": abs(dw_norm / w_norm - dv_norm / v_norm),
+                    "grad_ratio_sq": (dv_norm / dw_norm) ** 2,
+                }
+            )
+        for s in cfg["cob_ranges"]:
+            mine = [r for r in rows if r["model"] == name and r["cob_range"] == s]
+            d = summary(r["abs_diff_normalized"] for r in mine)
+            q = summary(r["grad_ratio_sq"] for r in mine)
+            curves.append(
+                {
+                    "model": name,
+                    "cob_range": s,
+                    "abs_diff_mean": d["mean"],
+                    "abs_diff_std": d["std"],
+                    "grad_ratio_sq_mean": q["mean"],
+                    "grad_ratio_sq_std": q["std"],
+                    "expected_ratio": float(expected_ratio(s)),
+                }
+            )
+        mc = [c for c in curves if c["model"] == name]
+        s_arr = np.array([c["cob_range"] for c in mc])
+        m_arr = np.array([c["abs_diff_mean"] for c in mc])
+        basis = expected_ratio(s_arr) - 1.0
+        scale = float(basis @ m_arr / (basis @ basis))
+        ss_res = float(((m_arr - scale * basis) ** 2).sum())
+        ss_tot = float(((m_arr - m_arr.mean()) ** 2).sum())
+        order = np.argsort(s_arr)
+        ratio = np.array([c["grad_ratio_sq_mean"] for c in mc])
+        per_model[name] = {
+            "w_norm": w_norm,
+            "dw_norm": dw_norm,
+            "increasing": bool(_spearman(s_arr, m_arr) >= 0.9 and m_arr[order][-1] > m_arr[order][0]),
+            "strictly_increasing": bool(np.all(np.diff(m_arr[order]) > 0)),
+            "spearman": _spearman(s_arr, m_arr),
+            "fit_scale": scale,
+            "fit_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+            "grad_ratio_sq_over_expected": {
+                "min": float((ratio / expected_ratio(s_arr)).min()),
+                "max": float((ratio / expected_ratio(s_arr)).max()),
+            },
+        }
+    results = {
+        "experiment": "gradient-scale",
+        "config": cfg,
+        "models": per_model,
+        "all_increasing": all(m["increasing"] for m in per_model.values()),
+        "files": {"csv": ["teleports.csv", "curves.csv"], "plot": "gradient_scale.png"},
+    }
+    write_csv(out / "teleports.csv", rows)
+    write_csv(out / "curves.csv", curves)
+    write_json(out / "results.json", results)
+    plot(out)
+    return results
+
+
+def _bar(cfg: dict, enabled: bool, name: str):
+    pairs = list(itertools.product(cfg["cob_ranges"], range(cfg["num_teleports"])))
+    return progress(pairs, enabled=enabled, desc=f"gradient-scale {name}", total=len(pairs))
+
+
+def plot(out: Path) -> Path:
+    """Draw ``gradient_scale.png`` from ``curves.csv``: the paper's Fig. 5 and the gradient-norm ratio."""
+    from nnteleport.lab.plotting import read_csv
+
+    out = Path(out)
+    res = json.loads((out / "results.json").read_text())
+    curves = read_csv(out / "curves.csv")
+    models = list(res["models"])
+    fig, axes = new_figure(1, 2, size=(5.0, 3.5))
+    s_fine = np.linspace(min(c["cob_range"] for c in curves), max(c["cob_range"] for c in curves), 200)
+    for k, m in enumerate(models):
+        mc = sorted((c for c in curves if c["model"] == m), key=lambda c: c["cob_range"])
+        s = [c["cob_range"] for c in mc]
+        color = COLORS["grid"][k % len(COLORS["grid"])]
+        band(
+            axes[0, 0],
+            s,
+            [c["abs_diff_mean"] for c in mc],
+            [c["abs_diff_std"] for c in mc],
+            k=1.0,
+            color=color,
+            label=m,
+        )
+        axes[0, 0].plot(
+            s_fine,
+            res["models"][m]["fit_scale"] * (expected_ratio(s_fine) - 1),
+            color=color,
+            linestyle=":",
+            linewidth=1,
+        )
+        band(
+            axes[0, 1],
+            s,
+            [c["grad_ratio_sq_mean"] for c in mc],
+            [c["grad_ratio_sq_std"] for c in mc],
+            k=1.0,
+            color=color,
+            label=m,
+        )
+    axes[0, 0].set_yscale("log")
+    axes[0, 0].set_xlabel("CoB range s")
+    axes[0, 0].set_ylabel("|‖dW‖/‖W‖ − ‖dV‖/‖V‖|  (mean ± std)")
+    axes[0, 0].set_title("normalised gradient change (dotted: c·(E(s)−1) fit)", fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    axes[0, 1].plot(s_fine, expected_ratio(s_fine), color="k", linestyle="--", label="(s²+3)/(3(1−s²))")
+    axes[0, 1].set_yscale("log")
+    axes[0, 1].set_xlabel("CoB range s")
+    axes[0, 1].set_ylabel("‖dV‖² / ‖dW‖²  (mean ± std)")
+    axes[0, 1].set_title(f"gradient-norm ratio vs expectation ({res['config']['sampling']})", fontsize=9)
+    axes[0, 1].legend(fontsize=8)
+    return save_figure(fig, out / "gradient_scale.png")
