@@ -75,5 +75,5 @@ def test_generator_reproducible_and_unknown_scheme():
     a = initialize(net(), "kaiming", generator=torch.Generator().manual_seed(3))
     b = initialize(net(), "kaiming", generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    with pytest.raises(ValueError, match="kaiming, xavier, normal, default"):
+    with pytest.raises(ValueError, match="'kaiming', 'xavier', 'normal', 'default'"):
         initialize(net(), "he")

@@ -98,11 +98,11 @@ def test_builtin_optimizers_reduce_loss(digits, opt):
 
 
 def test_bad_options_raise_with_allowed_values(digits):
-    with pytest.raises(ValueError, match="sgd, momentum, adam"):
+    with pytest.raises(ValueError, match="'sgd', 'momentum', 'adam'"):
         train(mlp(), digits, epochs=1, optimizer="rmsprop", progress=False)
-    with pytest.raises(ValueError, match="reset, keep"):
+    with pytest.raises(ValueError, match="'reset', 'keep'"):
         train(mlp(), digits, epochs=1, optimizer_state_on_teleport="forget", progress=False)
-    with pytest.raises(ValueError, match="kaiming, xavier, normal, default"):
+    with pytest.raises(ValueError, match="'kaiming', 'xavier', 'normal', 'default'"):
         train(mlp(), digits, epochs=1, init="he", progress=False)
     with pytest.raises(ValueError, match="teleport_at"):
         train(mlp(), digits, epochs=2, teleport_at=5, progress=False)

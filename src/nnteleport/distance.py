@@ -26,12 +26,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nnteleport._choice import Choice
 from nnteleport.errors import InvalidValueError
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
 ScheduleLike = float | Callable[[int], float]
 
 
-class Kernel(StrEnum):
+class Kernel(Choice, what="kernel"):
     """Kernel ``k(theta, theta_c)`` of the checkpoint penalty ``strength * sum_c k(theta, theta_c)``.
 
     * ``"rbf"``: ``exp(-||theta - theta_c||^2 / (2 sigma^2))`` in (0, 1] (thesis Eq. 2.3): a bounded hill of
@@ -56,14 +56,6 @@ class Kernel(StrEnum):
 
     RBF = "rbf"
     SQUARED_L2 = "squared_l2"
-
-    @classmethod
-    def parse(cls, value: str | Kernel) -> Kernel:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(repr(k.value) for k in cls)
-            raise ValueError(f"unknown kernel {value!r}; choose one of: {allowed}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

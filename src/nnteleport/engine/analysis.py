@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
 import inspect
 import operator
 import traceback
@@ -37,6 +36,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.node import map_arg
 
+from nnteleport._choice import Choice
 from nnteleport.engine import inspection, rules
 from nnteleport.engine.activation import TeleportedActivation, call_is_inplace
 from nnteleport.engine.rules import Kind, _callable_name, zeros_like_space
@@ -45,7 +45,7 @@ from nnteleport.errors import InvalidArgumentError, InvalidValueError, Unsupport
 __all__ = ["Functional", "GroupInfo", "TeleportPlan", "UntraceableModelError", "analyze"]
 
 
-class Functional(str, enum.Enum):
+class Functional(Choice, what="functional mode"):
     """What to do with activations called as functions (``F.gelu(x)``) in a user's ``forward``.
 
     * ``"constrain"`` (default): the model keeps its class and ``forward``; positively homogeneous functions
@@ -57,14 +57,6 @@ class Functional(str, enum.Enum):
 
     CONSTRAIN = "constrain"
     GRAPH = "graph"
-
-    @classmethod
-    def parse(cls, value: str | Functional) -> Functional:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise InvalidValueError(f"unknown functional mode {value!r}; allowed values: {allowed}") from None
 
 
 @dataclass(frozen=True)

@@ -14,30 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nnteleport._choice import Choice
 from nnteleport.errors import InvalidArgumentError, InvalidValueError
 
 __all__ = ["CoB", "Sampling", "expected_squared_ratio", "sample_cob"]
 
 
-class Sampling(str, Enum):
+class Sampling(Choice, what="sampling"):
     """CoB sampling scheme (paper, Sec. 4): ``"intra"`` keeps signs, ``"inter"`` also flips them."""
 
     INTRA = "intra"
     INTER = "inter"
-
-    @classmethod
-    def parse(cls, value: str | Sampling) -> Sampling:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise InvalidValueError(f"unknown sampling {value!r}; allowed values: {allowed}") from None
 
 
 class CoB(Mapping[str, Tensor]):

@@ -58,7 +58,6 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
@@ -67,6 +66,7 @@ from torch.autograd import profiler as _profiler_state
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.optim import optimizer as _optim_mod
 
+from nnteleport._choice import Choice
 from nnteleport.errors import UnsupportedModelError
 from nnteleport.gspace import _native
 
@@ -77,19 +77,11 @@ _GLOBAL_POST_HOOKS: dict[int, Any] = getattr(_optim_mod, "_global_optimizer_post
 __all__ = ["ChainLayer", "GSpace", "GSpaceOptimizer", "Skeleton", "trace_chain"]
 
 
-class Skeleton(StrEnum):
+class Skeleton(Choice, what="skeleton"):
     """How skeleton weights are selected (see the module docstring)."""
 
     GREEDY = "greedy"
     DIAGONAL = "diagonal"
-
-    @classmethod
-    def parse(cls, value: str | Skeleton) -> Skeleton:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(repr(s.value) for s in cls)
-            raise ValueError(f"skeleton={value!r} is not supported; choose one of: {allowed}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ gradient norms ignore them). Code that changes weights without an optimizer step
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import numpy as np
 import torch
@@ -46,24 +45,17 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
+from nnteleport._choice import Choice
 from nnteleport.gspace import ChainLayer, rescale_chain, trace_chain
 
 __all__ = ["FixedWeights", "Selection", "fix_weights"]
 
 
-class Selection(StrEnum):
+class Selection(Choice, what="select"):
     """How the fixed weights are selected (see the module docstring)."""
 
     DIAGONAL = "diagonal"
     HUNGARIAN = "hungarian"
-
-    @classmethod
-    def parse(cls, value: str | Selection) -> Selection:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(repr(s.value) for s in cls)
-            raise ValueError(f"select={value!r} is not supported; choose one of: {allowed}") from None
 
 
 class FixedWeights:

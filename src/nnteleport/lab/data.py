@@ -43,7 +43,6 @@ import tarfile
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nnteleport._choice import Choice
 from nnteleport.errors import CorruptFileError, InvalidValueError, MissingFileError, UnsafeFileError
 
 __all__ = [
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-class DatasetName(StrEnum):
+class DatasetName(Choice, what="dataset"):
     """Names accepted by :func:`load_dataset`."""
 
     DIGITS = "digits"
@@ -73,14 +73,6 @@ class DatasetName(StrEnum):
     FASHION_MNIST = "fashion-mnist"
     CIFAR10 = "cifar10"
     CIFAR100 = "cifar100"
-
-    @classmethod
-    def parse(cls, value: str | DatasetName) -> DatasetName:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise InvalidValueError(f"unknown dataset {value!r}; choose one of: {allowed}") from None
 
 
 EMBEDDED = (DatasetName.DIGITS, DatasetName.MNIST1D, DatasetName.RANDOM)

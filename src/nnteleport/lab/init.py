@@ -15,31 +15,22 @@ running statistics). Other modules with parameters are left untouched, except un
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import nn
 
+from nnteleport._choice import Choice
 from nnteleport.errors import InvalidValueError
 
 __all__ = ["InitScheme", "initialize"]
 
 
-class InitScheme(StrEnum):
+class InitScheme(Choice, what="init scheme"):
     """Weight initialisation schemes accepted by :func:`initialize`."""
 
     KAIMING = "kaiming"
     XAVIER = "xavier"
     NORMAL = "normal"
     DEFAULT = "default"
-
-    @classmethod
-    def parse(cls, value: str | InitScheme) -> InitScheme:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise InvalidValueError(f"unknown init scheme {value!r}; choose one of: {allowed}") from None
 
 
 _WEIGHTED = (

@@ -52,7 +52,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,6 +63,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from nnteleport._choice import Choice
 from nnteleport.errors import ConfigMismatchError, CorruptFileError, InvalidValueError, UnsafeFileError
 from nnteleport.lab._atomic import tmp_path
 from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
@@ -82,17 +82,7 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class _StrEnum(StrEnum):
-    @classmethod
-    def parse(cls, value: Any, what: str) -> Any:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise InvalidValueError(f"unknown {what} {value!r}; choose one of: {allowed}") from None
-
-
-class OptimizerName(_StrEnum):
+class OptimizerName(Choice, what="optimizer"):
     """Built-in optimizers of :func:`train`: plain SGD, SGD with momentum, Adam (L2 via ``weight_decay``)."""
 
     SGD = "sgd"
@@ -100,7 +90,7 @@ class OptimizerName(_StrEnum):
     ADAM = "adam"
 
 
-class OptimizerStateOnTeleport(_StrEnum):
+class OptimizerStateOnTeleport(Choice, what="optimizer_state_on_teleport"):
     """What happens to the optimizer state when the model is teleported during training (see module doc)."""
 
     RESET = "reset"
@@ -318,7 +308,7 @@ def make_optimizer(
                     "load_state_dict"
                 )
         return opt
-    name = OptimizerName.parse(optimizer, "optimizer")
+    name = OptimizerName.parse(optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     if name is OptimizerName.ADAM:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -715,8 +705,8 @@ def train(
     if not (isinstance(optimizer, str) or callable(optimizer)):
         raise InvalidValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
     if isinstance(optimizer, str):
-        OptimizerName.parse(optimizer, "optimizer")
-    state_policy = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport, "optimizer_state_on_teleport")
+        OptimizerName.parse(optimizer)
+    state_policy = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport)
     if init is not None:
         from nnteleport.lab.init import InitScheme
 

@@ -6,15 +6,15 @@ layers, so the same architectures run on 8x8 digits, 28x28 MNIST, 32x32 CIFAR an
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from nnteleport._choice import Choice
 from nnteleport.errors import InvalidValueError
 
 
-class Activation(enum.StrEnum):
+class Activation(Choice, what="activation"):
     """Element-wise activation functions accepted by the zoo (``activation="..."``)."""
 
     RELU = "relu"
@@ -33,11 +33,6 @@ class Activation(enum.StrEnum):
     HARDSIGMOID = "hardsigmoid"
     SOFTPLUS = "softplus"
     IDENTITY = "identity"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Activation:
-        allowed = ", ".join(m.value for m in cls)
-        raise InvalidValueError(f"unknown activation {value!r}; choose one of: {allowed}")
 
 
 _ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
