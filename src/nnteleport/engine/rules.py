@@ -497,6 +497,35 @@ register_method("sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "a
     _functional_activation(Kind.GENERAL)
 )
 
+#: The only list of positively homogeneous ops in nnteleport: ``f(a x) = a f(x)`` for every ``a > 0``
+#: (``Kind.POSITIVE``) or every ``a`` (``Kind.LINEAR``), per element or per channel. The engine registers its rules
+#: from it; :mod:`nnteleport.gspace` reads it (chain discovery) through :func:`homogeneity`.
+HOMOGENEOUS_MODULES: dict[type[nn.Module], Kind] = {
+    **dict.fromkeys(_ELEMENTWISE_LINEAR + _CHANNELWISE_LINEAR, Kind.LINEAR),
+    **dict.fromkeys(_ELEMENTWISE_POSITIVE + _CHANNELWISE_POSITIVE, Kind.POSITIVE),
+}
+HOMOGENEOUS_FUNCTIONS: dict[Callable[..., Any], Kind] = {
+    **dict.fromkeys(_LIN_FUNCS + _LIN_CHANNEL_FUNCS, Kind.LINEAR),
+    **dict.fromkeys(_POS_FUNCS + _POS_CHANNEL_FUNCS, Kind.POSITIVE),
+}
+HOMOGENEOUS_METHODS: dict[str, Kind] = {"relu": Kind.POSITIVE, "relu_": Kind.POSITIVE}
+
+
+def homogeneity(target: type[nn.Module] | nn.Module | Callable[..., Any] | str) -> Kind | None:
+    """``Kind.LINEAR`` / ``Kind.POSITIVE`` when ``target`` (a module or its type, a function, a tensor-method name)
+    is homogeneous as listed above, else ``None``. Subclasses of a listed module type count only when they keep
+    the base class's ``forward``."""
+    if isinstance(target, str):
+        return HOMOGENEOUS_METHODS.get(target)
+    if isinstance(target, nn.Module):
+        target = type(target)
+    if isinstance(target, type):
+        for base in target.__mro__:
+            if base in HOMOGENEOUS_MODULES:
+                return HOMOGENEOUS_MODULES[base] if target.forward is base.forward else None
+        return None
+    return HOMOGENEOUS_FUNCTIONS.get(target)
+
 
 @register_function(F.pad)
 def pad_rule(ctx: Any) -> Any:
