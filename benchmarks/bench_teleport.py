@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import nnteleport as nt
-from nnteleport.engine.analysis import _Tracer
+from nnteleport.engine.trace import _Tracer
 from nnteleport.lab.models import build_model
 
 

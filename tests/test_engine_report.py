@@ -104,3 +104,25 @@ def test_micro_teleport_in_bfloat16_is_not_rounded_away():
     # same direction as the float64 vector (the weights differ only by bfloat16 rounding)
     cos = float(d @ ref / (d.norm() * ref.norm()))
     assert cos > 0.99, cos
+
+
+class _CrashingLinear(nn.Linear):
+    """A Linear whose rule registers its parameters and then fails (a rule bug met by the safety net)."""
+
+
+def test_a_rule_that_fails_after_registering_its_parameters_leaves_them_pinned(monkeypatch):
+    from nnteleport.engine import rules
+
+    def crashing_rule(ctx):
+        rules.linear_rule(ctx)  # registers weight and bias with fresh output factors
+        raise RuntimeError("rule bug after registration")
+
+    monkeypatch.setitem(rules.MODULE_RULES, _CrashingLinear, crashing_rule)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), _CrashingLinear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    plan = nt.analyze(model, x)
+    assert any("could not be followed" in p["why"] for p in plan.report.pinned)
+    teleported = nt.teleport(model, x, cob_range=0.9, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(teleported(x), model(x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(teleported[2].weight, model[2].weight)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnteleport as nt
-from nnteleport.engine.analysis import UntraceableModelError, _Tracer
+from nnteleport.engine.analysis import UntraceableModelError
+from nnteleport.engine.trace import _Tracer
 from nnteleport.lab.models import build_model
 from tests.engine_models import ConvBNResidual, hand_written_cases
 

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "GroupInfo": "nnteleport.engine.analysis",
     "CoB": "nnteleport.engine.cob",
     "Sampling": "nnteleport.engine.cob",
-    "sample_cob": "nnteleport.engine.cob",
+    "sample_cob": "nnteleport.engine.apply",
     "teleport": "nnteleport.engine.apply",
     "micro_teleport": "nnteleport.engine.apply",
     "TeleportedActivation": "nnteleport.engine.apply",
@@ -64,8 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     # ruff: noqa: F401
     from nnteleport.distance import CheckpointDistance, canonicalize
     from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
-    from nnteleport.engine.apply import TeleportedActivation, micro_teleport, teleport
-    from nnteleport.engine.cob import CoB, Sampling, sample_cob
+    from nnteleport.engine.apply import TeleportedActivation, micro_teleport, sample_cob, teleport
+    from nnteleport.engine.cob import CoB, Sampling
     from nnteleport.engine.report import TeleportReport
     from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
     from nnteleport.gspace import GSpace, GSpaceOptimizer

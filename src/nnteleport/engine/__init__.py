@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
-from nnteleport.engine.apply import micro_teleport, teleport
-from nnteleport.engine.cob import CoB, Sampling, sample_cob
+from nnteleport.engine.apply import micro_teleport, sample_cob, teleport
+from nnteleport.engine.cob import CoB, Sampling
 from nnteleport.engine.report import TeleportReport
 
 __all__ = [

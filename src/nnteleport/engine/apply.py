@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from nnteleport.engine.activation import FunctionalOp, TeleportedActivation
 from nnteleport.engine.analysis import Functional, TeleportPlan, _register, analyze
-from nnteleport.engine.cob import Sampling, sample_flat
+from nnteleport.engine.cob import CoB, Sampling, _validate_cob_range, sample_flat
 from nnteleport.engine.rules import Kind
 from nnteleport.errors import InvalidValueError
 
-__all__ = ["TeleportedActivation", "apply_cob", "micro_teleport", "teleport"]
+__all__ = ["TeleportedActivation", "apply_cob", "micro_teleport", "sample_cob", "teleport"]
 
 
 def _scale_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -371,3 +371,40 @@ def micro_teleport(
     if not chunks:
         return torch.zeros(0, dtype=torch.float64)
     return torch.cat([c.to(chunks[0].device) for c in chunks])
+
+
+def sample_cob(
+    model: nn.Module,
+    x: Any,
+    cob_range: float = 0.5,
+    sampling: str | Sampling = "intra",
+    generator: torch.Generator | None = None,
+    *,
+    leaf_modules: Any = (),
+    functional: str = "constrain",
+) -> CoB:
+    """Sample a CoB for ``model`` (paper, Sec. 4).
+
+    Parameters
+    ----------
+    model, x:
+        The model and an example input batch (tensor or tuple of tensors), used to trace it (cached).
+    cob_range:
+        ``s`` in ``(0, 1)``; factors lie in ``[1 - s, 1 + s]`` (and the mirrored interval for ``"inter"``).
+    sampling:
+        ``"intra"`` or ``"inter"``. Neurons that must stay positive (see the report) are never flipped.
+    generator:
+        Optional ``torch.Generator`` for reproducibility.
+    leaf_modules, functional:
+        As in :func:`nnteleport.teleport` (``functional="graph"`` frees functional activations' neurons).
+
+    Returns
+    -------
+    CoB
+        Group name -> float64 tensor of factors, shape ``(group size,)``.
+    """
+    s = _validate_cob_range(cob_range)
+    mode = Sampling.parse(sampling)
+    plan = analyze(model, x, leaf_modules=leaf_modules, functional=functional)
+    flat = sample_flat(plan.num_free, s, mode, plan.positive_mask, generator)
+    return plan.cob_from_flat(flat)

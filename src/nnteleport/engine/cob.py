@@ -17,12 +17,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from nnteleport._choice import Choice
 from nnteleport.errors import InvalidArgumentError, InvalidValueError
 
-__all__ = ["CoB", "Sampling", "expected_squared_ratio", "sample_cob"]
+__all__ = ["CoB", "Sampling", "expected_squared_ratio", "sample_flat"]
 
 
 class Sampling(Choice, what="sampling"):
@@ -140,45 +140,6 @@ def sample_flat(
             flip &= ~positive_mask.to(device)
         tau = torch.where(flip, -tau, tau)
     return tau.cpu()
-
-
-def sample_cob(
-    model: nn.Module,
-    x: Any,
-    cob_range: float = 0.5,
-    sampling: str | Sampling = "intra",
-    generator: torch.Generator | None = None,
-    *,
-    leaf_modules: Any = (),
-    functional: str = "constrain",
-) -> CoB:
-    """Sample a CoB for ``model`` (paper, Sec. 4).
-
-    Parameters
-    ----------
-    model, x:
-        The model and an example input batch (tensor or tuple of tensors), used to trace it (cached).
-    cob_range:
-        ``s`` in ``(0, 1)``; factors lie in ``[1 - s, 1 + s]`` (and the mirrored interval for ``"inter"``).
-    sampling:
-        ``"intra"`` or ``"inter"``. Neurons that must stay positive (see the report) are never flipped.
-    generator:
-        Optional ``torch.Generator`` for reproducibility.
-    leaf_modules, functional:
-        As in :func:`nnteleport.teleport` (``functional="graph"`` frees functional activations' neurons).
-
-    Returns
-    -------
-    CoB
-        Group name -> float64 tensor of factors, shape ``(group size,)``.
-    """
-    from nnteleport.engine.analysis import analyze
-
-    s = _validate_cob_range(cob_range)
-    mode = Sampling.parse(sampling)
-    plan = analyze(model, x, leaf_modules=leaf_modules, functional=functional)
-    flat = sample_flat(plan.num_free, s, mode, plan.positive_mask, generator)
-    return plan.cob_from_flat(flat)
 
 
 def expected_squared_ratio(cob_range: float) -> float:
