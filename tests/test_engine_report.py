@@ -126,3 +126,88 @@ def test_a_rule_that_fails_after_registering_its_parameters_leaves_them_pinned(m
     teleported = nt.teleport(model, x, cob_range=0.9, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(teleported(x), model(x), rtol=1e-12, atol=1e-12)
     assert torch.equal(teleported[2].weight, model[2].weight)
+
+
+class _ClampsItsWeightThroughData(nn.Module):
+    """A forward that renormalises its own weight through ``.data`` (no version bump on the parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        self.fc.weight.data.clamp_(-0.1, 0.1)
+        return self.fc(x)
+
+
+class _RenormsItsParameters(nn.Module):
+    """A forward that rescales every parameter in place under ``no_grad`` (reached via ``parameters()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            for p in self.fc.parameters():
+                p.mul_(0.5)
+        return self.fc(x)
+
+
+def test_analyze_restores_parameters_written_by_the_forward():
+    for cls in (_ClampsItsWeightThroughData, _RenormsItsParameters):
+        torch.manual_seed(0)
+        model = cls().double()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        nt.analyze(model, torch.randn(5, 4, dtype=torch.float64))
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), f"{cls.__name__}: {k} changed by analyze"
+
+
+class _StatsAsParameters(nn.Module):
+    """Batch norm whose running statistics are (frozen) parameters: updated in place inside the native op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.mean = nn.Parameter(torch.zeros(3), requires_grad=False)
+        self.var = nn.Parameter(torch.ones(3), requires_grad=False)
+
+    def forward(self, x):
+        return F.batch_norm(self.fc(x), self.mean, self.var, training=True)
+
+
+class _WritesInsideAFunction(nn.Module):
+    """An autograd.Function whose forward writes into the parameter it receives."""
+
+    class _AddOne(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h, w):
+            w.add_(1.0)
+            return h * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g, None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.w = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return self._AddOne.apply(self.fc(x), self.w)
+
+
+def test_analyze_restores_a_parameter_written_by_a_native_op_or_refuses_loudly():
+    for cls in (_StatsAsParameters, _WritesInsideAFunction):
+        torch.manual_seed(0)
+        model = cls().double()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            nt.analyze(model, torch.randn(5, 4, dtype=torch.float64))
+        except nt.UnsupportedModelError as e:
+            assert "changed parameter" in str(e)
+            continue
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), f"{cls.__name__}: {k} changed by analyze"

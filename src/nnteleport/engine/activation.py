@@ -31,11 +31,38 @@ def call_is_inplace(target: Any, args: tuple = (), kwargs: dict | None = None) -
         return bool(kwargs["inplace"])
     if isinstance(target, str) or not args:
         return False
+    sig = _signature(target)
+    if sig is None:
+        return False
     try:
-        bound = inspect.signature(target).bind_partial(None, *args)
-    except (TypeError, ValueError):
+        bound = sig.bind_partial(None, *args)
+    except TypeError:
         return False
     return bool(bound.arguments.get("inplace", False))
+
+
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(target: Any) -> inspect.Signature | None:
+    """``inspect.signature(target)`` (``None`` when it has none), cached per callable: computing a signature
+    costs tens of microseconds and the analysis asks once per call node."""
+    try:
+        return _SIGNATURES[target]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable callable
+        try:
+            return inspect.signature(target)
+        except (TypeError, ValueError):
+            return None
+    try:
+        sig: inspect.Signature | None = inspect.signature(target)
+    except (TypeError, ValueError):
+        sig = None
+    if len(_SIGNATURES) < 4096:
+        _SIGNATURES[target] = sig
+    return sig
 
 
 class TeleportedActivation(nn.Module):

@@ -29,12 +29,14 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from nnteleport._choice import Choice
 from nnteleport.engine import inspection
 from nnteleport.engine.plan import GroupInfo, TeleportPlan, _finalize, _State
-from nnteleport.engine.trace import _graph_key, _trace
+from nnteleport.engine.trace import _flat_values, _graph_key, _trace
 from nnteleport.engine.walk import _NodeFailed, _Walker
 from nnteleport.errors import InvalidArgumentError, UnsupportedModelError, UntraceableModelError
 
@@ -103,12 +105,74 @@ def _changed(live: Any, saved: Any) -> bool:
     return len(live) != len(saved) or any(a is not b for a, b in zip(live, saved))
 
 
+# in-place methods that change no element of the tensor (metadata only): no snapshot needed
+_NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "rename_", "retain_grad"})
+
+
+# torch functions that write into an argument through a call the guard does not see (a TorchFunctionMode sees the
+# outermost overridable call only): F.embedding(max_norm=...) renormalises rows, batch/instance norm update the
+# running statistics they are given
+_WRITING_FUNCTIONS = frozenset({F.embedding, F.embedding_bag, F.batch_norm, F.instance_norm, torch.batch_norm})
+
+
+def _writes(func: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a torch call may write into one of its tensor arguments: an in-place name (``x.clamp_``,
+    ``torch.relu_``, ``x += y``, ``x[i] = v``, ``x.data = y``), an ``out=`` argument, or one of
+    :data:`_WRITING_FUNCTIONS`."""
+    if kwargs.get("out") is not None:
+        return True
+    try:
+        if func in _WRITING_FUNCTIONS:
+            return True
+    except TypeError:  # an unhashable callable
+        pass
+    name = getattr(func, "__name__", "")
+    if name in ("__setitem__", "__set__") or (name.startswith("__i") and name.endswith("__")):
+        return True
+    return name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES
+
+
+def _storage(t: Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (meta, some subclasses): nothing to restore
+        return 0
+
+
+class _ParameterWriteGuard(TorchFunctionMode):
+    """Copies a parameter just before a torch call that may write into its memory (directly, through a view, or
+    through ``.data``), so :func:`_preserved` restores it; parameters nothing writes are never copied (a copy of
+    every parameter was a third of the analysis of large models)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.by_storage: dict[int, list[nn.Parameter]] = {}
+        for p in params:
+            ptr = _storage(p)
+            if ptr:
+                self.by_storage.setdefault(ptr, []).append(p)
+        self.saved: dict[int, tuple[nn.Parameter, Tensor]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.by_storage and _writes(func, kwargs):
+            for t in _flat_values((args, kwargs)):
+                if isinstance(t, Tensor):
+                    for p in self.by_storage.get(_storage(t), ()):
+                        if id(p) not in self.saved:
+                            self.saved[id(p)] = (p, p.detach().clone())
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
     """Run the model for analysis without side effects: parameters and buffers that the forward overwrites
-    (``nn.Embedding(max_norm=...)`` renormalises rows, in-place updates of statistics), module attributes set while
-    tracing (tracing objects stored by user code or hooks), RNG and train/eval modes are restored."""
-    params = {k: (p, p._version, p.detach().clone()) for k, p in model.named_parameters(remove_duplicate=False)}
+    (``nn.Embedding(max_norm=...)`` renormalises rows, ``w.data.clamp_()``, in-place updates of statistics),
+    module attributes set while tracing (tracing objects stored by user code or hooks), RNG and train/eval modes
+    are restored. Buffers are copied up front; a parameter is copied by :class:`_ParameterWriteGuard` just before a
+    call writes into it. A parameter changed in a way the guard cannot see (inside a native kernel) is an error."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    versions = {k: p._version for k, p in params.items()}
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     modes = {m: m.training for m in model.modules()}
     attrs = {m: dict(vars(m)) for m in model.modules()}
@@ -117,19 +181,20 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
         (v, copy.copy(v)) for before in attrs.values() for k, v in before.items()
         if not k.startswith("_") and type(v) in (dict, list)
     ]  # fmt: skip
+    guard = _ParameterWriteGuard(list(params.values()))
     cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
     with torch.random.fork_rng(devices=cuda, enabled=True), torch.no_grad():
         try:
-            yield
+            with guard:
+                yield
         finally:
-            for p, version, saved in params.values():
-                if p._version != version:
-                    p.copy_(saved)
+            for p, saved in guard.saved.values():
+                p.copy_(saved)
+            for m, t in modes.items():
+                m.training = t
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
-            for m, t in modes.items():
-                m.training = t
             for live, saved in containers:
                 if _changed(live, saved):
                     live.clear()
@@ -141,6 +206,13 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
                 for k, v in before.items():
                     if now.get(k, v) is not v or k not in now:
                         now[k] = v
+    unseen = [k for k, p in params.items() if p._version != versions[k] and id(p) not in guard.saved]
+    if unseen:
+        raise UnsupportedModelError(
+            f"the forward of {type(model).__name__} changed parameter {unseen[0]!r} in place in a way analyze cannot "
+            "undo (inside a native op); make the forward leave its parameters unchanged, or pass the module that "
+            "does this in leaf_modules"
+        )
 
 
 def _batch_variant(inputs: Sequence[Tensor]) -> tuple[Tensor, ...] | None:

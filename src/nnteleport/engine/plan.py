@@ -155,53 +155,70 @@ def _finalize(state: _State, model: nn.Module) -> TeleportPlan:
         if new.numel():  # neurons (sets of merged variables) newly pinned
             pinned[new] = True
             pinned_by.append((ev.category, ev.why, int(new.numel())))
-    root0 = 0
-    roots = torch.where(pinned[label], 0, label).tolist()
-    positive_roots = set()
-    pos_reasons: list[tuple[str, int]] = []
-    for vars_, why in state.positives:
-        rs = {roots[v] for v in vars_.tolist()} - {root0}
-        new = rs - positive_roots
-        if new:
-            pos_reasons.append((why, len(new)))
-        positive_roots |= rs
-    general_roots = set()
-    for t in state.general_vars:
-        general_roots |= {roots[v] for v in t.tolist()}
+    # every free neuron is a connected component of variables, named by its root (its smallest variable), so the
+    # flat CoB lists the components in the order of their roots (= allocation order of their first variable)
+    roots = torch.where(pinned[label], 0, label)
+    free_roots = torch.unique(roots[roots != 0])  # sorted
+    num_free = int(free_roots.numel())
+    mapping = torch.zeros(state.n_vars, dtype=torch.long)
+    mapping[free_roots] = torch.arange(1, num_free + 1)
+    mapping = mapping[roots]  # variable -> 1-based position in the flat CoB (0: pinned)
 
-    flat_pos: dict[int, int] = {}
-    members: dict[str, list[int]] = {}
+    def new_per_reason(events: list[tuple[Tensor, str]]) -> tuple[Tensor, list[tuple[str, int]]]:
+        seen = torch.zeros(num_free + 1, dtype=torch.bool)
+        reasons = []
+        for vars_, why in events:
+            pos = torch.unique(mapping[vars_])
+            pos = pos[pos != 0]
+            new = int((~seen[pos]).sum())
+            if new:
+                reasons.append((why, new))
+            seen[pos] = True
+        return seen[1:], reasons
+
+    positive_mask, pos_reasons = new_per_reason(state.positives)
+    general, _ = new_per_reason([(t, "") for t in state.general_vars])
+
+    # the space (state.spaces entry) of every variable; a component belongs to the space of its root, and the
+    # other spaces it spans (merged by residual adds) are that group's aliases
+    first = torch.tensor([f for _, f, _ in state.spaces], dtype=torch.long)
+    counts = torch.tensor([c for _, _, c in state.spaces], dtype=torch.long)
+    space_of = torch.full((state.n_vars,), -1, dtype=torch.long)
+    if len(state.spaces):
+        space_of[1:] = torch.repeat_interleave(torch.arange(len(state.spaces)), counts)[: state.n_vars - 1]
+        assert int(first[0]) == 1 and int(counts.sum()) == state.n_vars - 1, "spaces must tile the variables"
+    names = [name for name, _, _ in state.spaces]
+    owner_space = space_of[free_roots].tolist()
+    members: dict[str, int] = {}  # space name -> number of free neurons it owns (first-come order)
+    for sp in owner_space:
+        members[names[sp]] = members.get(names[sp], 0) + 1
     aliases: dict[str, list[str]] = {}
-    owner: dict[int, str] = {}
-    for name, first, count in state.spaces:
-        for v in range(first, first + count):
-            r = roots[v]
-            if r == root0:
-                continue
-            if r not in flat_pos:
-                flat_pos[r] = len(flat_pos)
-                owner[r] = name
-                members.setdefault(name, []).append(r)
-            elif owner[r] != name and name not in aliases.setdefault(owner[r], []):
-                aliases[owner[r]].append(name)
-    mapping = torch.tensor([0 if r == root0 else flat_pos[r] + 1 for r in roots], dtype=torch.long)
-    num_free = len(flat_pos)
-    positive_mask = torch.zeros(num_free, dtype=torch.bool)
-    for r in positive_roots:
-        positive_mask[flat_pos[r]] = True
+    v = torch.nonzero(roots).reshape(-1)
+    if v.numel():
+        own, mine = space_of[roots[v]], space_of[v]
+        other = own != mine
+        if bool(other.any()):
+            own, mine, v = own[other], mine[other], v[other]
+            key = own * len(names) + mine
+            uniq, inv = torch.unique(key, return_inverse=True)
+            firstv = torch.full((uniq.numel(),), state.n_vars, dtype=torch.long).scatter_reduce(0, inv, v, "amin")
+            for k in uniq[torch.argsort(firstv)].tolist():
+                o, m = names[k // len(names)], names[k % len(names)]
+                if o != m and m not in aliases.setdefault(o, []):
+                    aliases[o].append(m)
     groups: dict[str, GroupInfo] = {}
     offset = 0
-    for name, rs in members.items():
+    for name, size in members.items():
         gname = name or type(model).__name__
         groups[gname] = GroupInfo(
             name=gname,
-            size=len(rs),
+            size=size,
             offset=offset,
-            positive_mask=positive_mask[offset : offset + len(rs)].clone(),
-            homogeneous=not any(r in general_roots for r in rs),
+            positive_mask=positive_mask[offset : offset + size].clone(),
+            homogeneous=not bool(general[offset : offset + size].any()),
             aliases=tuple(aliases.get(name, ())),
         )
-        offset += len(rs)
+        offset += size
 
     param_scale_indices: dict[str, tuple[Tensor, Tensor | None]] = {}
     for name, out_idx, in_idx in state.params.values():
@@ -227,7 +244,7 @@ def _finalize(state: _State, model: nn.Module) -> TeleportPlan:
         groups, num_free, param_scale_indices, resolve(state.sites), positive_mask,
         functional_sites=resolve(state.fsites),
     )  # fmt: skip
-    plan.report = build_report(model, state, plan, pinned_by, pos_reasons, root0, roots)
+    plan.report = build_report(model, plan, pinned_by, pos_reasons)
     return plan
 
 

@@ -144,14 +144,10 @@ def _still(o: Any, i: Any, numel: int) -> int:
 
 def build_report(
     model: nn.Module,
-    state: Any,
     plan: Any,
     pinned_by: list[tuple[str, str, int]],
     pos_reasons: list[tuple[str, int]],
-    root0: int,
-    roots: list[int],
 ) -> TeleportReport:
-    del state, root0, roots  # kept in the signature for richer reports
     merged: dict[tuple[str, str], int] = defaultdict(int)
     for cat, why, n in pinned_by:
         if cat != "output":

@@ -371,7 +371,12 @@ class _Walker(fx.Interpreter):
             return zeros_like_space(out)
         if _is_inplace(n, ctx.module) and n.args and isinstance(n.args[0], fx.Node):
             S0 = self.space_of(n.args[0])
-            if isinstance(S0, Tensor) and isinstance(S, Tensor) and isinstance(out, Tensor):
+            same = (
+                isinstance(S0, Tensor)
+                and isinstance(S, Tensor)
+                and (S is S0 or (S0.shape == S.shape and torch.equal(S0, S)))
+            )
+            if not same and isinstance(S0, Tensor) and isinstance(S, Tensor) and isinstance(out, Tensor):
                 try:
                     S = ctx.merge(S0, S)
                 except ValueError:
