@@ -3,9 +3,9 @@ built from its arguments (see the package docstring for the maths and the determ
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,50 +144,20 @@ def train(
         Invalid option (names it and the allowed values), or a checkpoint in ``checkpoint_dir`` written by a
         run with different settings.
     """
-    teleport_epochs, reset = _check_options(
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, lr_decay_gamma=lr_decay_gamma, init=init, teleport_at=teleport_at,
-        cob_range=cob_range, pseudo_teleport=pseudo_teleport, optimizer_state_on_teleport=optimizer_state_on_teleport,
-        eval_every=eval_every,
-    )  # fmt: skip
+    s = _Settings(**{k: v for k, v in locals().items() if k not in ("model", "data")})  # validated here
     train_ds, val_ds = _splits(data)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
-    device_, dtype_ = model_device_dtype(model)
     seed_all(seed)
     if init is not None:
         from nnteleport.lab.init import initialize
 
         initialize(model, init)
+    device_, dtype_ = model_device_dtype(model)
     x_tp = None
-    if teleport_epochs:
+    if s.teleport_epochs:
         x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), device_, dtype_)
-    architecture, initial_sha = state_fingerprint(model)
-    fingerprint = {
-        "batch_size": batch_size,
-        "optimizer": optimizer if isinstance(optimizer, str) else _qualname(optimizer),
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "lr_decay_epochs": sorted(int(m) for m in lr_decay_epochs),
-        "lr_decay_gamma": lr_decay_gamma,
-        "init": init,
-        "teleport_at": teleport_epochs,
-        "cob_range": cob_range,
-        "sampling": sampling,
-        "pseudo_teleport": pseudo_teleport,
-        "optimizer_state_on_teleport": "reset" if reset else "keep",
-        "teleport_batch_size": teleport_batch_size,
-        "penalty": None if penalty is None else _qualname(penalty),
-        "loss_fn": None if loss_fn is None else _qualname(loss_fn),
-        "seed": seed,
-        "dtype": str(dtype_),
-        "eval_every": eval_every,
-        "max_iters_per_epoch": max_iters_per_epoch,
-        "architecture": architecture,
-        "initial_state_sha256": initial_sha,
-        **data_fingerprint(train_ds, val_ds),
-    }
+    fingerprint = s.fingerprint(model, train_ds, val_ds)
     ckpt_path = ckpt = None
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -195,89 +165,162 @@ def train(
         if ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path)
             _check_resumable(ckpt, fingerprint, ckpt_path, epochs=epochs, eval_every=eval_every)
-
-    tp: list[Callback] = []
-    if teleport_epochs:
-        kind = PseudoTeleport if pseudo_teleport else Teleport
-        tp = [kind(x_tp, teleport_epochs, seed=seed, cob_range=cob_range, sampling=sampling, reset_optimizer=reset)]
-    explicit_l2 = weight_decay > 0 and not isinstance(optimizer, str)
-    standard: list[Any] = [
-        RecordHistory(),
-        *tp,
-        Evaluation(val_ds, every=eval_every, batch_size=eval_batch_size, loss_fn=loss_fn),
-        StepDecay(lr_decay_epochs, lr_decay_gamma),
-        Penalty(penalty),
-        *([WeightDecay(weight_decay)] if explicit_l2 else []),
-        *(_as_callback(cb) for cb in callbacks),
-        EpochTimer(),
-        *([TensorBoard(tensorboard_dir)] if tensorboard_dir is not None else []),
-        *([ProgressBar(desc)] if progress else []),
-        *([Checkpoint(ckpt_path, fingerprint)] if ckpt_path is not None else []),
-    ]
-    factory = functools.partial(
-        make_optimizer, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
-    trainer = Trainer(model, train_ds, optimizer=factory, batch_size=batch_size, loss_fn=loss_fn, callbacks=standard,
-                      seed=seed, max_iters_per_epoch=max_iters_per_epoch)  # fmt: skip
+    trainer = Trainer(model, train_ds, optimizer=s.make_optimizer, batch_size=batch_size, loss_fn=loss_fn,
+                      callbacks=s.standard_callbacks(x_tp, val_ds, ckpt_path, fingerprint), seed=seed,
+                      max_iters_per_epoch=max_iters_per_epoch)  # fmt: skip
     return trainer.fit(epochs, resume=ckpt)
 
 
-def _check_options(
-    *,
-    epochs: int,
-    batch_size: int,
-    optimizer: Any,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    lr_decay_gamma: float,
-    init: str | None,
-    teleport_at: int | Sequence[int] | None,
-    cob_range: float,
-    pseudo_teleport: bool,
-    optimizer_state_on_teleport: str,
-    eval_every: int,
-) -> tuple[list[int], bool]:
-    """Refuse invalid options of :func:`train` up front (naming the option and what is allowed); return the
-    sorted teleport epochs and whether the optimizer is reset after a teleport."""
-    for name, value, ok, rule in (
-        ("lr", lr, lambda v: v >= 0, ">= 0"),
-        ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
-        ("lr_decay_gamma", lr_decay_gamma, lambda v: v > 0, "> 0"),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise InvalidValueError(f"train: {name} must be a finite number {rule}, got {value!r}")
-    if teleport_at is not None and not (isinstance(cob_range, (int, float)) and 0 <= cob_range < 1):
-        raise InvalidValueError(
-            f"train: cob_range must be in [0, 1) (the CoB factors stay positive), got {cob_range!r}"
-        )
-    if epochs < 0:
-        raise InvalidValueError(f"epochs must be >= 0, got {epochs}")
-    if batch_size < 1:
-        raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
-    if eval_every < 1:
-        raise InvalidValueError(f"eval_every must be >= 1, got {eval_every}")
-    if not (isinstance(optimizer, str) or callable(optimizer)):
-        raise InvalidValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
-    if isinstance(optimizer, str):
-        OptimizerName.parse(optimizer)
-    reset = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport) is OptimizerStateOnTeleport.RESET
-    if init is not None:
-        from nnteleport.lab.init import InitScheme
+@dataclass
+class _Settings:
+    """The options of :func:`train` but the model and the data; validated on construction (:meth:`_check`)."""
 
-        InitScheme.parse(init)
-    teleport_epochs: list[int] = []
-    if teleport_at is not None:
-        teleport_epochs = sorted({int(teleport_at)} if isinstance(teleport_at, int) else {int(e) for e in teleport_at})
-        bad = [e for e in teleport_epochs if not 0 <= e < max(epochs, 1)]
-        if bad:
+    epochs: int
+    batch_size: int
+    optimizer: str | Callable[[nn.Module], Any]
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_decay_epochs: Sequence[int]
+    lr_decay_gamma: float
+    init: str | None
+    teleport_at: int | Sequence[int] | None
+    cob_range: float
+    sampling: str
+    pseudo_teleport: bool
+    optimizer_state_on_teleport: str
+    teleport_batch_size: int | None
+    penalty: Callable[[nn.Module], torch.Tensor | None] | None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    callbacks: Sequence[Any]
+    seed: int
+    device: str | torch.device | None
+    dtype: torch.dtype | None
+    checkpoint_dir: str | Path | None
+    tensorboard_dir: str | Path | None
+    progress: bool
+    desc: str | None
+    eval_every: int
+    eval_batch_size: int
+    max_iters_per_epoch: int | None
+    teleport_epochs: list[int] = field(init=False)
+    reset_optimizer: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.teleport_epochs, self.reset_optimizer = self._check()
+
+    def _check(self) -> tuple[list[int], bool]:
+        epochs, batch_size, optimizer, eval_every = self.epochs, self.batch_size, self.optimizer, self.eval_every
+        lr, momentum, weight_decay, lr_decay_gamma = self.lr, self.momentum, self.weight_decay, self.lr_decay_gamma
+        init, teleport_at, cob_range = self.init, self.teleport_at, self.cob_range
+        """Refuse invalid options of :func:`train` up front (naming the option and what is allowed); return the
+        sorted teleport epochs and whether the optimizer is reset after a teleport."""
+        for name, value, ok, rule in (
+            ("lr", lr, lambda v: v >= 0, ">= 0"),
+            ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
+            ("lr_decay_gamma", lr_decay_gamma, lambda v: v > 0, "> 0"),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not ok(value)
+            ):
+                raise InvalidValueError(f"train: {name} must be a finite number {rule}, got {value!r}")
+        if teleport_at is not None and not (isinstance(cob_range, (int, float)) and 0 <= cob_range < 1):
             raise InvalidValueError(
-                f"teleport_at={teleport_at!r}: epochs must be in [0, {max(epochs, 1) - 1}] (epochs={epochs})"
+                f"train: cob_range must be in [0, 1) (the CoB factors stay positive), got {cob_range!r}"
             )
-    elif pseudo_teleport:
-        raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
-    return teleport_epochs, reset
+        if epochs < 0:
+            raise InvalidValueError(f"epochs must be >= 0, got {epochs}")
+        if batch_size < 1:
+            raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_every < 1:
+            raise InvalidValueError(f"eval_every must be >= 1, got {eval_every}")
+        if not (isinstance(optimizer, str) or callable(optimizer)):
+            raise InvalidValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
+        if isinstance(optimizer, str):
+            OptimizerName.parse(optimizer)
+        reset = OptimizerStateOnTeleport.parse(self.optimizer_state_on_teleport) is OptimizerStateOnTeleport.RESET
+        if init is not None:
+            from nnteleport.lab.init import InitScheme
+
+            InitScheme.parse(init)
+        teleport_epochs: list[int] = []
+        if teleport_at is not None:
+            teleport_epochs = sorted(
+                {int(teleport_at)} if isinstance(teleport_at, int) else {int(e) for e in teleport_at}
+            )
+            bad = [e for e in teleport_epochs if not 0 <= e < max(epochs, 1)]
+            if bad:
+                raise InvalidValueError(
+                    f"teleport_at={teleport_at!r}: epochs must be in [0, {max(epochs, 1) - 1}] (epochs={epochs})"
+                )
+        elif self.pseudo_teleport:
+            raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
+        return teleport_epochs, reset
+
+    def make_optimizer(self, model: nn.Module) -> Any:
+        """The optimizer factory of the trainer (:func:`~.optim.make_optimizer` with these options)."""
+        return make_optimizer(model, self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def fingerprint(self, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None) -> dict[str, Any]:
+        """What the result depends on, recorded in the checkpoint (a resume with another one is refused)."""
+        architecture, initial_sha = state_fingerprint(model)
+        return {
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer if isinstance(self.optimizer, str) else _qualname(self.optimizer),
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "lr_decay_epochs": sorted(int(m) for m in self.lr_decay_epochs),
+            "lr_decay_gamma": self.lr_decay_gamma,
+            "init": self.init,
+            "teleport_at": self.teleport_epochs,
+            "cob_range": self.cob_range,
+            "sampling": self.sampling,
+            "pseudo_teleport": self.pseudo_teleport,
+            "optimizer_state_on_teleport": "reset" if self.reset_optimizer else "keep",
+            "teleport_batch_size": self.teleport_batch_size,
+            "penalty": None if self.penalty is None else _qualname(self.penalty),
+            "loss_fn": None if self.loss_fn is None else _qualname(self.loss_fn),
+            "seed": self.seed,
+            "dtype": str(model_device_dtype(model)[1]),
+            "eval_every": self.eval_every,
+            "max_iters_per_epoch": self.max_iters_per_epoch,
+            "architecture": architecture,
+            "initial_state_sha256": initial_sha,
+            **data_fingerprint(train_ds, val_ds),
+        }
+
+    def standard_callbacks(
+        self, x_tp: torch.Tensor | None, val_ds: Dataset | None, ckpt_path: Path | None, fingerprint: dict[str, Any]
+    ) -> list[Any]:
+        """The standard callbacks, in the order their hooks must run: recording, teleport, evaluation,
+        schedule, regularisers, the user's callbacks, then timing, logging and the checkpoint (last)."""
+        out: list[Any] = [RecordHistory()]
+        if self.teleport_epochs:
+            assert x_tp is not None
+            kind = PseudoTeleport if self.pseudo_teleport else Teleport
+            out.append(kind(x_tp, self.teleport_epochs, seed=self.seed, cob_range=self.cob_range,
+                            sampling=self.sampling, reset_optimizer=self.reset_optimizer))  # fmt: skip
+        out += [
+            Evaluation(val_ds, every=self.eval_every, batch_size=self.eval_batch_size, loss_fn=self.loss_fn),
+            StepDecay(self.lr_decay_epochs, self.lr_decay_gamma),
+            Penalty(self.penalty),
+        ]
+        if self.weight_decay > 0 and not isinstance(self.optimizer, str):  # callable optimizers: explicit L2
+            out.append(WeightDecay(self.weight_decay))
+        out += [_as_callback(cb) for cb in self.callbacks]
+        out.append(EpochTimer())
+        if self.tensorboard_dir is not None:
+            out.append(TensorBoard(self.tensorboard_dir))
+        if self.progress:
+            out.append(ProgressBar(self.desc))
+        if ckpt_path is not None:
+            out.append(Checkpoint(ckpt_path, fingerprint))
+        return out
 
 
 def _splits(data: DataBundle | tuple[Dataset, Dataset | None]) -> tuple[Dataset, Dataset | None]:
