@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,8 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 def _stacklevel_outside_package() -> int:
     """The ``stacklevel`` of :func:`warnings.warn`, called from here, that names the caller's first frame
     outside this package (the user's call of ``train`` or ``Trainer.fit``)."""
-    level, frame = 1, sys._getframe(1)
+    here = inspect.currentframe()
+    level, frame = 1, here.f_back if here is not None else None
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR):
         level, frame = level + 1, frame.f_back
     return level

@@ -39,7 +39,8 @@ __all__ = ["Callback", "Step", "Trainer"]
 #: keys of :meth:`Trainer.state_dict` that belong to the trainer (callbacks may not use them)
 RESERVED_KEYS = ("format", "epoch", "fingerprint", "model", "optimizer", "history", "rng")
 
-_HOOKS = ("on_train_start", "on_epoch_start", "loss_term", "on_step_end", "on_epoch_end", "on_train_end")
+#: the hooks of a callback (a callback is any object with some of them)
+HOOK_NAMES = ("on_train_start", "on_epoch_start", "loss_term", "on_step_end", "on_epoch_end", "on_train_end")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from nnteleport.lab.training.checkpoint import (
 )
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.logs import ProgressBar, TensorBoard
-from nnteleport.lab.training.loop import _HOOKS, Callback, Trainer
+from nnteleport.lab.training.loop import HOOK_NAMES, Callback, Trainer
 from nnteleport.lab.training.optim import OptimizerName, StepDecay, WeightDecay, make_optimizer
 from nnteleport.lab.training.rng import seed_all
 from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
@@ -346,7 +346,7 @@ def _qualname(obj: Any) -> str:
 def _as_callback(cb: Any) -> Any:
     """A :class:`~.loop.Callback` (or an object with its hooks) as it is; a function ``cb(model, epoch,
     history)`` wrapped in :class:`~.callbacks.FunctionCallback`."""
-    if isinstance(cb, Callback) or any(hasattr(cb, hook) for hook in _HOOKS):
+    if isinstance(cb, Callback) or any(hasattr(cb, hook) for hook in HOOK_NAMES):
         return cb
     if callable(cb):
         return FunctionCallback(cb)
