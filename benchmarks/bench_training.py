@@ -1,8 +1,9 @@
 """Overhead of ``nnteleport.lab.training.train`` against a bare hand-written PyTorch loop, measured side by side.
 
 Same model (MLP 64-128-128-10), data (digits, 1437 training images), batch size, optimizer and epochs; the bare
-loop slices tensors the same way (no DataLoader). Also: the cost of a checkpoint per epoch, of a progress bar,
-and of a teleport at initialisation, and the DataLoader path of ``nnteleport.lab.data.loader`` for comparison.
+loop slices tensors the same way (no DataLoader). Also: the bare ``Trainer`` loop with one callback (the cost of
+the callback machinery itself), the cost of a checkpoint per epoch, of a progress bar, and of a teleport at
+initialisation, and the DataLoader path of ``nnteleport.lab.data.loader`` for comparison.
 
     python -m benchmarks.bench_training
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnteleport.lab.data import load_dataset, loader
-from nnteleport.lab.training import train
+from nnteleport.lab.training import RecordHistory, Trainer, train
 
 EPOCHS = 5
 BS = 64
@@ -47,6 +48,13 @@ def bare(data) -> None:
             F.cross_entropy(m(data.val.x), data.val.y)
 
 
+def trainer_only(data) -> None:
+    """The callback loop with nothing but the per-step recording (no evaluation, schedule or penalty)."""
+    trainer = Trainer(model(), data.train, optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.01),
+                      batch_size=BS, callbacks=[RecordHistory()])  # fmt: skip
+    trainer.fit(EPOCHS)
+
+
 def with_dataloader(data) -> None:
     m = model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
@@ -73,6 +81,7 @@ def main() -> None:
     kw = dict(epochs=EPOCHS, batch_size=BS, lr=0.01, progress=False)
     train(model(), data, **kw)  # warm-up (first optimizer step imports torch._dynamo)
     t_bare = best(lambda: bare(data))
+    t_trainer = best(lambda: trainer_only(data))
     t_train = best(lambda: train(model(), data, **kw))
     with tempfile.TemporaryDirectory() as d:
         counter = iter(range(10**6))
@@ -87,6 +96,7 @@ def main() -> None:
     n_iter = EPOCHS * -(-len(data.train) // BS)
     print(f"digits MLP, {EPOCHS} epochs x {n_iter // EPOCHS} iterations, batch {BS}, 1 thread, best of {REPEATS}")
     print(f"  bare loop (tensor slicing)          {t_bare:7.3f} s   1.00x")
+    print(f"  Trainer + RecordHistory only        {t_trainer:7.3f} s   {t_trainer / t_bare:.2f}x")
     print(f"  train()                             {t_train:7.3f} s   {t_train / t_bare:.2f}x")
     print(f"  train() + checkpoint every epoch    {t_ckpt:7.3f} s   {t_ckpt / t_bare:.2f}x")
     print(f"  train() + progress bar              {t_bar:7.3f} s   {t_bar / t_bare:.2f}x")

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnteleport.errors import ConfigMismatchError, InvalidValueError, UnsafeFileError
-from nnteleport.lab import training as training_mod
 from nnteleport.lab.data import load_dataset
 from nnteleport.lab.training import History, evaluate, load_checkpoint, train
+from nnteleport.lab.training import teleport as teleport_mod
 
 
 def mlp(in_features: int = 64, hidden: int = 16, classes: int = 10, seed: int = 0) -> nn.Module:
@@ -43,7 +43,7 @@ def fake_teleport(model, x, *, cob_range, sampling, generator, inplace):
 
 @pytest.fixture
 def fake_engine(monkeypatch):
-    monkeypatch.setattr(training_mod, "_teleport_fn", lambda: fake_teleport)
+    monkeypatch.setattr(teleport_mod, "_teleport_fn", lambda: fake_teleport)
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
