@@ -118,18 +118,27 @@ _WRITING_FUNCTIONS = frozenset({F.embedding, F.embedding_bag, F.batch_norm, F.in
 def _writes(func: Any, kwargs: dict[str, Any]) -> bool:
     """Whether a torch call may write into one of its tensor arguments: an in-place name (``x.clamp_``,
     ``torch.relu_``, ``x += y``, ``x[i] = v``, ``x.data = y``), an ``out=`` argument, or one of
-    :data:`_WRITING_FUNCTIONS`."""
-    if kwargs.get("out") is not None:
+    :data:`_WRITING_FUNCTIONS` (decided once per function: the guard sees every torch call of the analysis)."""
+    if kwargs and kwargs.get("out") is not None:
         return True
     try:
-        if func in _WRITING_FUNCTIONS:
-            return True
-    except TypeError:  # an unhashable callable
-        pass
-    name = getattr(func, "__name__", "")
-    if name in ("__setitem__", "__set__") or (name.startswith("__i") and name.endswith("__")):
-        return True
-    return name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES
+        return _WRITES[func]
+    except KeyError:
+        name = getattr(func, "__name__", "")
+        w = (
+            func in _WRITING_FUNCTIONS
+            or name in ("__setitem__", "__set__")
+            or (name.startswith("__i") and name.endswith("__"))
+            or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
+        )
+        _WRITES[func] = w
+        return w
+    except TypeError:  # an unhashable callable: decide by name
+        name = getattr(func, "__name__", "")
+        return name.endswith("_") or name.startswith("__i") or name in ("__setitem__", "__set__")
+
+
+_WRITES: dict[Any, bool] = {}
 
 
 def _storage(t: Tensor) -> int:
@@ -155,7 +164,7 @@ class _ParameterWriteGuard(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if self.by_storage and _writes(func, kwargs):
+        if _writes(func, kwargs) and self.by_storage:
             for t in _flat_values((args, kwargs)):
                 if isinstance(t, Tensor):
                     for p in self.by_storage.get(_storage(t), ()):
