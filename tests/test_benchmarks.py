@@ -1,4 +1,4 @@
-"""Smoke tests of the G-space and weight-fixing benchmarks at the smallest scale (one block, one repetition).
+"""Smoke tests of the benchmarks at the smallest scale (one block, one repetition, one model).
 
 They keep the benchmark code runnable; the timings themselves are not asserted (performance targets belong in
 the benchmarks' output, never in unit tests). What is asserted: every configuration ran, produced finite positive
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import bench_canonicalize, bench_fixing, bench_gspace
+from benchmarks import bench_analysis, bench_canonicalize, bench_fixing, bench_gspace, bench_training
 
 from nnteleport.gspace import _native
 
@@ -40,3 +40,21 @@ def test_bench_canonicalize_runs():
     assert [r["depth"] for r in rows] == [3, 6]
     for r in rows:
         assert r["seconds"] > 0 and r["newton_steps"] >= 1 and r["gs_sweeps"] >= 1 and r["imbalance"] <= 1e-10
+
+
+def test_bench_analysis_runs_and_reports_coverage():
+    (spec,) = bench_analysis.resolve(["nt:mlp"])
+    r = bench_analysis.bench(spec, reps=1, max_single=10.0)
+    assert "error" not in r, r
+    assert r["seconds"] > 0 and r["cpu"] > 0 and r["forward"] > 0 and r["walks"] >= 1 and r["traces"] >= r["graphs"]
+    assert 0 < r["free"] <= r["hidden"] and 0 < r["moving"] <= r["total"]
+    assert "nt:mlp" in bench_analysis.format_row(r)
+
+
+def test_bench_training_runs(monkeypatch, capsys):
+    monkeypatch.setattr(bench_training, "EPOCHS", 1)
+    monkeypatch.setattr(bench_training, "REPEATS", 1)
+    bench_training.main()
+    out = capsys.readouterr().out
+    ratios = [float(line.split()[-1].rstrip("x")) for line in out.splitlines() if line.rstrip().endswith("x")]
+    assert len(ratios) >= 5 and all(math.isfinite(r) and r > 0 for r in ratios), out
