@@ -1,7 +1,8 @@
 # The two commands of the README's quick start are `make demo` and `make test`.
-# Both create .venv, install torch ($(TORCH_SPEC)) and the package into it. pip takes torch from wherever it is
-# configured to look: on Linux, PyPI's torch is the CUDA build (several GB of nvidia-* wheels); set
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (macOS and Windows wheels are CPU builds).
+# Both create .venv, install torch ($(TORCH_SPEC)) and the package with its `lab` and `dev` extras into it (everything
+# the demo and the tests need). pip takes torch from wherever it is configured to look: on Linux, PyPI's torch is the
+# CUDA build (several GB of nvidia-* wheels); set TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build
+# (macOS and Windows wheels are CPU builds).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[lab,dev]"
 	touch $@
 
 install: $(VENV)/.installed

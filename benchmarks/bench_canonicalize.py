@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import nnteleport
-from nnteleport.distance import _structure
+from nnteleport.distance.canonical import balancer_of
 
 
 def chain(depth: int, width: int = 16, seed: int = 0) -> nn.Module:
@@ -49,7 +49,7 @@ def bench(depths: list[int], *, reps: int = 3, gs_max_depth: int = 40, width: in
             t0 = time.perf_counter()
             nnteleport.canonicalize(model, x)
             times.append(time.perf_counter() - t0)
-        bal, _ = _structure(model, x)
+        bal, _ = balancer_of(model, x)
         masses = bal.masses(list(model.parameters()), torch.float64)
         _, steps, imbalance = bal.solve(masses, tol=1e-10, max_iter=10_000, method="newton")
         sweeps = None

@@ -16,8 +16,8 @@ from nnteleport.distance import (
     CheckpointSchedule,
     Kernel,
     StepSchedule,
-    _Balancer,
 )
+from nnteleport.distance.canonical import Balancer
 
 HAS_ENGINE = importlib.util.find_spec("nnteleport.engine.analysis") is not None and (
     importlib.util.find_spec("nnteleport.engine.apply") is not None
@@ -243,7 +243,7 @@ def test_bad_inputs_give_clear_errors():
 # ----------------------------------------------------------------------------------------------------------
 
 
-def mlp_balancer(model: nn.Sequential) -> _Balancer:
+def mlp_balancer(model: nn.Sequential) -> Balancer:
     """Scale indices of a Linear/ReLU chain: hidden layer l has factors at [off_l, off_l + width_l)."""
     linears = [m for m in model if isinstance(m, nn.Linear)]
     names = [n for n, _ in model.named_parameters()]
@@ -258,7 +258,7 @@ def mlp_balancer(model: nn.Sequential) -> _Balancer:
         if not last:
             groups.append((off, off + lin.out_features))
             prev, off = out_idx, off + lin.out_features
-    return _Balancer(names, shapes, indices, groups, off - 1, torch.device("cpu"))
+    return Balancer(names, shapes, indices, groups, off - 1, torch.device("cpu"))
 
 
 def rescale_mlp(model: nn.Sequential, seed: int) -> nn.Sequential:
@@ -494,7 +494,7 @@ def test_non_finite_strength_and_checkpoints_are_refused():
 
 @engine
 def test_newton_balancing_matches_gauss_seidel_and_does_not_need_more_steps_with_depth():
-    from nnteleport.distance import _structure
+    from nnteleport.distance.canonical import balancer_of
 
     def chain(depth):
         torch.manual_seed(depth)
@@ -506,7 +506,7 @@ def test_newton_balancing_matches_gauss_seidel_and_does_not_need_more_steps_with
     steps = {}
     for depth in (4, 12, 60):
         model = chain(depth)
-        bal, _ = _structure(model, torch.randn(3, 6, dtype=torch.float64))
+        bal, _ = balancer_of(model, torch.randn(3, 6, dtype=torch.float64))
         masses = bal.masses(list(model.parameters()), torch.float64)
         u_newton, steps[depth], left = bal.solve(masses, tol=1e-12, max_iter=100, method="newton")
         assert left <= 1e-12
