@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nnteleport.errors import NNTeleportError, RunsFailedError
+from nnteleport.errors import NNTeleportError, RunsFailedError, UsageError
 
 __all__ = [
     "FILE_ERRORS",
@@ -49,10 +49,6 @@ FILE_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     PermissionError,
 )
-
-
-class UsageError(NNTeleportError):
-    """A problem with the command line itself (exit status 2)."""
 
 
 # --------------------------------------------------------------------------------------------------

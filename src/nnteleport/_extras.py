@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from nnteleport.errors import NNTeleportError
+from nnteleport.errors import MissingExtraError
 
 __all__ = ["EXTRAS", "MissingExtraError", "missing", "require", "require_extra"]
 
@@ -31,10 +31,6 @@ EXTRAS: dict[str, dict[str, str]] = {
         "yaml": "pyyaml",  # --config FILE.yaml and --set values (lab.experiments.config)
     },
 }
-
-
-class MissingExtraError(NNTeleportError, ImportError):
-    """An optional package is not installed; the message names it and the ``pip install`` line that adds it."""
 
 
 def _importable(module: str) -> bool:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnteleport import _commands as commands
-from nnteleport._commands import UsageError
 from nnteleport._extras import require_extra
+from nnteleport.errors import UsageError
 
 __all__ = ["build_parser", "main"]
 

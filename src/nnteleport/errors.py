@@ -15,6 +15,7 @@ __all__ = [
     "Interrupted",
     "InvalidArgumentError",
     "InvalidValueError",
+    "MissingExtraError",
     "MissingFileError",
     "NNTeleportError",
     "OutputInUseError",
@@ -22,6 +23,7 @@ __all__ = [
     "UnsafeFileError",
     "UnsupportedModelError",
     "UntraceableModelError",
+    "UsageError",
 ]
 
 
@@ -75,3 +77,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str = "interrupted", signum: int = 2) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class MissingExtraError(NNTeleportError, ImportError):
+    """An optional package is not installed; the message names it and the ``pip install`` line that adds it."""
+
+
+class UsageError(NNTeleportError):
+    """A problem with the command line itself (exit status 2)."""
