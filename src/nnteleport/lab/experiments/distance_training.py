@@ -21,7 +21,6 @@ momentum 0.9, lr 1e-2, batch 128, L2 1e-3.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import time
@@ -37,6 +36,7 @@ from nnteleport.lab.data import DatasetName, load_dataset
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.sweep import run_sweep
 from nnteleport.lab.models import MODELS, build_model
+from nnteleport.lab.plotting import new_figure, save_figure, to_jsonable, write_json
 from nnteleport.lab.training import History, train
 
 DESCRIPTION = (
@@ -298,16 +298,6 @@ def _sweep_run(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return _run_one(task, data, task["model"], task["variant"], int(task["seed"]), False)
 
 
-def _nan_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_nan_safe(v) for v in obj]
-    return obj
-
-
 def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     keys = sorted({(r["model"], r["variant"]) for r in runs}, key=lambda k: (k[0], _VARIANTS.index(k[1])))
@@ -342,11 +332,7 @@ def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _plot(out: Path, results: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Draw ``curves.png`` (learning curves, distances) and ``ensembles.png`` from ``results`` (no pyplot state)."""
     runs = results["runs"]
     models = list(dict.fromkeys(r["model"] for r in runs))
     variants = [v for v in _VARIANTS if any(r["variant"] == v for r in runs)]
@@ -357,7 +343,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
         ("dist_first_ckpt", "||theta - theta(first ckpt)||"),
         ("inv_dist_first_ckpt", "invariant distance from first ckpt"),
     ]
-    fig, axes = plt.subplots(len(models), len(panels), figsize=(4.2 * len(panels), 3.2 * len(models)), squeeze=False)
+    fig, axes = new_figure(len(models), len(panels), size=(4.2, 3.2), layout="tight")
     for i, model in enumerate(models):
         for j, (key, label) in enumerate(panels):
             ax = axes[i][j]
@@ -373,12 +359,11 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
             if key == "train_loss":
                 ax.set_yscale("log")
         axes[i][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "curves.png", dpi=120)
 
     summary = results["summary"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = new_figure(1, 3, size=(13 / 3, 3.6), layout="tight")
+    axes = axes[0]
     width = 0.8 / max(1, len(variants))
     for k, (key, label) in enumerate(
         [
@@ -404,9 +389,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
         ax.set_xticks([mi + width * (len(variants) - 1) / 2 for mi in range(len(models))], models)
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ensembles.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "ensembles.png", dpi=120)
 
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -428,8 +411,8 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), threads=int(cfg["threads"]),
                      progress=progress, desc="distance-training")  # fmt: skip
     runs = [done[t["id"]] for t in tasks]
-    results = _nan_safe({"config": cfg, "runs": runs, "summary": _summary(runs)})
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results = to_jsonable({"config": cfg, "runs": runs, "summary": _summary(runs)})  # NaN -> None, as in the file
+    write_json(out / "results.json", results, indent=1)
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "penalty", "seconds", "dist_first_ckpt",
