@@ -99,6 +99,8 @@ def test_demo_covers_every_experiment():
         module = get_experiment(name)
         for attr in DEMO_ATTRIBUTES:
             assert hasattr(module, attr), f"{name} has no {attr}"
+        assert {"DESCRIPTION", "DEFAULTS", "run", *DEMO_ATTRIBUTES} <= set(module.__all__)
+        assert all(hasattr(module, a) for a in module.__all__), name
         assert isinstance(module.TITLE, str) and module.TITLE
         assert callable(module.report_section) and float(module.DEMO_SECONDS) > 0
         # the demo configuration changes existing keys only, with values that pass the experiment's checks

@@ -40,6 +40,17 @@ from nnteleport.lab.plotting import new_figure, save_figure, to_jsonable, write_
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 from nnteleport.lab.training import History, train
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Checkpoint-distance regularisation (von Bachmann 2020): baseline vs distancing from checkpoints (plain "
     "and rescaling-invariant RBF penalty) vs SGDR, on ResNet-18 and MobileNetV2 (small widths) and the "

@@ -30,6 +30,18 @@ from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Train a conv net (default: small ResNet-18 with ReLU and with tanh), teleport it (CoB range 0.9, inter) "
     "and show its feature maps before and after: same outputs, rescaled and sign-flipped features "

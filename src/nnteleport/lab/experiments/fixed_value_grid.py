@@ -27,6 +27,17 @@ from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, train_g
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
     "(Jestädt 2025, Sec. 4.2.3, Fig. 4.7); mode 'set' (thesis, overwrite) or 'rescale' (function-preserving)."

@@ -48,6 +48,19 @@ from nnteleport.lab.plotting import (
 )
 from nnteleport.lab.report_html import Figure, Headline, Section
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "expected_ratio",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Normalised gradient change |‖dW‖/‖W‖ - ‖dV‖/‖V‖| against the CoB range s (num_teleports teleports per "
     "point, mean +- std), with the expectation (s^2+3)/(3(1-s^2)) of the squared gradient scaling overlaid "

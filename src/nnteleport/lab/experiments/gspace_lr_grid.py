@@ -44,6 +44,24 @@ from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, progress, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "METHODS",
+    "TITLE",
+    "load_tensors",
+    "make_optimizer",
+    "plot",
+    "report_section",
+    "run",
+    "set_fixed_to_sign",
+    "thesis_mlp",
+    "train_grid",
+    "train_run",
+]
+
 DESCRIPTION = (
     "SGD, Adam, G-SGD, G-Adam (state kept / reset each step as in the thesis' wrapper), Fixed-SGD/Adam and "
     "Fixed-not-1 on the thesis' bias-free ReLU MLP over learning rates 1e-1..1e-5: best validation loss per "

@@ -39,6 +39,19 @@ from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import COLORS, new_figure, progress, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "interpolate",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Train a network with a small and a large batch (paper: 8 and 1024), draw the 1D loss/accuracy profile "
     "along the segment between them, and between teleported versions with CoB range 0.6, 0.9, 0.99 "

@@ -42,6 +42,20 @@ from nnteleport.lab.plotting import (
 )
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "calibrate_bn",
+    "parse_dtype",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Teleport each model num_teleports times (paper: 100, inter-landscape, CoB range 0.9) and record the mean "
     "weight change |W - V| against |W|, the loss difference |L(W) - L(V)| and the largest output difference "

@@ -40,6 +40,19 @@ from nnteleport.lab.plotting import (
 )
 from nnteleport.lab.report_html import Figure, Headline, Section, pm, sci
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "flat_grad",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Angles between micro-teleportation vectors (CoB range 0.001, intra) and back-propagated mini-batch "
     "gradients, against three random-vector controls, for several models, real and random data and batch "

@@ -30,6 +30,18 @@ from nnteleport.lab.experiments.training import aggregate, arm, grid_tasks, plot
 from nnteleport.lab.plotting import COLORS, summary, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, pm
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "report_section",
+    "run",
+    "validate",
+]
+
 DESCRIPTION = (
     "Teleport once in the middle of training (paper: epoch 30, CoB range 0.7/0.8/0.9) vs no teleport; "
     "validation accuracy curves (mean +- 2 std across seeds) and the accuracy jump after the teleport "

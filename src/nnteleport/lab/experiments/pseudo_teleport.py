@@ -36,6 +36,17 @@ from nnteleport.lab.experiments.training import (
 from nnteleport.lab.plotting import COLORS, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Train with no teleport, with a pseudo-teleportation (a random jump on the sphere of radius ||W - tau W|| "
     "around W) and with a real teleport at initialisation; mean loss curves +-2 std across seeds and the "

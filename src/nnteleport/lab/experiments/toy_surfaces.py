@@ -24,6 +24,17 @@ from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Toy loss surfaces with L(y) = sin(y): y = w2 relu(w1) with invariant lines and gradient field (Figs. 1.5, "
     "1.6) and its G-space view, and y = w3 relu(w1 + w2) with w1 fixed at several values (Fig. 4.9)."

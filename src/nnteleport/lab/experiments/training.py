@@ -50,6 +50,27 @@ from nnteleport.lab.plotting import (
 )
 from nnteleport.lab.report_html import Figure, Headline, Section, pm
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "aggregate",
+    "arm",
+    "epochs_to_reach",
+    "gap_rows",
+    "gap_table",
+    "grid_tasks",
+    "overall",
+    "paired_gaps",
+    "plot_curves",
+    "report_section",
+    "run",
+    "run_grid",
+]
+
 DESCRIPTION = (
     "Train each model with and without one teleportation right after initialisation (CoB range 0.9, inter) "
     "over optimizers x learning rates x seeds; mean training-loss curves with +-2 std bands and the early-loss "

@@ -23,6 +23,18 @@ from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import COLORS, new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section
 
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
+
 DESCRIPTION = (
     "Histograms of the weights of an MLP (PyTorch default uniform initialisation) before and after one "
     "teleportation with CoB range 0.9, with per-layer statistics (Armenta et al. 2023, Fig. 10)."
