@@ -260,15 +260,15 @@ def test_cifar_missing_and_corrupt(tmp_path):
 
 def test_download_from_local_url(tmp_path, monkeypatch):
     # a plain urllib download, exercised on a file:// "mirror" (tests never use the network)
-    from nnteleport.lab import data as data_mod
+    from nnteleport.lab.data import files
 
     mirror = tmp_path / "mirror"
     write_mnist(mirror, gz=True)
-    src = dict(data_mod._SOURCES[data_mod.DatasetName.MNIST])
+    src = dict(files._SOURCES[files.DatasetName.MNIST])
     src["url"] = mirror.as_uri() + "/"
-    monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.MNIST, src)
+    monkeypatch.setitem(files._SOURCES, files.DatasetName.MNIST, src)
     for f in mirror.iterdir():  # the mirror's files are not the real ones: their own checksums
-        monkeypatch.setitem(data_mod.CHECKSUMS, f"mnist/{f.name}", hashlib.md5(f.read_bytes()).hexdigest())
+        monkeypatch.setitem(files.CHECKSUMS, f"mnist/{f.name}", hashlib.md5(f.read_bytes()).hexdigest())
     root = tmp_path / "root"
     with pytest.raises(FileNotFoundError):
         load_dataset("mnist", root)
@@ -278,13 +278,13 @@ def test_download_from_local_url(tmp_path, monkeypatch):
 
 
 def test_download_with_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypatch):
-    from nnteleport.lab import data as data_mod
+    from nnteleport.lab.data import files
 
     mirror = tmp_path / "mirror"
     write_mnist(mirror, gz=True)
-    src = dict(data_mod._SOURCES[data_mod.DatasetName.MNIST])
+    src = dict(files._SOURCES[files.DatasetName.MNIST])
     src["url"] = mirror.as_uri() + "/"
-    monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.MNIST, src)  # the real checksums stay
+    monkeypatch.setitem(files._SOURCES, files.DatasetName.MNIST, src)  # the real checksums stay
     root = tmp_path / "root"
     with pytest.raises(UnsafeFileError, match=r"train-images-idx3-ubyte\.gz.*MD5 [0-9a-f]{32} does not match the "
                        r"published f68b3c2dcbeaaa9fbdd348bbdeb94873"):  # fmt: skip
@@ -293,14 +293,14 @@ def test_download_with_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypat
 
 
 def test_sources_are_https_and_plain_http_is_refused(tmp_path):
-    from nnteleport.lab import data as data_mod
+    from nnteleport.lab.data import downloads, files
 
-    for src in data_mod._SOURCES.values():
+    for src in files._SOURCES.values():
         assert src["url"].startswith("https://")
     with pytest.raises(UnsafeFileError, match="only https://"):
-        data_mod._fetch("http://example.org/x.gz", tmp_path / "x.gz", "0" * 32)
-    assert set(data_mod.CHECKSUMS) == {
-        f"{n}/{f}.gz" for n in ("mnist", "fashion-mnist") for f in data_mod._MNIST_FILES.values()
+        downloads._fetch("http://example.org/x.gz", tmp_path / "x.gz", "0" * 32)
+    assert set(files.CHECKSUMS) == {
+        f"{n}/{f}.gz" for n in ("mnist", "fashion-mnist") for f in files._MNIST_FILES.values()
     } | {"cifar10/cifar-10-python.tar.gz", "cifar100/cifar-100-python.tar.gz"}
 
 
@@ -362,7 +362,7 @@ def test_example_batch_is_deterministic(tmp_path):
 def test_cifar_download_and_extract_from_local_url(tmp_path, monkeypatch):
     import tarfile
 
-    from nnteleport.lab import data as data_mod
+    from nnteleport.lab.data import files
 
     src_dir = tmp_path / "src"
     batches = write_cifar(src_dir, n_per_batch=3)
@@ -370,10 +370,10 @@ def test_cifar_download_and_extract_from_local_url(tmp_path, monkeypatch):
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    src = dict(data_mod._SOURCES[data_mod.DatasetName.CIFAR10])
+    src = dict(files._SOURCES[files.DatasetName.CIFAR10])
     src["url"] = archive.as_uri()
-    monkeypatch.setitem(data_mod._SOURCES, data_mod.DatasetName.CIFAR10, src)
+    monkeypatch.setitem(files._SOURCES, files.DatasetName.CIFAR10, src)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(data_mod.CHECKSUMS, "cifar10/cifar-10-python.tar.gz", md5)
+    monkeypatch.setitem(files.CHECKSUMS, "cifar10/cifar-10-python.tar.gz", md5)
     b = load_dataset("cifar10", tmp_path / "root", download=True, augment=False)
     assert len(b.train) == 15 and int(b.val[2][1]) == batches["test_batch"][1][2]

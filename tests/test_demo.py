@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nnteleport.lab.demo import DEMO_CONFIGS, run_demo
-from nnteleport.lab.experiments import EXPERIMENTS
+from nnteleport.lab.demo import demo_configs, run_demo
+from nnteleport.lab.experiments import DEMO_ATTRIBUTES, EXPERIMENTS, get_experiment
+from nnteleport.lab.experiments.config import merge_config, validate_config
+from nnteleport.lab.report_html import Headline, Section
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_EXPERIMENTS = {
@@ -26,22 +29,104 @@ PAPER_EXPERIMENTS = {
     "feature-maps",
 }
 
+TINY_MLP = {"mlp": {"hidden": [16, 16]}}
+TINY_TRAINING = {
+    "model_kwargs": TINY_MLP,
+    "lrs": [0.05],
+    "seeds": 2,
+    "epochs": 2,
+    "max_iters_per_epoch": 4,
+}
+#: A tiny version of every experiment (seconds each), so that the report has all sections.
 TINY = {
+    "level-curves": {"models": ["mlp"], "model_kwargs": TINY_MLP, "num_teleports": 3, "num_examples": 16},
+    "micro-teleport": {"models": ["mlp"], "datasets": ["digits"], "batch_sizes": [8], "num_samples": 6},
+    "interpolation": {
+        "model_kwargs": TINY_MLP,
+        "batch_sizes": [32, 512],
+        "epochs": 1,
+        "num_alphas": 5,
+        "eval_examples": 128,
+        "cob_ranges": [0.5, 0.9],
+    },
     "gradient-scale": {"models": ["mlp"], "cob_ranges": [0.3, 0.9], "num_teleports": 3},
+    "training": {**TINY_TRAINING, "optimizers": ["sgd"]},
+    "pseudo-teleport": {**TINY_TRAINING, "seeds": 1},
+    "mid-training": {**TINY_TRAINING, "seeds": 1, "epochs": 3, "teleport_at": 2, "cob_ranges": [0.9]},
     "weight-histograms": {"model_kwargs": {"mlp": {"hidden": [32, 32]}}, "bins": 21},
+    "feature-maps": {
+        "max_iters_per_epoch": 4,
+        "model": "vgg",
+        "model_kwargs": {"vgg": {"width": 0.125, "config": "vgg11"}},
+        "epochs": 1,
+        "activations": ["tanh"],
+        "layer": "features.2",
+        "num_channels": 4,
+    },
+    "gspace-lr-grid": {
+        "methods": ["sgd", "gsgd-set1", "fixed-sgd"],
+        "lrs": [1e-1, 1e-3],
+        "epochs": 1,
+        "train_size": 256,
+        "val_size": 64,
+        "hidden": [16, 16],
+    },
+    "fixed-value-grid": {
+        "values": [0.1, 1.0],
+        "lrs": [1e-1, 1e-2],
+        "epochs": 1,
+        "train_size": 256,
+        "val_size": 64,
+        "hidden": [16, 16],
+    },
+    "toy-surfaces": {"points": 21, "arrows": 5},
+    "distance-training": {"epochs": 3, "warmup_epochs": 1, "checkpoint_every": 1, "train_size": 64, "val_size": 32},
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    path = run_demo(out, progress=False, workers=1, experiments=list(TINY), configs=TINY)
+    path = run_demo(out, progress=False, workers=1, configs=TINY)
     return out, path
 
 
-def test_demo_covers_every_experiment_of_the_paper():
-    assert set(DEMO_CONFIGS) == PAPER_EXPERIMENTS
+def test_demo_covers_every_experiment():
     assert PAPER_EXPERIMENTS <= set(EXPERIMENTS)
+    configs = demo_configs()
+    assert list(configs) == list(EXPERIMENTS) == list(TINY)
+    for name, cfg in configs.items():
+        module = get_experiment(name)
+        for attr in DEMO_ATTRIBUTES:
+            assert hasattr(module, attr), f"{name} has no {attr}"
+        assert {"DESCRIPTION", "DEFAULTS", "run", *DEMO_ATTRIBUTES} <= set(module.__all__)
+        assert all(hasattr(module, a) for a in module.__all__), name
+        assert isinstance(module.TITLE, str) and module.TITLE
+        assert callable(module.report_section) and float(module.DEMO_SECONDS) > 0
+        # the demo configuration changes existing keys only, with values that pass the experiment's checks
+        validate_config(name, merge_config(module.DEFAULTS, cfg, source=f"{name} demo"))
+    assert len({get_experiment(n).TITLE for n in EXPERIMENTS}) == len(EXPERIMENTS)
+
+
+def test_report_has_a_section_per_experiment(tiny_report):
+    out, path = tiny_report
+    page = path.read_text(encoding="utf-8")
+    assert "This experiment failed" not in page and "summary failed" not in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["experiments"]) == list(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        assert page.count(f'<section id="{name}">') == 1, name
+        assert f'href="#{name}"' in page  # in the navigation
+        assert summary["experiments"][name]["status"] in ("good", "bad", "neutral")
+        assert summary["experiments"][name]["verdict"], name
+        folder = out / name.replace("-", "_")
+        assert (folder / "results.json").is_file()
+        # every figure a section names exists (and is embedded)
+        module = get_experiment(name)
+        section, heads = module.report_section(json.loads((folder / "results.json").read_text()), folder)
+        assert isinstance(section, Section) and all(isinstance(h, Headline) for h in heads)
+        assert section.title == module.TITLE and section.claim and section.numbers, name
+        assert section.figures and all(f.path.is_file() for f in section.figures), name
 
 
 def test_report_is_self_contained_and_has_the_numbers(tiny_report):
@@ -73,9 +158,10 @@ def test_failed_experiment_is_shown_and_raised(tmp_path):
     assert "This experiment failed" in page and "&#x27;everything&#x27; is not allowed" in page  # HTML-escaped
 
 
-def test_unknown_demo_experiment():
+def test_unknown_demo_experiment(tmp_path):
     with pytest.raises(ValueError, match="unknown demo experiment"):
-        run_demo(Path("unused"), experiments=["toy-surfaces"])
+        run_demo(tmp_path / "unused", experiments=["no-such-experiment"])
+    assert not (tmp_path / "unused").exists()  # refused before anything ran
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
@@ -102,6 +188,6 @@ def test_report_renders_in_headless_chromium(tiny_report):
 def test_full_demo_runs_every_experiment(tmp_path):
     path = run_demo(tmp_path, progress=False)
     page = path.read_text(encoding="utf-8")
-    for name in DEMO_CONFIGS:
+    for name in EXPERIMENTS:
         assert f'id="{name}"' in page
     assert "This experiment failed" not in page

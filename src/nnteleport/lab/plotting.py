@@ -53,36 +53,54 @@ COLORS = {
 # results files
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert tensors, numpy values, paths and tuples to plain JSON types; non-finite floats become ``None``."""
+def to_jsonable(obj: Any, *, keep_nonfinite: bool = False) -> Any:
+    """Convert ``obj`` to plain JSON types: mappings (keys as ``str``), lists, ``str``, ``int``, ``float``, ``None``.
+
+    Tensors and numpy arrays become (nested) lists, numpy scalars Python scalars, tuples lists, paths strings,
+    objects with a ``to_dict()`` method their dict. Non-finite floats (NaN, +-inf) become ``None`` -- the
+    convention of every results file (:func:`write_json`) -- unless ``keep_nonfinite`` (used for hashing run
+    configs, whose SHA-256 must not change).
+    """
     if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, keep_nonfinite=keep_nonfinite) for k, v in obj.items()}
     if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
+        return to_jsonable(obj.detach().cpu().tolist(), keep_nonfinite=keep_nonfinite)
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), keep_nonfinite=keep_nonfinite)
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, keep_nonfinite=keep_nonfinite) for v in obj]
     if isinstance(obj, (np.floating, float)):
         value = float(obj)
-        return value if math.isfinite(value) else None
+        return value if keep_nonfinite or math.isfinite(value) else None
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.bool_,)):
         return bool(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return to_jsonable(obj.to_dict(), keep_nonfinite=keep_nonfinite)
     return obj
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON, atomically; creates the parent folder."""
+def write_json(path: Path, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as strict JSON (RFC 8259) to ``path``, atomically and durably; creates the parent folder.
+
+    The one JSON writer of the experiments (``results.json``, ``summary.json``, the sweep's run records).
+    ``obj`` goes through :func:`to_jsonable`, so NaN and infinities are written as ``null`` (strict JSON: any
+    parser reads the file; readers of numbers treat ``null`` as missing / NaN). The text goes to a temporary
+    file in the same folder, is flushed to disk and renamed over ``path``: an interrupted write never leaves
+    half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    tmp = tmp_path(path)  # atomic: an interrupted write never leaves half a results.json
+    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
+    tmp = tmp_path(path)
     try:
-        tmp.write_text(text)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -172,14 +190,25 @@ def progress(iterable: Iterable[T], *, enabled: bool, desc: str, total: int | No
 # figures
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (4.0, 3.0), **kw: Any):
-    """A matplotlib ``Figure`` (Agg canvas, no pyplot) with an ``nrows x ncols`` array of axes.
+def new_figure(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    size: tuple[float, float] = (4.0, 3.0),
+    layout: str = "constrained",
+    **kw: Any,
+) -> tuple[Any, np.ndarray]:
+    """A matplotlib ``Figure`` with an ``nrows x ncols`` array of axes, made without pyplot.
 
-    ``size`` is the size of one panel in inches. Returns ``(fig, axes)`` with ``axes`` a 2-d numpy array.
+    The figure is a plain :class:`matplotlib.figure.Figure` (PNG through the Agg renderer by
+    :func:`save_figure`): no pyplot figure manager, so the global backend is neither read nor switched (a
+    notebook keeps its backend) and nothing needs closing. ``size`` is the size of one panel in inches;
+    ``layout`` is matplotlib's layout engine (``"constrained"``, ``"tight"``). Returns ``(fig, axes)`` with
+    ``axes`` a 2-d numpy array of shape ``(nrows, ncols)``.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout=layout)
     kw.pop("squeeze", None)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes

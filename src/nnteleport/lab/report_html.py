@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Figure", "Headline", "Section", "render"]
+__all__ = ["Figure", "Headline", "Section", "pm", "render", "sci"]
 
 
 @dataclass
@@ -36,11 +39,15 @@ class Headline:
 
 @dataclass
 class Section:
-    """One experiment: what the paper claims, what we measured (a table), figures, and notes."""
+    """One experiment: what the paper claims, what we measured (a table), figures, and notes.
+
+    Each experiment module builds its own (``report_section``); the demo sets ``anchor`` (the experiment's CLI
+    name), ``seconds`` and ``files``.
+    """
 
     title: str
-    anchor: str
-    claim: str
+    claim: str = ""
+    anchor: str = ""
     numbers: list[tuple[str, str]] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -49,6 +56,25 @@ class Section:
     seconds: float | None = None
     error: str | None = None
     files: list[tuple[str, str]] = field(default_factory=list)  # (label, relative link)
+
+
+def sci(x: float | None, digits: int = 2) -> str:
+    """``x`` for a report table: scientific notation when tiny or huge (``3.30e-16``), else ``digits + 2``
+    significant digits; ``"n/a"`` for ``None``, NaN and infinities."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}e}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4) else f"{x:.{digits + 2}g}"
+
+
+def pm(s: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``"mean ± std"`` of a summary dict (``{"mean", "std", ...}``, see :func:`nnteleport.lab.plotting.summary`),
+    ``"n/a"`` when it has no finite mean."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    m, sd = s["mean"], s.get("std")
+    if m is None or not math.isfinite(m):
+        return "n/a"
+    return f"{m:.{digits}g} ± {sd:.2g}" if sd is not None else f"{m:.{digits}g}"
 
 
 _CSS = """

@@ -6,9 +6,19 @@ Every experiment module defines
 * ``DEFAULTS: dict`` -- the default (small, 2-core-laptop) configuration; ``--config FILE.yaml`` and
   ``--set key=value`` may only change keys that exist here, with values of a compatible type;
 * ``run(config: dict, out: pathlib.Path, *, progress: bool = True) -> dict`` -- runs the experiment, writes
-  ``out/results.json`` (all numbers behind the plots), CSVs of curves and PNG plots, and returns the results.
+  ``out/results.json`` (all numbers behind the plots; :func:`nnteleport.lab.plotting.write_json`), CSVs of
+  curves and PNG plots, and returns the results;
 
-The registry below is the single list of experiment names (the CLI names).
+and its part of the demo (:mod:`nnteleport.lab.demo`, which loops over this registry):
+
+* ``TITLE: str`` -- the title of its section in the demo report;
+* ``DEMO: dict`` -- the demo's configuration, changes to ``DEFAULTS`` (seconds on one core);
+* ``DEMO_SECONDS: float`` -- about how long ``DEMO`` takes (the demo starts the longest first);
+* ``report_section(results: dict, folder: pathlib.Path) -> (Section, list[Headline])`` -- the section of the
+  report (:class:`nnteleport.lab.report_html.Section`: claim, measured numbers, figures from ``folder``,
+  verdict) and the headline cards, from the results ``run`` returned.
+
+The registry below is the single list of experiment names (the CLI names), in the report's order.
 """
 
 from __future__ import annotations
@@ -17,6 +27,11 @@ import importlib
 from types import ModuleType
 
 from nnteleport.errors import InvalidValueError
+
+__all__ = ["DEMO_ATTRIBUTES", "EXPERIMENTS", "get_experiment"]
+
+#: What every experiment module defines for the demo (see above).
+DEMO_ATTRIBUTES = ("TITLE", "DEMO", "DEMO_SECONDS", "report_section")
 
 EXPERIMENTS: dict[str, str] = {
     # Neural teleportation (Armenta et al. 2023)

@@ -21,7 +21,6 @@ momentum 0.9, lr 1e-2, batch 128, L2 1e-3.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import time
@@ -37,7 +36,20 @@ from nnteleport.lab.data import DatasetName, load_dataset
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.sweep import run_sweep
 from nnteleport.lab.models import MODELS, build_model
+from nnteleport.lab.plotting import new_figure, save_figure, to_jsonable, write_json
+from nnteleport.lab.report_html import Figure, Headline, Section, sci
 from nnteleport.lab.training import History, train
+
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "report_section",
+    "run",
+]
 
 DESCRIPTION = (
     "Checkpoint-distance regularisation (von Bachmann 2020): baseline vs distancing from checkpoints (plain "
@@ -298,16 +310,6 @@ def _sweep_run(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return _run_one(task, data, task["model"], task["variant"], int(task["seed"]), False)
 
 
-def _nan_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_nan_safe(v) for v in obj]
-    return obj
-
-
 def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     keys = sorted({(r["model"], r["variant"]) for r in runs}, key=lambda k: (k[0], _VARIANTS.index(k[1])))
@@ -342,11 +344,7 @@ def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _plot(out: Path, results: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Draw ``curves.png`` (learning curves, distances) and ``ensembles.png`` from ``results`` (no pyplot state)."""
     runs = results["runs"]
     models = list(dict.fromkeys(r["model"] for r in runs))
     variants = [v for v in _VARIANTS if any(r["variant"] == v for r in runs)]
@@ -357,7 +355,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
         ("dist_first_ckpt", "||theta - theta(first ckpt)||"),
         ("inv_dist_first_ckpt", "invariant distance from first ckpt"),
     ]
-    fig, axes = plt.subplots(len(models), len(panels), figsize=(4.2 * len(panels), 3.2 * len(models)), squeeze=False)
+    fig, axes = new_figure(len(models), len(panels), size=(4.2, 3.2), layout="tight")
     for i, model in enumerate(models):
         for j, (key, label) in enumerate(panels):
             ax = axes[i][j]
@@ -373,12 +371,11 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
             if key == "train_loss":
                 ax.set_yscale("log")
         axes[i][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "curves.png", dpi=120)
 
     summary = results["summary"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = new_figure(1, 3, size=(13 / 3, 3.6), layout="tight")
+    axes = axes[0]
     width = 0.8 / max(1, len(variants))
     for k, (key, label) in enumerate(
         [
@@ -404,9 +401,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
         ax.set_xticks([mi + width * (len(variants) - 1) / 2 for mi in range(len(models))], models)
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ensembles.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "ensembles.png", dpi=120)
 
 
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -428,8 +423,8 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), threads=int(cfg["threads"]),
                      progress=progress, desc="distance-training")  # fmt: skip
     runs = [done[t["id"]] for t in tasks]
-    results = _nan_safe({"config": cfg, "runs": runs, "summary": _summary(runs)})
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results = to_jsonable({"config": cfg, "runs": runs, "summary": _summary(runs)})  # NaN -> None, as in the file
+    write_json(out / "results.json", results, indent=1)
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "penalty", "seconds", "dist_first_ckpt",
@@ -445,3 +440,86 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
         w.writerows(results["summary"])
     _plot(out, results)
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Distance from checkpoints vs SGDR snapshot ensembles"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (the MLP, six epochs, a checkpoint every two).
+DEMO: dict[str, Any] = {
+    "models": ["mlp"],
+    "epochs": 6,
+    "warmup_epochs": 2,
+    "checkpoint_every": 2,
+    "sgdr_cycle": 2,
+    "workers": 1,
+}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 6
+
+
+def _f3(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs): per model and
+    variant the final and snapshot-ensemble accuracy, the ensemble's diversity, the distance travelled and
+    the penalty's overhead; the verdict compares the disagreement of the distanced ensembles with plain
+    training's."""
+    cfg, summary = res["config"], res["summary"]
+    nums = [
+        (
+            f"{s['model']} / {s['variant']} (seeds {s['seeds']})",
+            f"final acc {_f3(s['final_val_acc'])}; snapshot ensemble acc {_f3(s['ensemble_acc'])} "
+            f"({sci(s['ensemble_members'])} members, mean member {_f3(s['mean_member_acc'])}); disagreement "
+            f"{_f3(s['disagreement'])}, error correlation {_f3(s['error_correlation'])}; distance from the first "
+            f"checkpoint {sci(s['final_dist_first_ckpt'])} (rescaling-invariant "
+            f"{sci(s['final_inv_dist_first_ckpt'])})"
+            + (f"; step with penalty × {s['overhead_ratio']:.2f}" if s["overhead_ratio"] is not None else ""),
+        )
+        for s in summary
+    ]
+    by = {(s["model"], s["variant"]): s for s in summary}
+    more_diverse, compared = 0, 0
+    for (model, variant), s in by.items():
+        base = by.get((model, "baseline"))
+        if variant.startswith("distance") and base and None not in (s["disagreement"], base["disagreement"]):
+            compared += 1
+            more_diverse += s["disagreement"] > base["disagreement"]
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Von Bachmann (2020), Sec. 2.1: after a warm-up, a penalty with a hill on every stored checkpoint "
+            "(RBF, strength · Σ_c exp(−‖θ − θ_c‖² / (2σ²))) pushes training away from where it has been, so "
+            "that the snapshots of one run form a more diverse ensemble than those of plain training; compared "
+            "with SGDR snapshot ensembles (Huang et al.). Here: "
+            f"{', '.join(cfg['models'])} on {cfg['dataset']}, {cfg['epochs']} epochs, checkpoints from epoch "
+            f"{cfg['warmup_epochs']} every {cfg['checkpoint_every']}, σ = {cfg['sigma']}, strength "
+            f"{cfg['strength']}, SGDR cycle {cfg['sgdr_cycle']}, seeds {cfg['seeds']}."
+        ),
+        numbers=nums,
+        figures=[
+            Figure(
+                d / "curves.png",
+                "Per model: validation accuracy, training loss (log), and the Euclidean and rescaling-invariant "
+                "distance from the first checkpoint per epoch, for each variant.",
+            ),
+            Figure(
+                d / "ensembles.png",
+                "Snapshot-ensemble accuracy (bars; black ticks: the single final model), mean pairwise "
+                "disagreement and mean error correlation of the members, per model and variant.",
+            ),
+        ],
+        verdict=(
+            f"distanced ensembles more diverse than plain training's in {more_diverse} of {compared} comparisons"
+            if compared
+            else "no distanced variant to compare"
+        ),
+        status="good" if compared and more_diverse == compared else "neutral",
+    )
+    return sec, []

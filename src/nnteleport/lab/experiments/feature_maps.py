@@ -28,6 +28,19 @@ from nnteleport.lab.data import load_dataset
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
+from nnteleport.lab.report_html import Figure, Headline, Section, sci
+
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
 
 DESCRIPTION = (
     "Train a conv net (default: small ResNet-18 with ReLU and with tanh), teleport it (CoB range 0.9, inter) "
@@ -199,3 +212,64 @@ def plot(out: Path) -> Path:
         fontsize=8,
     )
     return save_figure(fig, out / "feature_maps.png", dpi=130)
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Feature maps"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (small, seconds on one core).
+DEMO: dict[str, Any] = {
+    "epochs": 2,
+}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 10
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs):
+    per-channel factor of the feature maps and the residual of the fit a_V = tau a_W."""
+    cfg = res["config"]
+    nums = [
+        (
+            act,
+            f"val acc {a['val_acc']:.3f}; max |Δoutput| {sci(a['max_output_diff'])}; relative change of the "
+            f"'{cfg['layer']}' maps {a['relative_feature_change']:.2f}; per-channel factor |τ| in "
+            f"[{a['fitted_ratio_abs']['min']:.2f}, {a['fitted_ratio_abs']['max']:.2f}], sign-flipped channels "
+            f"{a['negative_ratio_channels']}/{a['channels']}; residual of a_V = τ·a_W "
+            f"{sci(a['max_residual_of_scalar_fit'])}",
+        )
+        for act, a in res["activations"].items()
+    ]
+    notes = []
+    if "relu" in res["activations"] and res["activations"]["relu"]["negative_ratio_channels"] == 0:
+        notes.append(
+            "With ReLU, the engine keeps τ > 0 on channels that pass through a functional F.relu (it "
+            "cannot wrap a function call), so only rescaling is visible there; tanh modules are wrapped "
+            "and their channels can flip sign."
+        )
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Paper (arXiv version, Fig. 2): teleportation changes the feature maps a network computes while "
+            "keeping its function. In fact each hidden map becomes τ_c times the original (Eq. A9). Here: "
+            f"{cfg['model']} trained {cfg['epochs']} epochs on {cfg['dataset']}, teleported with s = "
+            f"{cfg['cob_range']} ({cfg['sampling']})."
+        ),
+        numbers=nums,
+        figures=[
+            Figure(
+                d / "feature_maps.png",
+                f"Output of '{cfg['layer']}' for validation images: rows alternate original / teleported; "
+                "each map pair shares one symmetric colour scale (red > 0 > blue), so rescaling and sign "
+                "flips show.",
+            )
+        ],
+        notes=notes,
+        verdict="features rescaled channel by channel, outputs unchanged",
+        status="good" if all(a["max_residual_of_scalar_fit"] < 1e-3 for a in res["activations"].values()) else "bad",
+    )
+    return sec, []

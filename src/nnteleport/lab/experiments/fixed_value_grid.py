@@ -25,6 +25,18 @@ from nnteleport.gspace.fixing import fix_weights
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
+from nnteleport.lab.report_html import Figure, Headline, Section, sci
+
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
 
 DESCRIPTION = (
     "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
@@ -136,3 +148,63 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.set_title(f"log10 median val. loss ({cfg['mode']}, {cfg['optimizer']}; white: diverged)", fontsize=8)
     fig.colorbar(im, ax=ax)
     save_figure(fig, out / "fixed_value_grid.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Fixed-weight value vs learning rate"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (the whole grid, one seed).
+DEMO: dict[str, Any] = {"seeds": 1}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 3
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNG): per fixed value
+    ``b`` the best learning rate and its median validation loss; the verdict says whether the best rate moves
+    with ``b``."""
+    cfg = res["config"]
+    nums = []
+    for b in cfg["values"]:
+        cells = [g for g in res["grid"] if g["value"] == b]
+        diverged = sum(g["n_diverged"] > 0 for g in cells)
+        nums.append(
+            (
+                f"b = {b:g}",
+                f"best lr {res['best_lr_per_value'][repr(b)]:g}: median validation loss "
+                f"{sci(res['best_per_value'][repr(b)])}; cells with diverged runs {diverged} of {len(cells)}",
+            )
+        )
+    best, best_lrs = res["best"], set(res["best_lr_per_value"].values())
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Thesis (Jestädt 2025, Sec. 4.2.3, Fig. 4.7): with the fixed weights set to ±b, the value b and the "
+            "learning rate interact -- the best rate depends on b. Here: Fixed-"
+            f"{cfg['optimizer'].upper()}, mode {cfg['mode']!r}, b in {cfg['values']}, learning rates {cfg['lrs']}, "
+            f"median of {cfg['seeds']} seed(s) after {cfg['epochs']} epochs, bias-free ReLU MLP {cfg['hidden']} "
+            f"on {cfg['dataset']}."
+        ),
+        numbers=nums,
+        figures=[
+            Figure(
+                d / "fixed_value_grid.png",
+                "log10 of the median validation loss per fixed value b (rows) and learning rate (columns); "
+                "white: every run diverged.",
+            )
+        ],
+        verdict=(
+            f"best cell b = {best['value']:g}, lr {best['lr']:g} (median loss {sci(best['median_val_loss'])}); "
+            + (
+                f"the best rate moves with b ({len(best_lrs)} different rates)"
+                if len(best_lrs) > 1
+                else "the same best rate for every b"
+            )
+        ),
+        status="good" if len(best_lrs) > 1 else "neutral",
+    )
+    return sec, []

@@ -42,6 +42,25 @@ from nnteleport.gspace import GSpace, GSpaceOptimizer
 from nnteleport.gspace.fixing import fix_weights
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, progress, save_figure, write_csv, write_json
+from nnteleport.lab.report_html import Figure, Headline, Section, sci
+
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "METHODS",
+    "TITLE",
+    "load_tensors",
+    "make_optimizer",
+    "plot",
+    "report_section",
+    "run",
+    "set_fixed_to_sign",
+    "thesis_mlp",
+    "train_grid",
+    "train_run",
+]
 
 DESCRIPTION = (
     "SGD, Adam, G-SGD, G-Adam (state kept / reset each step as in the thesis' wrapper), Fixed-SGD/Adam and "
@@ -372,3 +391,61 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ax2.set_yscale("log")
         ax2.legend(fontsize=7)
         save_figure(fig, out / fname)
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "G-space and weight fixing over learning rates"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (every method and rate, one seed, three epochs).
+DEMO: dict[str, Any] = {"seeds": 1, "epochs": 3}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 8
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs): per method the
+    best learning rate, its best validation loss and the number of good rates (within ``good_factor`` of the
+    overall best)."""
+    cfg, grid, f = res["config"], res["grid"], res["findings"]
+    nums = [
+        (
+            m,
+            f"best lr {f['best_lr'][m]:g}: best validation loss {sci(f['best_val_loss'][m])} (mean over "
+            f"{cfg['seeds']} seed(s)); good rates {res['good_lrs'][m] or 'none'}; diverged runs "
+            f"{sum(v['n_diverged'] for v in g.values())}",
+        )
+        for m, g in grid.items()
+    ]
+    best = min(grid, key=lambda m: math.inf if f["best_val_loss"][m] is None else f["best_val_loss"][m])
+    figs = [
+        Figure(
+            d / fname,
+            f"{title}. Left: best validation loss over the epochs (mean over seeds) against the learning rate; "
+            "right: validation loss per epoch at each method's best rate (log scales; diverged runs are missing).",
+        )
+        for fname, (title, methods) in PANELS.items()
+        if any(m in grid for m in methods)
+    ]
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Thesis (Jestädt 2025, Ch. 4, Figs. 4.1-4.6, 4.10): optimising in G-space (the path values of a ReLU "
+            "net, G-SGD / G-Adam) or with one fixed weight per neuron removes the rescaling symmetry and should "
+            "make training less sensitive to the learning rate; G-Adam as published (state reset each step) "
+            "underperforms Adam, Fixed-SGD with the fixed weights set to ±1 beats SGD. Here: bias-free ReLU MLP "
+            f"{cfg['hidden']} on {cfg['dataset']}, learning rates {cfg['lrs']}, {cfg['seeds']} seed(s), "
+            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['skeleton']} skeleton."
+        ),
+        numbers=nums,
+        figures=figs,
+        verdict=(
+            f"best: {best} (lr {f['best_lr'][best]:g}, loss {sci(f['best_val_loss'][best])}); good rates per "
+            "method: " + ", ".join(f"{m} {n}" for m, n in f["good_lr_count"].items())
+        ),
+        status="neutral",
+    )
+    return sec, []

@@ -38,6 +38,20 @@ from nnteleport.lab.plotting import (
     write_csv,
     write_json,
 )
+from nnteleport.lab.report_html import Figure, Headline, Section, pm, sci
+
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "flat_grad",
+    "plot",
+    "report_section",
+    "run",
+]
 
 DESCRIPTION = (
     "Angles between micro-teleportation vectors (CoB range 0.001, intra) and back-propagated mini-batch "
@@ -216,3 +230,87 @@ def plot(out: Path) -> list[Path]:
         fig.suptitle(f"{model}: micro-teleportation (s={res['config']['cob_range']}) vs gradient and controls")
         paths.append(save_figure(fig, out / f"micro_teleport_{model}.png"))
     return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Micro-teleportation vs gradients"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (small, seconds on one core).
+DEMO: dict[str, Any] = {
+    "models": ["mlp", "vgg", "resnet18"],
+    "num_samples": 25,
+}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 44
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs):
+    angles of micro-teleportation vectors to gradients and the random controls; headline: the mean angle."""
+    nums = [
+        (
+            "micro-teleport vs gradient (all)",
+            f"{pm(res['micro_vs_grad'], 8)}°, max |angle − 90°| {sci(res['micro_vs_grad_max_deviation'])}°",
+        ),
+    ]
+    for k, s in res["controls_std"].items():
+        nums.append(
+            (
+                f"{k.replace('_', ' ')}: std of the angle",
+                f"{s['mean']:.3g}° (max |angle − 90°| {res['controls_max_deviation'][k]:.3g}°)",
+            )
+        )
+    for c in res["configs"]:
+        nums.append(
+            (
+                f"{c['model']} / {c['dataset']} / batch {c['batch_size']} (D = {c['num_parameters']})",
+                f"micro {c['micro_vs_grad']['mean']:.6f}° ± {c['micro_vs_grad']['std']:.1e}, "
+                f"random-vs-random std {c['random_vs_random']['std']:.3f}° "
+                f"(theory 57.3°/√D = {c['expected_random_std_deg']:.3f}°)",
+            )
+        )
+    ok = res["micro_vs_grad_max_deviation"] < 0.1 and all(
+        s["mean"] > 5 * res["micro_vs_grad"]["std"] for s in res["controls_std"].values()
+    )
+    cfg = res["config"]
+    figs = [
+        Figure(
+            d / f"micro_teleport_{m}.png",
+            f"{m}: angle histograms. Top row: micro-teleportation vector (s = {cfg['cob_range']}, "
+            f"{cfg['sampling']}) vs the back-propagated mini-batch gradient — a spike at 90°. Other rows: the "
+            "paper's controls with Gaussian random vectors, quasi-orthogonal but spread (same bins per "
+            "column).",
+        )
+        for m in cfg["models"]
+    ]
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Paper (Sec. 4.3, Fig. 3, Conjecture 1): micro-teleportation vectors are perpendicular to "
+            "back-propagated gradients for any batch size, on real and on random data, while random vectors "
+            "are only quasi-orthogonal. Here: digits and random data, batch sizes "
+            f"{cfg['batch_sizes']}, {cfg['num_samples']} samples per setting, {cfg['dtype']}."
+        ),
+        numbers=nums,
+        figures=figs,
+        verdict=(
+            "90° within {:.1e}°, controls spread {:.2g}°–{:.2g}°".format(
+                res["micro_vs_grad_max_deviation"],
+                min(s["mean"] for s in res["controls_std"].values()),
+                max(s["mean"] for s in res["controls_std"].values()),
+            )
+        ),
+        status="good" if ok else "bad",
+    )
+    head = Headline(
+        "mean micro-teleport angle",
+        f"{res['micro_vs_grad']['mean']:.5f}°",
+        f"max deviation {sci(res['micro_vs_grad_max_deviation'])}°; random controls spread "
+        f"(std) ≈ {min(s['mean'] for s in res['controls_std'].values()):.2g}°",
+        "good" if ok else "bad",
+    )
+    return sec, [head]

@@ -21,7 +21,9 @@ Parallelism does not change the numbers: every run uses ``threads`` torch thread
 out-of-memory killer) fails alone. The output folder is locked while the sweep runs.
 
 ``fn`` must be a module-level function (picklable by name); its result must be JSON-serialisable (numpy and
-torch scalars/arrays are converted).
+torch scalars/arrays are converted). Records are written by :func:`nnteleport.lab.plotting.write_json`: strict
+JSON, NaN and infinities as ``null``; a fresh result is returned as it will be read back (``None`` for NaN).
+Records written by earlier versions hold ``NaN``/``Infinity`` tokens, which still read back as floats.
 
 >>> runs = grid({"lr": [0.01, 0.001], "teleport": [False, True]}, seeds=range(5))  # doctest: +SKIP
 >>> results = run_sweep(train_one, runs, out, workers=2)  # doctest: +SKIP
@@ -58,6 +60,7 @@ from nnteleport.lab.experiments.workers import (
     run_jobs,
     tmp_path,
 )
+from nnteleport.lab.plotting import to_jsonable, write_json
 
 __all__ = [
     "aggregate",
@@ -68,7 +71,6 @@ __all__ = [
     "read_result",
     "result_path",
     "run_sweep",
-    "write_json_atomic",
 ]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.,=+\-]+$")
@@ -80,55 +82,25 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if type(v).__module__.startswith("torch") and hasattr(v, "tolist"):
-        return _jsonable(v.tolist())
-    if hasattr(v, "to_dict") and callable(v.to_dict):
-        return _jsonable(v.to_dict())
-    return v
+def identity(
+    config: Mapping[str, Any], ignore_keys: Iterable[str] = (), *, keep_nonfinite: bool = False
+) -> dict[str, Any]:
+    """The part of a run config that determines its result: every key but ``id`` and ``ignore_keys``.
 
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (a temporary file in the same folder, then rename).
-
-    NaN and infinities are written as ``NaN``/``Infinity`` (Python's json reads them back).
+    As stored in the run's files (:func:`~nnteleport.lab.plotting.to_jsonable`: NaN and infinities are ``None``);
+    ``keep_nonfinite`` keeps them, as versions before the one JSON writer did.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def identity(config: Mapping[str, Any], ignore_keys: Iterable[str] = ()) -> dict[str, Any]:
-    """The part of a run config that determines its result: every key but ``id`` and ``ignore_keys``."""
     skip = {"id", *ignore_keys}
-    return {k: v for k, v in _jsonable(dict(config)).items() if k not in skip}
+    return {k: v for k, v in to_jsonable(dict(config), keep_nonfinite=keep_nonfinite).items() if k not in skip}
 
 
-def config_sha256(config: Mapping[str, Any], ignore_keys: Iterable[str] = ()) -> str:
-    """SHA-256 of the canonical JSON (sorted keys) of :func:`identity` of ``config``."""
-    text = json.dumps(identity(config, ignore_keys), sort_keys=True, separators=(",", ":"), allow_nan=True)
+def config_sha256(config: Mapping[str, Any], ignore_keys: Iterable[str] = (), *, keep_nonfinite: bool = False) -> str:
+    """SHA-256 of the canonical JSON (sorted keys) of :func:`identity` of ``config``.
+
+    For a config without NaN or infinities, ``keep_nonfinite`` makes no difference (the hashes of earlier versions).
+    """
+    ident = identity(config, ignore_keys, keep_nonfinite=keep_nonfinite)
+    text = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -143,7 +115,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``["key: stored X, now Y", ...]`` for the (dotted) keys whose values differ."""
-    a, b = _flatten(_jsonable(dict(stored))), _flatten(_jsonable(dict(current)))
+    a = _flatten(to_jsonable(dict(stored), keep_nonfinite=True))
+    b = _flatten(to_jsonable(dict(current), keep_nonfinite=True))
     missing = object()
     out = []
     for k in sorted(set(a) | set(b)):
@@ -194,7 +167,10 @@ def _stored_sha(rec: Mapping[str, Any], p: Path, ignore_keys: Sequence[str]) -> 
     """The hash a stored record claims, checked against its stored config (a tampered file is refused)."""
     actual = config_sha256(rec["config"], ignore_keys)
     claimed = rec.get("config_sha256")
-    if claimed is not None and claimed != actual and claimed != config_sha256(rec["config"]):
+    # also accepted: the hash without ignore_keys, and (records of earlier versions, which stored NaN as NaN)
+    # the hash over the non-finite values themselves
+    accepted = {actual, config_sha256(rec["config"]), config_sha256(rec["config"], ignore_keys, keep_nonfinite=True)}
+    if claimed is not None and claimed not in accepted:
         raise CorruptFileError(
             f"{p}: its config does not match its config_sha256 (edited by hand?); delete the file to recompute"
         )
@@ -221,9 +197,9 @@ def _run_one(fn: Callable[[dict, Path], Any], config: dict, out: str, sha: str) 
         "seconds": time.perf_counter() - t0,
         "nnteleport_version": __version__,
     }
-    write_json_atomic(record, result_path(out, run_id))
+    write_json(result_path(out, run_id), record, indent=1)
     (run_dir / "error.txt").unlink(missing_ok=True)
-    return run_id, _jsonable(record), None
+    return run_id, to_jsonable(record), None  # what a later run_sweep reads back from the file
 
 
 def _run_in_worker(
@@ -362,7 +338,7 @@ def _run_sweep_locked(
     if mismatches:
         raise _mismatch_error(out, mismatches)
     for r, sha in todo:
-        write_json_atomic({"id": r["id"], "config": r, "config_sha256": sha}, out / "runs" / r["id"] / "config.json")
+        write_json(out / "runs" / r["id"] / "config.json", {"id": r["id"], "config": r, "config_sha256": sha}, indent=1)
 
     errors: dict[str, str] = {}
     bar = None

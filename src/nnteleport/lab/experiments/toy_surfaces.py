@@ -22,6 +22,18 @@ import numpy as np
 
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
+from nnteleport.lab.report_html import Figure, Headline, Section, sci
+
+__all__ = [
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "plot",
+    "report_section",
+    "run",
+]
 
 DESCRIPTION = (
     "Toy loss surfaces with L(y) = sin(y): y = w2 relu(w1) with invariant lines and gradient field (Figs. 1.5, "
@@ -159,3 +171,54 @@ def plot(results: dict[str, Any], out: Path) -> None:
         axes[0, i].set_ylabel("w3")
         axes[0, i].set_title(f"b: w3 relu(w1 + w2), w1 = {float(w1v):g}", fontsize=8)
     save_figure(fig, out / "fig_4_9_fixed_weight_surfaces.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Toy loss surfaces and their G-space view"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (none: the surfaces take a second).
+DEMO: dict[str, Any] = {}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 2
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs): the gradient
+    norm at two points of one invariant line ``w1 w2 = 1`` (same loss), and the two figures."""
+    cfg = res["config"]
+    g0, g1 = res["gradient_norm_at_(1,1)"], res["gradient_norm_at_(1/4,4)"]
+    ratio = g1 / g0
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Thesis (Jestädt 2025, Figs. 1.5, 1.6, 4.9): for y = w2·relu(w1) and L = sin(y), the loss is "
+            "constant along the invariant lines w1·w2 = const, but the gradient is not -- (w1, w2) -> "
+            "(w1/α, α·w2) keeps L and changes ‖∇L‖, so plain gradient descent depends on where on the orbit it "
+            "starts; in the G-space coordinate v = w1·w2 the loss is sin(v), the landscape of y = relu(w). "
+            f"Here: {cfg['points']} x {cfg['points']} grids, fixed w1 in {cfg['fixed_w1']} for Fig. 4.9."
+        ),
+        numbers=[
+            ("‖∇L‖ at (w1, w2) = (1, 1)", sci(g0)),
+            ("‖∇L‖ at (1/4, 4) (same loss, α = 4)", f"{sci(g1)} (× {ratio:.3g})"),
+        ],
+        figures=[
+            Figure(
+                d / "fig_1_5_1_6_two_parameter.png",
+                "Left: network a, L = sin(relu(w)). Middle: network b over (w1, w2), invariant lines "
+                f"w1·w2 = {cfg['invariant_levels']} (dashed) and the negative gradient field. Right: network b "
+                "as a function of its path value v = w1·w2.",
+            ),
+            Figure(
+                d / "fig_4_9_fixed_weight_surfaces.png",
+                "Fig. 4.9: relu(w1 + w2) over (w1, w2), then w3·relu(w1 + w2) over (w2, w3) with w1 fixed at "
+                "each value: fixing a weight changes the shape of the surface.",
+            ),
+        ],
+        verdict=f"same loss, gradient norm × {ratio:.3g} along the invariant line",
+        status="good" if ratio > 1 else "bad",
+    )
+    return sec, []

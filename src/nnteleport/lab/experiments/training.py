@@ -48,6 +48,28 @@ from nnteleport.lab.plotting import (
     write_csv,
     write_json,
 )
+from nnteleport.lab.report_html import Figure, Headline, Section, pm
+
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "DEMO",
+    "DEMO_SECONDS",
+    "DESCRIPTION",
+    "TITLE",
+    "aggregate",
+    "arm",
+    "epochs_to_reach",
+    "gap_rows",
+    "gap_table",
+    "grid_tasks",
+    "overall",
+    "paired_gaps",
+    "plot_curves",
+    "report_section",
+    "run",
+    "run_grid",
+]
 
 DESCRIPTION = (
     "Train each model with and without one teleportation right after initialisation (CoB range 0.9, inter) "
@@ -502,3 +524,121 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     results["files"]["plots"] = [p.name for p in plots]
     write_json(out / "results.json", results)
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo (nnteleport.lab.demo): a small configuration and the report section
+
+#: Title of this experiment's section in the demo report.
+TITLE = "Training with vs without teleportation"
+
+#: The demo's configuration: changes to :data:`DEFAULTS` (small, seconds on one core).
+DEMO: dict[str, Any] = {
+    "seeds": 4,
+    "epochs": 8,
+    "workers": 1,
+    "tensorboard": False,
+}
+
+#: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
+DEMO_SECONDS = 32
+
+
+def gap_rows(gaps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Rows of the report table: per setting, the paired gaps, the speed-up and the final accuracies."""
+    rows = []
+    for g in gaps:
+        label = f"{g['model']} / {g['activation']} / {g['optimizer']} / lr {g['lr']:g} — {g['arm']} vs {g['baseline']}"
+        div = {k: v for k, v in g.get("diverged", {}).items() if v}
+        rows.append(
+            (
+                label,
+                f"gap epoch 1 {pm(g['gap_first_epoch'])}, first {g['early_epochs']} epochs "
+                f"{pm(g['gap_early'])} (n = {g['gap_early']['n']} seeds); "
+                + _speedup_text(g)
+                + "; final val acc "
+                + ", ".join(f"{a} {pm(s, 3)}" for a, s in g["final_val_acc"].items())
+                + (f"; diverged runs {div}" if div else ""),
+            )
+        )
+    return rows
+
+
+def _speedup_text(g: dict) -> str:
+    s = g.get("speedup")
+    if not s:
+        return "speed-up n/a"
+    missed = g.get("speedup_not_reached", 0)
+    text = f"speed-up ×{pm(s, 3)}" if s.get("n") else "speed-up n/a"
+    return text + (f" ({missed} seed(s) never reached the baseline's final loss)" if missed else "")
+
+
+def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
+    """The demo report's section from ``results`` (``d``: the output folder with the PNGs):
+    paired early-loss gaps and speed-ups per setting; headlines: the mean gap and the speed-up range."""
+    cfg = res["config"]
+    ov = res["overall"]["gap_early"]
+    ov1 = res["overall"]["gap_first_epoch"]
+    all_gaps = [g["gap_early"]["mean"] for g in res["gaps"] if g["gap_early"]["mean"] is not None]
+    spread = [g["gap_early"]["std"] for g in res["gaps"] if g["gap_early"]["std"] is not None]
+    good = ov["clearly_positive"] > ov["groups"] / 2
+    bad = ov["clearly_negative"] > 0 or ov["positive"] < ov["groups"] / 2
+    figs = [
+        Figure(
+            d / p,
+            ("Training loss" if "train_loss" in p else "Validation accuracy")
+            + " per epoch, mean ± 2 std across seeds (the paper's shading); rows: learning rates, columns: "
+            "optimizers. Orange: no teleport; blue: one teleport right after initialisation "
+            f"(s = {cfg['cob_range']}, {cfg['sampling']}); both runs of a seed share the initialisation "
+            "and batch order.",
+        )
+        for p in res["files"].get("plots", [])
+    ]
+    sec = Section(
+        title=TITLE,
+        claim=(
+            "Paper (Sec. 5.2, Figs. 6-8): one teleportation right after initialisation (s = 0.9, inter) "
+            "accelerates gradient descent, with and without momentum. Here: "
+            f"{', '.join(cfg['models'])} on {', '.join(cfg['datasets'])}, init {cfg['init']}, optimizers "
+            f"{cfg['optimizers']}, learning rates {cfg['lrs']}, {cfg['seeds']} seeds, {cfg['epochs']} epochs, "
+            f"L2 {cfg['weight_decay']}. Gap = baseline loss − teleported loss (positive: teleport ahead), "
+            "paired by seed."
+        ),
+        numbers=gap_rows(res["gaps"]),
+        figures=figs,
+        verdict=(
+            f"teleported ahead early in {ov['positive']} of {ov['groups']} settings "
+            f"({ov['clearly_positive']} by more than 2 std across seeds, {ov['clearly_negative']} clearly "
+            "behind)"
+        ),
+        status="good" if good and not bad else ("bad" if bad else "neutral"),
+    )
+    value = f"{ov['mean_of_means']:+.3f}" if ov.get("mean_of_means") is not None else "n/a"
+    head = Headline(
+        "teleported training: early-loss gap",
+        value,
+        (
+            f"mean over {ov['groups']} settings of (baseline − teleported) train loss, first "
+            f"{res['gaps'][0]['early_epochs']} epochs; per-setting gaps {min(all_gaps):+.3f}…{max(all_gaps):+.3f}, "
+            f"seed std up to {max(spread):.3f}; epoch-1 gap {ov1['mean_of_means']:+.3f}"
+        )
+        if all_gaps
+        else "no data",
+        "good" if good and not bad else ("bad" if bad else "neutral"),
+    )
+    heads = [head]
+    speed = [g["speedup"] for g in res["gaps"] if g.get("speedup") and g["speedup"].get("n")]
+    if speed:
+        means = [s["mean"] for s in speed]
+        missed = sum(g.get("speedup_not_reached", 0) for g in res["gaps"])
+        heads.append(
+            Headline(
+                "speed-up of teleported training",
+                f"×{min(means):.2f} … ×{max(means):.2f}",
+                "baseline epochs ÷ epochs the teleported run needs to reach the baseline's final train loss, "
+                f"per setting (mean over seeds; seed std up to {max(s['std'] for s in speed):.2f})"
+                + (f"; {missed} run(s) never reached it" if missed else ""),
+                "good" if min(means) > 1 and not missed else ("bad" if max(means) < 1 else "neutral"),
+            )
+        )
+    return sec, heads
