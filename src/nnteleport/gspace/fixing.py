@@ -46,7 +46,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
 from nnteleport._choice import Choice
-from nnteleport.gspace import ChainLayer, rescale_chain, trace_chain
+from nnteleport.gspace.chains import ChainLayer, rescale_chain, trace_chain
 
 __all__ = ["FixedWeights", "Selection", "fix_weights"]
 
