@@ -480,6 +480,7 @@ def test_step_hooks_run_and_fixed_weight_restore_hook_sees_final_weights():
     kinds = [c[0] for c in calls]
     assert kinds.count("pre") == 1 and kinds.count("post") == 1
     assert ("global", True, None) in calls  # the global hook saw the G-space optimizer itself
+    assert kinds.count("global") == 1  # once per step: not again for the inner optimizer
     pre = next(c for c in calls if c[0] == "pre")
     post = next(c for c in calls if c[0] == "post")
     assert pre[1] and post[1]
