@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 
@@ -173,3 +174,46 @@ def test_bad_inputs_raise():
         fix_weights(model, value=1.0)
     with pytest.raises(ValueError, match="Sigmoid"):
         fix_weights(nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("mode", ["auto", "optimizer=", "attach", "context"])
+def test_unrelated_optimizer_does_not_restore_and_modes_keep_the_guarantee(mode):
+    """Only the optimizers that train the fixed parameters restore them: a second model's optimizer steps
+    without touching the first model (whose fixed entries were edited by hand, so a restore would show), while
+    the first model's optimizer keeps its fixed entries bitwise, in each way of tying the handle to it."""
+    model, x = make("mlp")
+    other, _ = make("mlp", seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
+    other_opt = torch.optim.AdamW(other.parameters(), lr=0.01, weight_decay=0.5)
+    kw = {"optimizer": opt} if mode in ("optimizer=", "context") else {}
+    handle = fix_weights(model, value=1.0, **kw)
+    if mode == "attach":
+        assert handle.attach(opt) is handle
+    y = torch.randint(0, 2, (16,))
+    n, mask = next(iter(handle.masks.items()))
+    with handle if mode == "context" else contextlib.nullcontext():
+        with torch.no_grad():
+            model.get_parameter(n).add_(0.25)  # off the fixed values: a restore would undo it
+        edited = model.get_parameter(n).detach().clone()
+        for _ in range(3):
+            other_opt.zero_grad()
+            F.cross_entropy(other(x), y).backward()
+            other_opt.step()
+        assert torch.equal(model.get_parameter(n), edited)  # the unrelated optimizer left the model alone
+        handle.restore()
+        before = {k: model.get_parameter(k).detach().clone() for k in handle.masks}
+        for _ in range(5):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for k, m in handle.masks.items():
+            p = model.get_parameter(k)
+            assert torch.equal(p[m], before[k][m]), k
+            assert not torch.equal(p[~m], before[k][~m]), k
+    if mode != "context":
+        handle.remove()
+    after = model.get_parameter(n).detach().clone()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()  # released: the fixed entries move again (weight decay, momentum)
+    assert not torch.equal(model.get_parameter(n)[mask], after[mask])

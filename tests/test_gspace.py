@@ -480,6 +480,7 @@ def test_step_hooks_run_and_fixed_weight_restore_hook_sees_final_weights():
     kinds = [c[0] for c in calls]
     assert kinds.count("pre") == 1 and kinds.count("post") == 1
     assert ("global", True, None) in calls  # the global hook saw the G-space optimizer itself
+    assert kinds.count("global") == 1  # once per step: not again for the inner optimizer
     pre = next(c for c in calls if c[0] == "pre")
     post = next(c for c in calls if c[0] == "post")
     assert pre[1] and post[1]
@@ -589,3 +590,116 @@ def test_bare_single_layer_gets_a_message_about_the_layer():
     with pytest.raises(UnsupportedModelError, match=r"bare Linear layer; one layer has no hidden neurons") as e:
         GSpaceOptimizer(nn.Linear(4, 3), torch.optim.SGD, lr=0.1)
     assert "use nn.Linear" not in str(e.value)
+
+
+@pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
+def test_frozen_chain_weights_are_refused_not_moved(reparametrize):
+    """Plain SGD leaves ``requires_grad=False`` weights alone; a G-space step would move them (a path value mixes
+    the weights of every layer), so GSpaceOptimizer refuses them by name, at construction (before
+    ``reparametrize`` rescales anything) and at a step after a layer was frozen; nothing moves either way."""
+    from nnteleport.errors import UnsupportedModelError
+
+    model, x = make("unequal-bias")
+    t = torch.randn(7, 2, dtype=DT)
+    model[2].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match=r"\['2.weight'\] have requires_grad=False"):
+        opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.1, reparametrize=reparametrize)
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(model(x), t).backward()
+            opt.step()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    model[2].weight.requires_grad_(True)
+    opt = GSpaceOptimizer(model, torch.optim.SGD, lr=0.1, reparametrize=reparametrize)
+    model[4].weight.requires_grad_(False)  # frozen after the optimizer was built
+    opt.zero_grad()
+    F.mse_loss(model(x), t).backward()
+    frozen = model[4].weight.detach().clone()
+    with pytest.raises(UnsupportedModelError, match=r"\['4.weight'\]"):
+        opt.step()
+    assert torch.equal(model[4].weight, frozen)
+
+
+class _ShiftedReLU(nn.ReLU):
+    """A ReLU subclass whose forward is not homogeneous: must not pass for a ReLU."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def _conv_chain(*between):
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), *between, nn.Conv2d(4, 3, 3), nn.ReLU(), nn.Flatten(),
+                         nn.LazyLinear(2)).to(DT)  # fmt: skip
+
+
+class _FunctionalForms(nn.Module):
+    """The functional / method forms chain discovery matched by name before it used the engine's table."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.c1(x), 0.1)
+        x = F.dropout(F.max_pool2d(torch.relu_(x), 2), 0.0, training=False)
+        x = F.avg_pool2d(x.relu_(), 1)
+        x = torch.flatten(F.relu(self.c2(x)), 1).contiguous()
+        return self.fc(x.view(x.size(0), -1))
+
+
+HOMOGENEOUS_BETWEEN = {
+    "RReLU": lambda: _conv_chain(nn.RReLU(0.1, 0.3)),  # eval mode: slope (l + u) / 2; train mode: random > 0
+    "LPPool2d": lambda: _conv_chain(nn.ReLU(), nn.LPPool2d(2, 2)),
+    "lp_pool2d": lambda: _conv_chain(nn.ReLU(), _Fn(lambda x: F.lp_pool2d(x, 3, 2))),
+    "rrelu": lambda: _conv_chain(_Fn(lambda x: F.rrelu(x, 0.1, 0.3, training=False))),
+    "Upsample+ZeroPad2d": lambda: _conv_chain(nn.ReLU(), nn.Upsample(scale_factor=2), nn.ZeroPad2d(1)),
+    "interpolate": lambda: _conv_chain(nn.ReLU(), _Fn(lambda x: F.interpolate(x, scale_factor=0.5))),
+    "functional-forms": lambda: _FunctionalForms().to(DT),
+}
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("name", list(HOMOGENEOUS_BETWEEN))
+def test_ops_of_the_engine_table_are_chain_ops(name):
+    """Chain discovery reads the engine's one table of positively homogeneous ops (``rules.homogeneity``): RReLU,
+    LPPool, upsampling and padding now pass (the old gspace list lacked them), the name-matched functional forms
+    still do. The maths needs the homogeneity: reparametrising keeps the function, and the closed-form gradient
+    matches autograd through the weight allocation."""
+    torch.manual_seed(0)
+    model = HOMOGENEOUS_BETWEEN[name]().eval()
+    x = torch.randn(5, 2, 8, 8, dtype=DT)
+    y = model(x)  # materialises LazyLinear
+    assert len(trace_chain(model)) == 3
+    gs = GSpace(model, reparametrize=True)
+    torch.testing.assert_close(model(x), y, rtol=1e-12, atol=1e-13)
+    target = torch.randn_like(y)
+    model.zero_grad()
+    F.mse_loss(model(x), target).backward()
+    g = gs.gradient()
+    v = gs.values().requires_grad_(True)
+    F.mse_loss(torch.func.functional_call(model, gs.weights_from_values(v), (x,)), target).backward()
+    torch.testing.assert_close(g, v.grad, rtol=1e-9, atol=1e-10 * v.grad.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    ("between", "match"),
+    [((_ShiftedReLU(),), "'add'.*not positively"), ((nn.ReLU6(),), "ReLU6"), ((nn.AlphaDropout(0.1),), "Alpha")],
+)
+def test_non_homogeneous_ops_between_layers_are_refused(between, match):
+    """A subclass of a listed op with its own forward is not taken for the op (fx traces into it and finds the
+    shift); ReLU6 and AlphaDropout are not positively homogeneous."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), *between, nn.Conv2d(4, 2, 1))
+    with pytest.raises(ValueError, match=match):
+        trace_chain(model)
+    with pytest.raises(ValueError, match=match):
+        GSpace(model)

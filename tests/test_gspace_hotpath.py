@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import hashlib
 import os
 import shutil
+import subprocess
+import warnings
 
 import pytest
 import torch
@@ -129,15 +132,18 @@ def test_step_leaves_the_models_gradients_as_backward_computed(reparametrize, na
 @needs_native
 @pytest.mark.parametrize("reparametrize", [False, True], ids=["dense", "direct"])
 def test_missing_first_layer_gradient_falls_back_and_matches(reparametrize):
-    """A frozen first layer (no gradient): the native path hands over to the eager one, which gives the same
-    steps; with the direct chart the corrections of the first layer's pred edges still move it."""
+    """A missing first-layer gradient (``.grad`` is None after backward): the native path hands over to the eager
+    one, which gives the same steps; the corrections of the first layer's pred edges still move it."""
     model, _ = make("unequal-bias")
-    model[0].weight.requires_grad_(False)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     oa = GSpaceOptimizer(a, torch.optim.SGD, lr=0.05, reparametrize=reparametrize, native=True)
     ob = GSpaceOptimizer(b, torch.optim.SGD, lr=0.05, reparametrize=reparametrize, native=False)
-    _train(a, oa, _batches("unequal-bias", n=4))
-    _train(b, ob, _batches("unequal-bias", n=4))
+    for m, o in ((a, oa), (b, ob)):
+        for xb, yb in _batches("unequal-bias", n=4):
+            o.zero_grad()
+            F.cross_entropy(m(xb), yb).backward()
+            m[0].weight.grad = None
+            o.step()
     assert a[0].weight.grad is None
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
@@ -221,6 +227,125 @@ def test_kernels_build_into_a_private_cache_once(tmp_path, monkeypatch):
     assert (path.parent.stat().st_mode & 0o077) == 0  # nobody else may plant a library there
     mtime = path.stat().st_mtime_ns
     assert _native._compile(os.environ.get("CC", "cc")) == path and path.stat().st_mtime_ns == mtime  # cached
+    digest = path.with_name(path.name + ".sha256")
+    assert digest.read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()  # recorded at build time
+    assert (path.stat().st_mode & 0o022) == 0 and (digest.stat().st_mode & 0o022) == 0
     lib = ctypes.CDLL(str(path))
     assert all(hasattr(lib, f"nt_{k}_{t}") for k in ("factors", "push", "pull", "restore") for t in ("f32", "f64"))
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, digest.name]  # no temporary files left
+
+
+# -- what is loaded is verified: planted, truncated, empty libraries; unsafe cache; layout self-check ------------
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+CC = os.environ.get("CC", "cc")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A private, empty kernel cache and a module that has not loaded anything yet (restored afterwards)."""
+    monkeypatch.setenv("NNTELEPORT_CACHE", str(tmp_path))
+    monkeypatch.delenv("NNTELEPORT_NATIVE", raising=False)
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_status", "not loaded yet")
+    return tmp_path / "native"
+
+
+def _noop_library(tmp_path):
+    """A library with every symbol of the real one, kernels that do nothing and a correct layout report."""
+    layout = ", ".join(str(v) for v in _native.expected_layout())
+    kernels = "".join(
+        f"void nt_{k}_{t}(const void *p) {{ (void)p; }}\n"
+        for k in ("factors", "push", "pull", "restore")
+        for t in ("f32", "f64")
+    )
+    src = tmp_path / "noop.c"
+    src.write_text(
+        "#include <stdint.h>\n" + kernels + "int64_t nt_layout(int64_t *out, int64_t n) {\n"
+        f"    const int64_t v[] = {{{layout}}}; int64_t k = sizeof v / sizeof v[0];\n"
+        "    for (int64_t i = 0; i < n && i < k; ++i) out[i] = v[i]; return k; }\n"
+    )
+    out = tmp_path / "noop.so"
+    subprocess.run([CC, "-shared", "-fPIC", "-o", str(out), str(src)], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def _one_native_step_matches_eager():
+    model, _ = make("unequal-bias")
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    oa = GSpaceOptimizer(a, torch.optim.SGD, lr=0.05, native=True)
+    ob = GSpaceOptimizer(b, torch.optim.SGD, lr=0.05, native=False)
+    batches = _batches("unequal-bias", n=2)
+    _train(a, oa, batches)
+    _train(b, ob, batches)
+    assert not torch.equal(a[0].weight, model[0].weight)  # the kernels did the step
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
+
+
+@needs_cc
+@pytest.mark.parametrize("plant", ["no-op", "no-op, no hash", "truncated", "empty", "group-writable"])
+def test_bad_cached_library_is_never_loaded_but_rebuilt(fresh_cache, tmp_path, plant):
+    """A library in the cache that is not the one built from this source is detected before it is loaded (the old
+    loader ran a planted no-op, crashed on a truncated one with a bus error, silently skipped an empty one): it
+    is removed and rebuilt, with a warning, and the rebuilt kernels take the eager path's steps."""
+    path = _native._compile(CC)
+    good = path.read_bytes()
+    digest = path.with_name(path.name + ".sha256")
+    if plant.startswith("no-op"):
+        path.write_bytes(_noop_library(tmp_path))
+        if plant == "no-op, no hash":
+            digest.unlink()
+    elif plant == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif plant == "empty":
+        path.write_bytes(b"")
+    else:
+        path.chmod(0o720)
+    with pytest.warns(RuntimeWarning, match="(rejected|no recorded hash).*rebuilding"):
+        lib = _native.load()
+    assert lib is not None and _native.status() == "loaded"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.read_text().strip()
+    assert (path.stat().st_mode & 0o022) == 0
+    _one_native_step_matches_eager()
+
+
+@needs_cc
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_group_or_world_writable_cache_dir_is_refused(fresh_cache, mode):
+    fresh_cache.mkdir(parents=True)
+    fresh_cache.chmod(mode)
+    with pytest.warns(RuntimeWarning, match="writable by group or others.*slower PyTorch path"):
+        assert _native.load() is None
+    assert "writable by group or others" in _native.status()
+    assert list(fresh_cache.iterdir()) == []  # nothing built into it, nothing loaded from it
+    model, _ = make("unequal-bias")
+    assert not GSpaceOptimizer(model, torch.optim.SGD, lr=0.1).native  # the eager path, after the warning
+
+
+@needs_cc
+def test_file_of_another_user_and_symlinks_are_refused(fresh_cache, monkeypatch):
+    path = _native._compile(CC)
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    with pytest.raises(_native._Refused, match=f"owned by uid {uid}, not by this user"):
+        _native._check_owned(path, directory=False)
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    link = path.with_name("link.so")
+    link.symlink_to(path)
+    with pytest.raises(_native._Refused, match="not a regular file"):
+        _native._check_owned(link, directory=False)
+
+
+@needs_cc
+def test_struct_layout_mismatch_is_rebuilt_then_refused(fresh_cache, monkeypatch):
+    """The C library reports its ABI version and struct layout; when it disagrees with the ctypes mirror even
+    after a rebuild, the kernels are refused with a warning (eager path), never called."""
+    monkeypatch.setattr(_native, "ABI_VERSION", _native.ABI_VERSION + 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _native.load() is None
+    messages = [str(w.message) for w in caught]
+    assert any("layout / ABI mismatch" in m and "rebuilding" in m for m in messages)
+    assert any("not used" in m for m in messages)
+    assert "rebuilt library failed verification: struct layout / ABI mismatch" in _native.status()

@@ -35,8 +35,8 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedModelError": "nnteleport.errors",
     "UntraceableModelError": "nnteleport.errors",
     # scale-invariant parameter spaces
-    "GSpace": "nnteleport.gspace",
-    "GSpaceOptimizer": "nnteleport.gspace",
+    "GSpace": "nnteleport.gspace.chart",
+    "GSpaceOptimizer": "nnteleport.gspace.optimizer",
     "fix_weights": "nnteleport.gspace.fixing",
     "FixedWeights": "nnteleport.gspace.fixing",
     # checkpoint distance
@@ -68,5 +68,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nnteleport.engine.cob import CoB, Sampling
     from nnteleport.engine.report import TeleportReport
     from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
-    from nnteleport.gspace import GSpace, GSpaceOptimizer
+    from nnteleport.gspace.chart import GSpace
     from nnteleport.gspace.fixing import FixedWeights, fix_weights
+    from nnteleport.gspace.optimizer import GSpaceOptimizer

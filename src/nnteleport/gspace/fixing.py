@@ -27,26 +27,37 @@ incoming weights and bias times ``alpha_k``, outgoing divided by ``alpha_k``.
 The guarantee (beyond the thesis)
 ---------------------------------
 The thesis zeroes the gradients of the fixed entries with hooks, which lets weight decay, AdamW's decoupled
-decay or stale momentum move them. Here the fixed entries are *restored* after every step of every
-``torch.optim`` optimizer (a global optimizer step post-hook: ``H`` indexed writes per step, no full-size
-operation), and their gradients are zeroed in place after accumulation (so momentum buffers, Adam moments and
-gradient norms ignore them). Code that changes weights without an optimizer step can call
-:meth:`FixedWeights.restore`.
+decay or stale momentum move them. Here the fixed entries are *restored* after every step of the optimizers
+that train them (``H`` indexed writes per step, no full-size operation), and their gradients are zeroed in place
+after accumulation (so momentum buffers, Adam moments and gradient norms ignore them). Code that changes
+weights without an optimizer step can call :meth:`FixedWeights.restore`.
+
+Which optimizers restore them
+-----------------------------
+* ``fix_weights(model, optimizer=opt)`` or ``handle.attach(opt)``: exactly those optimizers (a step post-hook
+  registered on each, ``Optimizer.register_step_post_hook``); nothing else in the process is touched.
+* Without an optimizer (``handle = fix_weights(model)``, then ``opt = SGD(model.parameters())``): every
+  optimizer *whose parameter groups hold one of the fixed parameters* restores them (one process-wide step
+  post-hook per handle, which checks membership once per optimizer and caches it); an unrelated optimizer
+  never restores them. The first :meth:`~FixedWeights.attach` switches the handle to per-optimizer hooks.
+* ``with fix_weights(model, optimizer=opt) as handle: ...`` releases the hooks on exit (:meth:`remove`).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
 from nnteleport._choice import Choice
-from nnteleport.gspace import ChainLayer, rescale_chain, trace_chain
+from nnteleport.gspace.chains import ChainLayer, rescale_chain, trace_chain
 
 __all__ = ["FixedWeights", "Selection", "fix_weights"]
 
@@ -69,7 +80,13 @@ class FixedWeights:
         Parameter name -> the fixed values, in the order of ``mask.flatten().nonzero()``.
     """
 
-    def __init__(self, model: nn.Module, layers: list[ChainLayer], fixed_flat: list[Tensor]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[ChainLayer],
+        fixed_flat: list[Tensor],
+        optimizers: Iterable[Optimizer] = (),
+    ) -> None:
         self.model = model
         self._entries: list[tuple[str, Tensor, Tensor, Tensor]] = []  # name, param, flat idx, values
         self.masks: dict[str, Tensor] = {}
@@ -87,7 +104,16 @@ class FixedWeights:
         self._handles: list[RemovableHandle] = []
         for _, p, flat, _ in self._entries:
             self._handles.append(p.register_post_accumulate_grad_hook(_zero_grad_hook(flat)))
-        self._handles.append(register_optimizer_step_post_hook(self._after_step))
+        self._param_ids = {id(p) for _, p, _, _ in self._entries}
+        # optimizer -> (number of parameters it held when checked, whether one of them is fixed here)
+        self._holds: weakref.WeakKeyDictionary[Optimizer, tuple[int, bool]] = weakref.WeakKeyDictionary()
+        self._global: RemovableHandle | None = None
+        optimizers = list(optimizers)
+        if optimizers:
+            for opt in optimizers:
+                self.attach(opt)
+        else:
+            self._global = register_optimizer_step_post_hook(self._after_any_step)
 
     @property
     def num_fixed(self) -> int:
@@ -100,25 +126,71 @@ class FixedWeights:
         for _, p, flat, vals in self._entries:
             p.view(-1).index_copy_(0, flat, vals)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    def attach(self, optimizer: Optimizer) -> FixedWeights:
+        """Restore the fixed values after every step of ``optimizer`` (a step post-hook on it). The first call
+        ends the automatic mode (restoring after any optimizer that holds a fixed parameter). Returns ``self``."""
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"attach() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if self._global is not None:
+            self._global.remove()
+            self._global = None
+        self._handles.append(optimizer.register_step_post_hook(self._after_step))
+        return self
+
+    def _after_step(self, optimizer: Optimizer, args: object, kwargs: object) -> None:
         self.restore()
+
+    def _after_any_step(self, optimizer: Optimizer, args: object, kwargs: object) -> None:
+        """Automatic mode: restore after a step of an optimizer that trains one of the fixed parameters."""
+        n = sum(len(g["params"]) for g in optimizer.param_groups)
+        known = self._holds.get(optimizer)
+        if known is None or known[0] != n:
+            held = any(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
+            known = (n, held)
+            self._holds[optimizer] = known
+        if known[1]:
+            self.restore()
 
     def remove(self) -> None:
         """Release the weights: remove the hooks (current values stay)."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._global is not None:
+            self._global.remove()
+            self._global = None
+
+    def __enter__(self) -> FixedWeights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     def __repr__(self) -> str:
         return f"FixedWeights(num_fixed={self.num_fixed}, params={list(self.masks)})"
 
 
-def _zero_grad_hook(flat: Tensor):
+def _zero_grad_hook(flat: Tensor) -> Callable[[Tensor], None]:
     def hook(p: Tensor) -> None:
         if p.grad is not None:
             p.grad.view(-1).index_fill_(0, flat, 0.0)
 
     return hook
+
+
+def _assign(cost: np.ndarray) -> np.ndarray:
+    """Rows for the ``n`` neurons of a ``(n, rows)`` cost matrix: optimal assignments
+    (:func:`scipy.optimize.linear_sum_assignment`), repeated on the unmatched neurons when ``n > rows``."""
+    from scipy.optimize import linear_sum_assignment  # only select="hungarian" needs scipy
+
+    n = cost.shape[0]
+    row = np.empty(n, dtype=np.int64)
+    todo = np.arange(n)
+    while len(todo):
+        r_idx, c_idx = linear_sum_assignment(cost[todo])
+        row[todo[r_idx]] = c_idx
+        todo = np.delete(todo, r_idx)
+    return row
 
 
 def _candidates(nxt: ChainLayer, M: Tensor, n: int) -> Tensor:
@@ -127,7 +199,13 @@ def _candidates(nxt: ChainLayer, M: Tensor, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def fix_weights(model: nn.Module, value: float | None = None, select: str | Selection = "diagonal") -> FixedWeights:
+def fix_weights(
+    model: nn.Module,
+    value: float | None = None,
+    select: str | Selection = "diagonal",
+    *,
+    optimizer: Optimizer | Iterable[Optimizer] | None = None,
+) -> FixedWeights:
     """Fix one outgoing weight per hidden neuron of a ReLU-family chain (Jestädt 2025, Ch. 3).
 
     Parameters
@@ -140,13 +218,17 @@ def fix_weights(model: nn.Module, value: float | None = None, select: str | Sele
         every fixed weight is ``±c``.
     select : {"diagonal", "hungarian"}
         Selection rule (module docstring).
+    optimizer : torch.optim.Optimizer or several, optional
+        The optimizers after whose steps the fixed values are restored (per-optimizer hooks). ``None``: every
+        optimizer that holds one of the fixed parameters (module docstring); :meth:`FixedWeights.attach` adds
+        one later.
 
     Returns
     -------
     FixedWeights
-        ``.masks`` (parameter name -> bool mask), ``.values``, ``.restore()``, ``.remove()``. While the handle
-        is active the fixed entries never change under any ``torch.optim`` optimizer; the global hook keeps a
-        reference to the model until ``.remove()`` is called.
+        ``.masks`` (parameter name -> bool mask), ``.values``, ``.restore()``, ``.attach(opt)``, ``.remove()``
+        (also a context manager). While the handle is active the fixed entries never change under the
+        optimizers that restore them; its hooks keep a reference to the model until ``.remove()``.
 
     Raises
     ------
@@ -155,6 +237,7 @@ def fix_weights(model: nn.Module, value: float | None = None, select: str | Sele
         ``value`` is requested (it cannot be rescaled to ``±value``), bad ``select``.
     """
     sel = Selection.parse(select)
+    optimizers = [] if optimizer is None else [optimizer] if isinstance(optimizer, Optimizer) else list(optimizer)
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise ValueError(f"value={value!r} must be a positive finite float (or None to keep current values)")
     layers = trace_chain(model)
@@ -175,14 +258,7 @@ def fix_weights(model: nn.Module, value: float | None = None, select: str | Sele
             cost_all = (torch.log(cand) - math.log(target)).abs()
             cost_all = torch.where(torch.isfinite(cost_all), cost_all, torch.full_like(cost_all, 1e12))
             best_cost, best_pos = cost_all.min(dim=2)  # (n, out)
-            cost = best_cost.numpy()
-            row_np = np.empty(n, dtype=np.int64)
-            todo = np.arange(n)
-            while len(todo):
-                r_idx, c_idx = linear_sum_assignment(cost[todo])
-                row_np[todo[r_idx]] = c_idx
-                todo = np.delete(todo, r_idx)
-            row = torch.as_tensor(row_np, device=dev)
+            row = torch.as_tensor(_assign(best_cost.numpy()), device=dev)
             pos = best_pos.to(dev)[k, row]
         flat = row * nxt.cols + k * nxt.rep + pos
         fixed_flat[i] = flat
@@ -197,4 +273,4 @@ def fix_weights(model: nn.Module, value: float | None = None, select: str | Sele
             alphas: list[Tensor] = [torch.ones(lay.out, dtype=w.dtype, device=dev) for lay in layers[:-1]]
             alphas[i] = w.abs() / target
             rescale_chain(layers, alphas)
-    return FixedWeights(model, layers, fixed_flat)
+    return FixedWeights(model, layers, fixed_flat, optimizers)

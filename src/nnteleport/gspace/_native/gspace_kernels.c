@@ -3,12 +3,17 @@
  *
  * One call computes the coordinates' gradient from the model's gradients (pull), one call the path factors
  * and the weights from the coordinates (push). The maths and the layout are documented in
- * nnteleport/gspace.py (class _HotPath); this file only fuses the loops the eager PyTorch path runs as a
+ * nnteleport/gspace/_hotpath.py (class HotPath); this file only fuses the loops the eager PyTorch path runs as a
  * dozen separate operations. Plain C99, no dependencies; float32 and float64 variants. Compiled at first use
- * (nnteleport/_native/__init__.py) with -ffp-contract=off, so results do not depend on FMA contraction.
+ * (nnteleport/gspace/_native/__init__.py) with -ffp-contract=off, so results do not depend on FMA contraction.
+ * nt_layout() reports the ABI version and the struct layout, which Python compares with its ctypes mirror
+ * before it calls anything else.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#define NT_ABI_VERSION 1
 
 /* x86-64 with GCC: an AVX2 clone of each kernel besides the baseline one, picked at load time by the CPU */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -42,6 +47,29 @@ typedef struct {
     const int64_t *grads;       /* (nseg + 1,) addresses of the segments' model gradients, then of the direct
                                    weight's gradient; set before every pull */
 } nt_plan;
+
+/* layout self-check: writes up to n of {ABI version, sizeof(nt_seg), offsets of its 7 fields, sizeof(nt_plan),
+   offsets of its 18 fields} into out and returns how many values there are */
+int64_t nt_layout(int64_t *out, int64_t n) {
+    const int64_t v[] = {
+        NT_ABI_VERSION,
+        (int64_t)sizeof(nt_seg),
+        (int64_t)offsetof(nt_seg, rows), (int64_t)offsetof(nt_seg, cols), (int64_t)offsetof(nt_seg, rep),
+        (int64_t)offsetof(nt_seg, hid_base), (int64_t)offsetof(nt_seg, dense_off), (int64_t)offsetof(nt_seg, rowf),
+        (int64_t)offsetof(nt_seg, param),
+        (int64_t)sizeof(nt_plan),
+        (int64_t)offsetof(nt_plan, nseg), (int64_t)offsetof(nt_plan, segs), (int64_t)offsetof(nt_plan, H),
+        (int64_t)offsetof(nt_plan, root_loc), (int64_t)offsetof(nt_plan, cinv), (int64_t)offsetof(nt_plan, Ur),
+        (int64_t)offsetof(nt_plan, colf), (int64_t)offsetof(nt_plan, Tsum), (int64_t)offsetof(nt_plan, gsave),
+        (int64_t)offsetof(nt_plan, nfixed), (int64_t)offsetof(nt_plan, fixed_dense),
+        (int64_t)offsetof(nt_plan, fixed_seg), (int64_t)offsetof(nt_plan, fixed_local),
+        (int64_t)offsetof(nt_plan, fixed_val), (int64_t)offsetof(nt_plan, V), (int64_t)offsetof(nt_plan, D),
+        (int64_t)offsetof(nt_plan, direct_w), (int64_t)offsetof(nt_plan, grads),
+    };
+    const int64_t k = (int64_t)(sizeof v / sizeof v[0]);
+    for (int64_t i = 0; i < n && i < k; ++i) out[i] = v[i];
+    return k;
+}
 
 #define NT_DEFINE(T, SUFFIX)                                                                                          \
     NT_CLONES void nt_factors_##SUFFIX(const nt_plan *p) {                                                            \
