@@ -301,6 +301,93 @@ add(
     C("two-groups", OP, "pinned", "2d", op=partial(nn.GroupNorm, 2, 4), free=("op",), **_NORM),
     C("per-channel-no-affine", OP, "pinned", "1d", op=partial(nn.GroupNorm, 4, 4, affine=False), **_NORM),
 )
+# functional forms with the module's own parameters (timm's BatchNormAct2d, GroupNormAct, LayerNorm2d)
+_BN = partial(nn.BatchNorm2d, 4)
+_FBN: Fn = lambda m, h, x: F.batch_norm(  # noqa: E731
+    h, m.bn.running_mean, m.bn.running_var, m.bn.weight, m.bn.bias, m.training, 0.1, 1e-5
+)
+add(
+    F.batch_norm,
+    C("module-parameters", _FBN, "pinned", "2d", mods={"bn": _BN}, free=("bn",), **_NORM),
+    C(
+        "keywords",
+        lambda m, h, x: F.batch_norm(
+            h, m.bn.running_mean, m.bn.running_var, bias=m.bn.bias, weight=m.bn.weight, training=m.training
+        ),
+        "pinned",
+        "2d",
+        mods={"bn": _BN},
+        free=("bn",),
+        **_NORM,
+    ),
+    C("no-affine", lambda m, h, x: F.batch_norm(h, None, None, training=True), "pinned", "2d", **_NORM),
+    C(
+        "computed-weight",
+        lambda m, h, x: F.batch_norm(h, None, None, m.bn.weight * 2, m.bn.bias, training=True),
+        "pinned",
+        "2d",
+        mods={"bn": _BN},
+        pinned=("bn",),
+        **_NORM,
+    ),
+)
+add(
+    F.instance_norm,
+    C(
+        "module-parameters",
+        lambda m, h, x: F.instance_norm(h, weight=m.bn.weight, bias=m.bn.bias),
+        "pinned",
+        "2d",
+        mods={"bn": _BN},
+        free=("bn",),
+        **_NORM,
+    ),
+)
+add(
+    F.group_norm,
+    C(
+        "two-groups",
+        lambda m, h, x: F.group_norm(h, 2, m.gn.weight, m.gn.bias),
+        "pinned",
+        "2d",
+        mods={"gn": partial(nn.GroupNorm, 2, 4)},
+        free=("gn",),
+        **_NORM,
+    ),
+)
+add(
+    F.layer_norm,
+    C(
+        "features",
+        lambda m, h, x: F.layer_norm(h, (6,), m.ln.weight, m.ln.bias),
+        "pinned",
+        mods={"ln": partial(nn.LayerNorm, 6)},
+        free=("ln",),
+        **_NORM,
+    ),
+    C(
+        "channels-last-2d",  # timm's LayerNorm2d: permute, normalise the channels, permute back
+        lambda m, h, x: F.layer_norm(h.permute(0, 2, 3, 1), (4,), m.ln.weight, m.ln.bias).permute(0, 3, 1, 2),
+        "pinned",
+        "2d",
+        mods={"ln": partial(nn.LayerNorm, 4)},
+        free=("ln",),
+        **_NORM,
+    ),
+    C("no-affine", lambda m, h, x: F.layer_norm(h, (6,)), "pinned", **_NORM),
+)
+if hasattr(F, "rms_norm"):
+    add(
+        F.rms_norm,
+        C(
+            "features",
+            lambda m, h, x: F.rms_norm(h, (6,), m.ln.weight),
+            "pinned",
+            mods={"ln": partial(nn.RMSNorm, 6)},
+            free=("ln",),
+            **_NORM,
+        ),
+    )
 add(
     nn.LayerNorm,
     C("features", OP, "pinned", op=partial(nn.LayerNorm, 6), free=("op",), **_NORM),

@@ -211,3 +211,32 @@ def test_analyze_restores_a_parameter_written_by_a_native_op_or_refuses_loudly()
             continue
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), f"{cls.__name__}: {k} changed by analyze"
+
+
+class _NormWeightReadTwice(nn.Module):
+    """``F.batch_norm`` with the module's own parameters (accounted for), and the same weight read again."""
+
+    def __init__(self, again: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(4, 2)
+        self.again = again
+
+    def forward(self, x):
+        h = F.batch_norm(self.conv(x), self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias)
+        y = self.head(self.act(h).mean((2, 3)))
+        return y * self.bn.weight.sum() if self.again else y
+
+
+def test_functional_norm_frees_its_output_unless_its_parameters_are_read_elsewhere():
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    for again in (False, True):
+        model = _NormWeightReadTwice(again).double().eval()
+        plan = nt.analyze(model, x)
+        assert ("bn" in plan.groups) is not again, plan.report
+        t = nt.teleport(model, x, cob_range=0.9, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(t(x), model(x), rtol=1e-12, atol=1e-12)
+        assert torch.equal(t.bn.weight, model.bn.weight) is again

@@ -34,77 +34,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnteleport.engine.activation import TeleportedActivation
-from nnteleport.engine.spaces import (
+from nnteleport.engine.registry import (  # noqa: F401 (the registry is read as rules.MODULE_RULES, ...)
+    FUNCTION_RULES,
+    METHOD_RULES,
+    MODULE_RULES,
+    Rule,
+    _callable_name,
+    _Unsupported,
+    fallback,
+    module_rule_for,
+    register_function,
+    register_method,
+    register_module,
+)
+from nnteleport.engine.spaces import (  # noqa: F401 (space helpers used by callers as rules.compress, ...)
     Kind,
+    broadcast_shape,
     channel_vector,
     compress,
     map_tree,
     zeros_like_space,
 )
-
-Rule = Callable[[Any], Any]
-
-MODULE_RULES: dict[type[nn.Module], Rule] = {}
-FUNCTION_RULES: dict[Any, Rule] = {}
-METHOD_RULES: dict[str, Rule] = {}
-
-
-def _callable_name(fn: Any) -> str:
-    mod = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
-    if name.startswith("_VariableFunctionsClass."):
-        name = name.split(".", 1)[1]
-    if mod.startswith("torch.nn.functional"):
-        mod = "torch.nn.functional"
-    elif mod in ("_operator", "operator"):
-        mod = "operator"
-    elif mod.startswith("torch") and not mod.startswith("torch.nn"):
-        mod = "torch"
-    return f"{mod}.{name}" if mod else name
-
-
-def _registrar(table: dict[Any, Rule]) -> Callable[..., Callable[[Rule], Rule]]:
-    """A decorator factory: ``@register(key1, key2, ...)`` enters the rule under each key of ``table``."""
-
-    def register(*keys: Any) -> Callable[[Rule], Rule]:
-        def deco(rule: Rule) -> Rule:
-            for k in keys:
-                table[k] = rule
-            return rule
-
-        return deco
-
-    return register
-
-
-register_module = _registrar(MODULE_RULES)  # keys: module types (the closest registered base class applies)
-register_function = _registrar(FUNCTION_RULES)  # keys: functions such as torch.cat, F.relu, operator.add
-register_method = _registrar(METHOD_RULES)  # keys: tensor method names such as "view", "relu"
-
-
-def module_rule_for(module: nn.Module) -> Rule | None:
-    """The rule of the closest registered base class, if the module provably computes what that class computes
-    (a subclass overriding any method -- ``forward``, ``_conv_forward``, a ``weight`` property -- or an instance
-    with a replaced method gets none: it is traced through like user code; see
-    :func:`nnteleport.engine.inspection.provably_base`)."""
-    from nnteleport.engine.inspection import provably_base
-
-    for cls in type(module).__mro__:
-        rule = MODULE_RULES.get(cls)
-        if rule is not None:
-            return rule if provably_base(module, cls) else None
-    return None
-
-
-# --------------------------------------------------------------------------------------------------- fallback
-class _Unsupported(Exception):
-    """Raised by a rule for a call it does not handle; the engine then pins (:func:`fallback`) with this reason."""
-
-
-def fallback(ctx: Any, why: str | None = None) -> Any:
-    """Unknown op: pin every space of its tensor inputs to 1; its output is a constant space."""
-    ctx.pin_inputs("unsupported", why or f"{ctx.op_name} is not understood by the engine")
-    return zeros_like_space(ctx.out)
 
 
 def _identity(ctx: Any) -> Any:
@@ -217,58 +167,6 @@ def embedding_rule(ctx: Any) -> Any:
     out = ctx.new_space(D)
     ctx.register_param("weight", out.view(1, D), None)
     return out.view((1,) * (ctx.out.dim() - 1) + (D,))
-
-
-# --------------------------------------------------------------------------------------------------- normalisation
-@register_module(
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm,
-)  # fmt: skip
-def channel_norm_rule(ctx: Any) -> Any:
-    """Batch/instance/group norm (paper rule, Sec. 3): the input space is pinned to 1, so the statistics (running
-    or batch) are untouched and the op is exact in train and eval mode; the output is a new free space with
-    ``gamma[c] *= tau[c]``, ``beta[c] *= tau[c]``. Without affine parameters the output is pinned too."""
-    m = ctx.module
-    ctx.pin(ctx.in_space(0), "normalization", f"{ctx.op_name}: normalisation input (statistics untouched)")
-    weight = getattr(m, "weight", None)
-    bias = getattr(m, "bias", None)
-    if weight is None and bias is None:
-        return zeros_like_space(ctx.out)
-    instance = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
-    nd = next((d for cls, d in instance.items() if isinstance(m, cls)), None)
-    if nd is not None and ctx.out.dim() == nd + 1:
-        raise _Unsupported(f"{ctx.op_name}: unbatched input (channels on axis 0)")
-    C = (weight if weight is not None else bias).shape[0]
-    out = ctx.new_space(C)
-    if weight is not None:
-        ctx.register_param("weight", out, None)
-    if bias is not None:
-        ctx.register_param("bias", out, None)
-    y = ctx.out
-    return out.view((1, C) + (1,) * (y.dim() - 2)) if y.dim() >= 2 else fallback(ctx)
-
-
-def _feature_norm_rule(ctx: Any) -> Any:
-    """LayerNorm / RMSNorm: input pinned, output a new free space shaped like ``normalized_shape`` with
-    ``gamma *= tau`` (and ``beta *= tau``)."""
-    m = ctx.module
-    ctx.pin(ctx.in_space(0), "normalization", f"{ctx.op_name}: normalisation input (statistics untouched)")
-    weight = getattr(m, "weight", None)
-    bias = getattr(m, "bias", None)
-    if weight is None and bias is None:
-        return zeros_like_space(ctx.out)
-    shape = tuple((weight if weight is not None else bias).shape)
-    out = ctx.new_space(int(torch.Size(shape).numel())).view(shape)
-    if weight is not None:
-        ctx.register_param("weight", out, None)
-    if bias is not None:
-        ctx.register_param("bias", out, None)
-    return out.view((1,) * (ctx.out.dim() - len(shape)) + shape)
-
-
-register_module(nn.LayerNorm)(_feature_norm_rule)
-if hasattr(nn, "RMSNorm"):
-    register_module(nn.RMSNorm)(_feature_norm_rule)
 
 
 # --------------------------------------------------------------------------------------------------- activations
@@ -650,3 +548,8 @@ def getattr_rule(ctx: Any) -> Any:
 @register_function(builtins.len)
 def len_rule(ctx: Any) -> Any:
     return None
+
+
+# the normalisation rules live in their own module; importing it registers them
+from nnteleport.engine import norm_rules  # noqa: E402, F401
+from nnteleport.engine.norm_rules import channel_norm_rule, functional_norm_rule  # noqa: E402, F401

@@ -118,16 +118,18 @@ class RuleContext:
         raise AssertionError("unreachable")
 
     # --- effects
-    def new_space(self, n: int) -> Tensor:
+    def new_space(self, n: int, owner: str | None = None) -> Tensor:
         """Fresh variables for this node's output; a module called again (or in another trace) reuses them,
-        so a shared layer has one set of factors."""
-        if self.path is not None:
-            prev = self.state.module_out.get(self.path)
+        so a shared layer has one set of factors. ``owner`` names the module a function call acts for (the owner
+        of the parameters passed to ``F.batch_norm``): the space is named and reused as that module's."""
+        path = owner if owner is not None else self.path
+        if path is not None:
+            prev = self.state.module_out.get(path)
             if prev is not None and prev.numel() == n:
                 return prev
-        ids = self.state.new(n, self.path if self.path is not None else self.node.name)
-        if self.path is not None:
-            self.state.module_out[self.path] = ids
+        ids = self.state.new(n, path if path is not None else self.node.name)
+        if path is not None:
+            self.state.module_out[path] = ids
         return ids
 
     def pin(self, S: Any, category: str, why: str) -> None:
@@ -169,7 +171,24 @@ class RuleContext:
         p = self.module._parameters.get(attr)
         if p is None or getattr(self.module, attr) is not p:
             raise rules._Unsupported(f"{self.op_name}: {attr!r} is not a plain parameter of the module")
-        name = f"{self.path}.{attr}" if self.path else attr
+        self._register(p, f"{self.path}.{attr}" if self.path else attr, out_idx, in_idx)
+
+    def parameter_arg(self, name: str, pos: int) -> nn.Parameter | None:
+        """The argument ``name`` (or position ``pos``) of a function call when it is a parameter of the model read
+        as it is (``F.batch_norm(x, ..., self.weight, self.bias)``), else ``None``. Marks it read."""
+        a = self.kwargs.get(name, self.args[pos] if pos < len(self.args) else None)
+        self._mark(a)
+        if isinstance(a, fx.Node) and a.op == "get_attr":
+            v = self.w.value_of(a)
+            if isinstance(v, nn.Parameter) and id(v) in self.state.param_names:
+                return v
+        return None
+
+    def register_tensor(self, p: nn.Parameter, out_idx: Tensor, in_idx: Tensor | None) -> None:
+        """Declare a parameter passed to a function (see :meth:`parameter_arg`) scales as ``t[out_idx] / t[in_idx]``."""
+        self._register(p, self.state.param_names[id(p)], out_idx, in_idx)
+
+    def _register(self, p: nn.Parameter, name: str, out_idx: Tensor, in_idx: Tensor | None) -> None:
         self.registered.add(id(p))
         prev = self.state.params.get(id(p))
         if prev is None:
@@ -257,6 +276,8 @@ class _Walker(fx.Interpreter):
         self.state = state
         self.graph_mode = graph_mode
         self.spaces: dict[fx.Node, Any] = {}
+        self.param_reads: dict[fx.Node, nn.Parameter] = {}  # get_attr nodes that read a parameter
+        self.registered_by: dict[fx.Node, set[int]] = {}  # parameters the rule of a node registered
         self.axis0_varies = False  # some space has different factors along its first axis (the batch axis?)
         self.batch: int | None = None  # the example's batch size, when all inputs share one
         self.submodules = dict(gm.named_modules())
@@ -281,9 +302,22 @@ class _Walker(fx.Interpreter):
         except Exception as exc:
             raise _NodeFailed(n, exc) from exc
         S = self.spaces[n] = self._space(n, out)
+        self._account(n)
         if not self.axis0_varies and S is not None:
             self.axis0_varies = self._batch_dependent(out, S)
         return out
+
+    def _account(self, n: fx.Node) -> None:
+        """A parameter read directly in ``forward()`` (a ``get_attr`` node) is accounted for only where the rule of
+        the node that uses it registered it (``F.batch_norm(x, ..., self.weight)``); any other use (``h @
+        self.emb.weight.t()``, ``self.fc.weight.norm()``, returning it) is unaccounted, so its factors are pinned."""
+        registered = self.registered_by.pop(n, set())
+        for a in n.all_input_nodes:
+            p = self.param_reads.get(a)
+            if p is not None and id(p) not in registered:
+                self.state.unaccounted.setdefault(
+                    id(p), f"read directly in forward() (node {a.name!r}, used by {n.name!r})"
+                )
 
     def _batch_dependent(self, out: Any, S: Any) -> bool:
         """Whether a space has different factors along a first axis that can hold the batch (its length a multiple
@@ -303,8 +337,8 @@ class _Walker(fx.Interpreter):
         if n.op == "placeholder":
             return zeros_like_space(out)
         if n.op == "get_attr":
-            if id(out) in self.state.param_names:  # a parameter read by the user's code, not by its module
-                self.state.unaccounted.setdefault(id(out), f"read directly in forward() (node {n.name!r})")
+            if id(out) in self.state.param_names:  # a parameter read by the user's code: see _account
+                self.param_reads[n] = out
             return zeros_like_space(out)
         ctx = RuleContext(self, n, out)
         if n.op == "output":
@@ -357,6 +391,7 @@ class _Walker(fx.Interpreter):
         * an in-place op writes its result into its first argument, so both must carry the same factors.
         """
         n, out = ctx.node, ctx.out
+        self.registered_by[n] = ctx.registered
         if any(isinstance(t, Tensor) for t in _flat_values(out)):
             for a in n.all_input_nodes:
                 if a not in ctx.read:
