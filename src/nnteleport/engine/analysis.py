@@ -151,7 +151,8 @@ def _storage(t: Tensor) -> int:
 class _ParameterWriteGuard(TorchFunctionMode):
     """Copies a parameter just before a torch call that may write into its memory (directly, through a view, or
     through ``.data``), so :func:`_preserved` restores it; parameters nothing writes are never copied (a copy of
-    every parameter was a third of the analysis of large models)."""
+    every parameter was a third of the analysis of large models). Entered around the model's own code only
+    (tracing, each node the walker runs), not around the engine's rules."""
 
     def __init__(self, params: list[nn.Parameter]) -> None:
         super().__init__()
@@ -171,6 +172,17 @@ class _ParameterWriteGuard(TorchFunctionMode):
                         if id(p) not in self.saved:
                             self.saved[id(p)] = (p, p.detach().clone())
         return func(*args, **kwargs)
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``; when no module overrides ``train``, the flags are written directly (the same
+    effect without ``nn.Module.__setattr__``, a third of the analysis of models with thousands of modules)."""
+    mods = list(model.modules())
+    if all(type(m).train is nn.Module.train and "training" in vars(m) for m in mods):
+        for m in mods:
+            vars(m)["training"] = training
+    else:
+        model.train(training)
 
 
 @contextlib.contextmanager
@@ -194,13 +206,13 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
     cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
     with torch.random.fork_rng(devices=cuda, enabled=True), torch.no_grad():
         try:
-            with guard:
-                yield
+            yield guard  # entered around whatever runs the model's code (tracing, each walked node)
         finally:
             for p, saved in guard.saved.values():
                 p.copy_(saved)
             for m, t in modes.items():
-                m.training = t
+                if vars(m).get("training") is not t:
+                    m.training = t
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
@@ -299,11 +311,11 @@ def analyze(
     graphs: list[fx.Graph] = []
     codes: set[tuple] = set()
     was_training = model.training
-    with _preserved(model, devices):
+    with _preserved(model, devices) as guard:
         for training in (was_training, not was_training):
+            _set_mode(model, training)
             for grad in (True, False):
-                model.train(training)
-                with torch.set_grad_enabled(grad):
+                with torch.set_grad_enabled(grad), guard:
                     graph = _trace(model, leaf_types, leaf_names, len(inputs))
                 code = _graph_key(graph, model)
                 if code in codes:
@@ -317,12 +329,11 @@ def analyze(
                     )
                 codes.add(code)
                 graphs.append(graph)
-                gm = fx.GraphModule(model, graph)
-                walker = _walk(model, gm, state, mode, inputs, training)
+                walker = _walk(model, graph, state, mode, inputs, training, guard)
                 variant = _batch_variant(inputs) if walker.axis0_varies else None
                 if variant is not None:
                     try:
-                        _Walker(gm, state, graph_mode=mode is Functional.GRAPH).run(*variant)
+                        _Walker(model, graph, state, mode is Functional.GRAPH, guard).run(*variant)
                     except _NodeFailed:
                         pass  # the model does not run at that batch size: only the example's holds
         constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
@@ -339,9 +350,16 @@ def analyze(
 
 
 def _walk(
-    model: nn.Module, gm: fx.GraphModule, state: _State, mode: Functional, inputs: tuple[Tensor, ...], training: bool
+    model: nn.Module,
+    graph: fx.Graph,
+    state: _State,
+    mode: Functional,
+    inputs: tuple[Tensor, ...],
+    training: bool,
+    guard: Any = None,
 ) -> _Walker:
-    walker = _Walker(gm, state, graph_mode=mode is Functional.GRAPH)
+    walker = _Walker(model, graph, state, mode is Functional.GRAPH, guard)
+    guard = walker.guard
     sizes = {t.shape[0] for t in inputs if t.dim()}
     walker.batch = sizes.pop() if len(sizes) == 1 and len(inputs) == sum(t.dim() > 0 for t in inputs) else None
     try:
@@ -350,7 +368,8 @@ def _walk(
     except _NodeFailed as failed:
         exc, node = failed.exc, failed.node
         try:
-            model(*inputs)
+            with guard:
+                model(*inputs)
             runs = True
         except Exception:
             runs = False
@@ -363,7 +382,7 @@ def _walk(
         where = node.meta.get("stack_trace", "").strip().splitlines()
         line = f" (`{where[-1].strip()}`)" if where else ""
         hooked = [p for p, m in model.named_modules() if inspection.hooks_of(m)]
-        if any(n.op == "get_attr" and str(n.target).startswith("_tensor_constant") for n in gm.graph.nodes) and hooked:
+        if any(n.op == "get_attr" and str(n.target).startswith("_tensor_constant") for n in graph.nodes) and hooked:
             raise UnsupportedModelError(
                 f"the torch.fx graph of {type(model).__name__} fails at node {node.name!r}{line} with {what}, although "
                 f"model(x) runs: forward() reads a tensor stored on the model, e.g. by the hooks on {hooked}, which "

@@ -8,6 +8,7 @@ factors, an exception inside a rule pins (never crashes, never guesses).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 from collections.abc import Iterable, Sequence
@@ -271,8 +272,13 @@ def _tensors(S: Any) -> Iterable[Tensor]:
 
 
 class _Walker(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, state: _State, graph_mode: bool = False) -> None:
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(
+        self, module: nn.Module, graph: fx.Graph, state: _State, graph_mode: bool = False, guard: Any = None
+    ) -> None:
+        # the model itself with the traced graph: no GraphModule (copying the module tree and compiling Python code
+        # for every graph was a quarter of the analysis of models with thousands of modules)
+        super().__init__(module, garbage_collect_values=False, graph=graph)
+        self.guard = guard if guard is not None else contextlib.nullcontext()  # around the model's code only
         self.state = state
         self.graph_mode = graph_mode
         self.spaces: dict[fx.Node, Any] = {}
@@ -280,9 +286,9 @@ class _Walker(fx.Interpreter):
         self.registered_by: dict[fx.Node, set[int]] = {}  # parameters the rule of a node registered
         self.axis0_varies = False  # some space has different factors along its first axis (the batch axis?)
         self.batch: int | None = None  # the example's batch size, when all inputs share one
-        self.submodules = dict(gm.named_modules())
+        self.submodules = dict(module.named_modules())
         self.calls: dict[str, int] = {}
-        for n in gm.graph.nodes:
+        for n in graph.nodes:
             if n.op == "call_module":
                 self.calls[n.target] = self.calls.get(n.target, 0) + 1
 
@@ -298,7 +304,8 @@ class _Walker(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         try:
-            out = super().run_node(n)
+            with self.guard:
+                out = super().run_node(n)
         except Exception as exc:
             raise _NodeFailed(n, exc) from exc
         S = self.spaces[n] = self._space(n, out)
