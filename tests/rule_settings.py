@@ -1321,3 +1321,26 @@ add(torch.full_like, C("times-full", lambda m, h, x: h * torch.full_like(h, 0.5)
 add(torch.rand_like, C("random-mask", lambda m, h, x: h * (torch.rand_like(h) > 0.3), "free"))
 add(torch.randn_like, C("noise-added", lambda m, h, x: h + torch.randn_like(h), "pinned", reason="constant"))
 add(torch.randint_like, C("random-scale", lambda m, h, x: h * torch.randint_like(h, 1, 3), "free"))
+
+
+# ------------------------------------------------------------------------------------ max / min / where (issue 13)
+def _aux(m: Any, x: Tensor) -> Tensor:
+    return m.aux(x)
+
+
+for _f, _meth in ((torch.maximum, "maximum"), (torch.minimum, "minimum"), (torch.fmax, "fmax"), (torch.fmin, "fmin")):
+    add(
+        _f,
+        C("two-hidden", lambda m, h, x, f=_f: f(h, _aux(m, x)), "free", aux=True, feeds=("pre", "aux"), positive=True),
+        C("zero", lambda m, h, x, f=_f: f(h, torch.zeros_like(h)), "free", positive=True),
+        C("constant", lambda m, h, x, f=_f: f(h, m.c), "pinned", const=True, reason="constant"),
+    )
+    add(_meth, C("two-hidden", lambda m, h, x, n=_meth: getattr(h, n)(_aux(m, x)), "free", aux=True,
+                 feeds=("pre", "aux"), positive=True))  # fmt: skip
+add(
+    torch.where,
+    C("zero-branch", lambda m, h, x: torch.where(x[:, :1] > 0, h, 0.0), "free"),
+    C("zeros-like-branch", lambda m, h, x: torch.where(x[:, :1] > 0, torch.zeros_like(h), h), "free"),
+    C("two-hidden", lambda m, h, x: torch.where(x[:, :1] > 0, h, _aux(m, x)), "free", aux=True, feeds=("pre", "aux")),
+    C("number-branch", lambda m, h, x: torch.where(x[:, :1] > 0, h, 1.0), "pinned", reason="constant"),
+)

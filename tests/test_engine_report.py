@@ -3,6 +3,9 @@ black boxes, parameters used outside their module."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -240,3 +243,41 @@ def test_functional_norm_frees_its_output_unless_its_parameters_are_read_elsewhe
         t = nt.teleport(model, x, cob_range=0.9, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(t(x), model(x), rtol=1e-12, atol=1e-12)
         assert torch.equal(t.bn.weight, model.bn.weight) is again
+
+
+class _Logits(NamedTuple):
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+@dataclass
+class _Output:
+    logits: torch.Tensor
+    aux: torch.Tensor | None = None
+
+
+class _RecordOutputs(nn.Module):
+    """Outputs wrapped in a NamedTuple or a dataclass (read back by field inside the forward, too)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.a, self.act, self.o = nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)
+        self.kind = kind
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        if self.kind == "namedtuple":
+            out = _Logits(self.o(h), h)
+            return _Logits(out.logits * 2, out.logits)  # the field `hidden` is not returned: h stays free
+        return _Output(logits=self.o(h))
+
+
+def test_namedtuple_and_dataclass_outputs_keep_the_neurons_that_feed_them_free():
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for kind in ("namedtuple", "dataclass"):
+        model = _RecordOutputs(kind).double()
+        plan = nt.analyze(model, x)
+        assert plan.num_free == 6, plan.report
+        t = nt.teleport(model, x, cob_range=0.9, sampling="inter", generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(t(x).logits, model(x).logits, rtol=1e-12, atol=1e-12)

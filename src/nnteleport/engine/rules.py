@@ -25,11 +25,13 @@ Keys are what ``torch.fx`` records: ``h += y`` becomes ``operator.add``, ``x[i]`
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -538,11 +540,97 @@ def _flat_leaves(v: Any) -> list[Any]:
 
 @register_function(builtins.getattr)
 def getattr_rule(ctx: Any) -> Any:
+    """``x.T`` / ``x.mT`` rearrange; a field of a NamedTuple or dataclass built in the graph (see
+    :func:`record_rule`) has that field's space."""
+    obj, name = ctx.in_value(0), ctx.in_value(1)
+    S = ctx.in_space(0)
+    if isinstance(S, dict) and name in S:
+        return S[name]
+    if isinstance(S, tuple) and isinstance(obj, tuple) and name in getattr(type(obj), "_fields", ()):
+        return S[type(obj)._fields.index(name)]
     if not isinstance(ctx.out, Tensor):
         return None
-    if ctx.in_value(1) in ("T", "mT"):
+    if name in ("T", "mT"):
         return _rearrange(ctx)
     return fallback(ctx)
+
+
+def record_rule(ctx: Any) -> Any:
+    """A NamedTuple or dataclass built from tensors (``Out(logits, feats)``, Hugging Face ``ModelOutput``): a
+    container, so each field keeps the space of the value it holds (a tuple of spaces in field order for a NamedTuple,
+    a dict field -> space for a dataclass)."""
+    cls, out = ctx.node.target, ctx.out
+    ctx.read.update(ctx.node.all_input_nodes)
+    if isinstance(out, tuple) and hasattr(cls, "_fields"):
+        bound = dict(zip(cls._fields, ctx.args))
+        bound.update(ctx.kwargs)
+        return tuple(_space_or_none(ctx, bound.get(f)) for f in cls._fields)
+    if dataclasses.is_dataclass(cls) and not isinstance(out, (tuple, list)):
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        bound = dict(zip(names, ctx.args))
+        bound.update(ctx.kwargs)
+        keys = list(out.keys()) if isinstance(out, dict) else names
+        return {k: _space_or_none(ctx, bound.get(k)) for k in keys}
+    return fallback(ctx)
+
+
+def _space_or_none(ctx: Any, a: Any) -> Any:
+    return ctx.w.space_of(a) if isinstance(a, fx.Node) else None
+
+
+def is_record_type(target: Any) -> bool:
+    """A NamedTuple or dataclass type called as a function in a traced graph (handled by :func:`record_rule`)."""
+    return isinstance(target, type) and (
+        (issubclass(target, tuple) and hasattr(target, "_fields")) or dataclasses.is_dataclass(target)
+    )
+
+
+def _is_zero(v: Any, S: Any) -> bool:
+    """The constant 0: the number, or a tensor of zeros that carries no factor (``torch.zeros_like(h)``)."""
+    if _is_number(v):
+        return v == 0
+    return isinstance(v, Tensor) and (not isinstance(S, Tensor) or not bool(S.any())) and not bool(v.any())
+
+
+@register_function(torch.maximum, torch.minimum, torch.fmax, torch.fmin)
+@register_method("maximum", "minimum", "fmax", "fmin")
+def maximum_rule(ctx: Any) -> Any:
+    """``max(tau a, tau b) = tau max(a, b)`` for ``tau > 0``: both operands share one space (merged as for a residual
+    add; an operand that is a non-zero constant pins the other) restricted to ``tau > 0``. With the constant 0
+    (``torch.maximum(h, zeros)``, a ReLU) the hidden operand's space passes, restricted to ``tau > 0``."""
+    if not isinstance(ctx.out, Tensor) or len(ctx.args) != 2 or ctx.extra_kwargs(()):
+        return fallback(ctx)
+    a, b = ctx.in_value(0), ctx.in_value(1)
+    Sa, Sb = ctx.in_space(0), ctx.in_space(1)
+    if not (isinstance(Sa, Tensor) and isinstance(Sb, Tensor)):
+        return fallback(ctx)
+    if _is_zero(b, Sb) or _is_zero(a, Sa):
+        S = Sa if _is_zero(b, Sb) else Sb
+    else:
+        S = ctx.merge(Sa, Sb)
+    ctx.positive(S, f"{ctx.op_name}: max/min commute with tau > 0 only")
+    return S
+
+
+@register_function(torch.where)
+def where_rule(ctx: Any) -> Any:
+    """``torch.where(cond, a, b)``: ``cond`` carries no factor (a mask computed from hidden values is pinned by the
+    comparison that made it); the branches share one space (merged as for a residual add; a non-zero constant
+    branch pins the other), except a branch that is the constant 0, which any factor leaves 0."""
+    if not isinstance(ctx.out, Tensor) or len(ctx.args) != 3 or ctx.extra_kwargs(()):
+        return fallback(ctx)
+    ctx.pin(ctx.in_space(0), "unsupported", f"{ctx.op_name}: condition")
+    a, b = ctx.in_value(1), ctx.in_value(2)
+    Sa, Sb = ctx.in_space(1), ctx.in_space(2)
+    if _is_zero(b, Sb) and isinstance(Sa, Tensor):
+        return Sa
+    if _is_zero(a, Sa) and isinstance(Sb, Tensor):
+        return Sb
+    if not (isinstance(Sa, Tensor) and isinstance(Sb, Tensor)):
+        for S in (Sa, Sb):
+            ctx.pin(S, "constant", f"{ctx.op_name}: a branch that is a non-zero number")
+        return zeros_like_space(ctx.out)
+    return ctx.merge(Sa, Sb)
 
 
 @register_function(builtins.len)

@@ -369,6 +369,8 @@ class _Walker(fx.Interpreter):
                 rule = rules.FUNCTION_RULES.get(n.target)
             except TypeError:  # unhashable target
                 rule = None
+            if rule is None and rules.is_record_type(n.target):
+                rule = rules.record_rule
         else:
             rule = rules.METHOD_RULES.get(n.target)
         if black_box is not None:
