@@ -162,3 +162,60 @@ def test_mean_factors() -> None:
     assert float((a / b).pow(2).mean()) == pytest.approx(expected_squared_ratio(0.9), rel=0.02)
     assert float((a / b).mean()) == pytest.approx(expected_abs_ratio(0.9), rel=0.01)
     assert expected_abs_ratio(0.9) == pytest.approx(math.log(19) / 1.8)
+
+
+# --------------------------------------------------------------------------------------------------
+# the experiment's statistics and a tiny run
+
+from nnteleport.lab.experiments import lr_confound  # noqa: E402
+
+
+def _h(losses):
+    return {"train_loss": losses, "val_acc": [0.5] * len(losses), "iter_loss": losses}
+
+
+def test_diverged_run_is_counted_and_cannot_win() -> None:
+    tel = [lr_confound.run_stats(_h(v)) for v in ([1.0, 0.5], [1.0, None], [1.0, 0.2])]
+    base = [lr_confound.run_stats(_h(v)) for v in ([1.0, 0.6], [1.0, 0.7], [1.0, None])]
+    c = lr_confound.compare(tel, base)
+    assert c["diverged_a"] == 1 and c["diverged_b"] == 1 and c["n"] == 3
+    assert c["diff"]["n"] == 1 and c["diff"]["mean"] == pytest.approx(-0.1)
+    assert c["a_wins"] == 2  # seed 0 and seed 2 (baseline diverged); seed 1 (teleport diverged) is a loss
+    s = lr_confound.arm_summary(base)
+    assert s["diverged"] == 1 and s["n"] == 3 and s["final"]["n"] == 2
+
+
+def test_best_tuned_never_a_grid_point_with_a_diverged_seed() -> None:
+    fam = [
+        {"arm": "baseline", "kind": "plain", "lr": 0.01, "mult": 1.0},
+        {"arm": "teleport", "kind": "teleport", "lr": 0.01},
+        {"arm": "precond", "kind": "precond", "lr": 0.01},
+        {"arm": "scalar-E", "kind": "plain", "lr": 0.067, "mult": 6.7},
+        {"arm": "lr-x16", "kind": "plain", "lr": 0.16, "mult": 16.0},
+    ]
+    by = {
+        "baseline": [_h([1.0, 0.8])] * 2,
+        "teleport": [_h([1.0, 0.3])] * 2,
+        "precond": [_h([1.0, 0.3])] * 2,
+        "scalar-E": [_h([1.0, 0.4])] * 2,
+        "lr-x16": [_h([1.0, 0.01]), _h([1.0, None])],  # best finite value, but one seed diverged
+    }
+    r = lr_confound.family_results(fam, by, "")
+    assert r["best_tuned"]["arm"] == "scalar-E"
+    assert r["arms"]["lr-x16"]["diverged"] == 1
+    assert r["teleport_vs"]["best_tuned"]["diff"]["mean"] == pytest.approx(-0.1)
+    assert r["equivalence_max_abs_loss_diff"]["precond"] == [0.0, 0.0]
+
+
+def test_tiny_experiment_teleport_equals_precond(tmp_path) -> None:
+    cfg = {"seeds": 2, "epochs": 2, "max_iters_per_epoch": 5, "hidden": [16, 16], "lr_multipliers": [4.0],
+           "adam_lr_multipliers": [2.0], "activation": "tanh"}  # fmt: skip
+    res = lr_confound.run(cfg, tmp_path, progress=False)
+    assert res["num_runs"] == 2 * 11
+    eq = res["families"]["sgd"]["equivalence_max_abs_loss_diff"]["precond"]
+    assert len(eq) == 2 and max(eq) < 1e-10  # float64: the teleported run is the preconditioned one
+    ex = res["families"]["adam"]["equivalence_max_abs_loss_diff"]["adam-exact"]
+    assert max(ex) < 1e-8
+    sec, heads = lr_confound.report_section(res, tmp_path)
+    assert heads and heads[0].value
+    assert sec.numbers and sec.verdict and all(f.path.is_file() for f in sec.figures)
