@@ -63,6 +63,7 @@ TINY = {
         "layer": "features.2",
         "num_channels": 4,
     },
+    "lr-confound": {"seeds": 2, "epochs": 2, "max_iters_per_epoch": 4, "hidden": [16, 16], "lr_multipliers": [4.0]},
     "gspace-lr-grid": {
         "methods": ["sgd", "gsgd-set1", "fixed-sgd"],
         "lrs": [1e-1, 1e-3],

@@ -44,6 +44,7 @@ EXPERIMENTS: dict[str, str] = {
     "mid-training": "nnteleport.lab.experiments.mid_training",
     "weight-histograms": "nnteleport.lab.experiments.weight_histograms",
     "feature-maps": "nnteleport.lab.experiments.feature_maps",
+    "lr-confound": "nnteleport.lab.experiments.lr_confound",
     # Scale-invariant parameter spaces (Jestädt 2025)
     "gspace-lr-grid": "nnteleport.lab.experiments.gspace_lr_grid",
     "fixed-value-grid": "nnteleport.lab.experiments.fixed_value_grid",
