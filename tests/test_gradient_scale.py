@@ -74,3 +74,5 @@ def test_run_records_signed_change_consistent_with_norms(tmp_path):
     sec, heads = gradient_scale.report_section(res, tmp_path)
     assert any(h.label == "normalised gradient goes down" for h in heads)
     assert "signed" in sec.numbers[0][1]
+    all_down = sig["num_down_at_largest_s"] == sig["num_teleports_at_largest_s"]
+    assert ("goes down" in sec.verdict) == all_down

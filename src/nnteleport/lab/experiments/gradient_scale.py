@@ -346,9 +346,11 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
         )
     n_inc = sum(v["increasing"] for v in res["models"].values())
     cfg = res["config"]
-    down = [m for m, v in res["models"].items() if v.get("signed", {}).get("direction") == "down"]
+    sigs = {m: v["signed"] for m, v in res["models"].items() if "signed" in v}
+    down = [m for m, g in sigs.items() if g["num_down_at_largest_s"] == g["num_teleports_at_largest_s"]]
     signed_verdict = (
-        f"; the normalised gradient goes down (signed change < 0) in every teleport for {', '.join(down)}"
+        f"; at s = {max(cfg['cob_ranges']):g} the normalised gradient goes down (signed change < 0) in every "
+        f"teleport for {', '.join(down)}"
         if down
         else ""
     )
