@@ -307,7 +307,8 @@ def test_interpolation_profiles_keep_endpoints(tmp_path):
     # teleportation preserves both endpoints' functions (float32 round-off on the loss)
     assert res["profiles"]["s=0.9"]["endpoint_loss_change"] < 1e-4
     rows = read_csv(tmp_path / "profiles.csv")
-    assert len(rows) == 2 * 5  # 0 and 1 are on the 5-point grid [-0.5, 0, 0.5, 1, 1.5]
+    # per seed: 0 and 1 are on the 5-point grid [-0.5, 0, 0.5, 1, 1.5]
+    assert len(res["seeds"]) == 3 and len(rows) == 3 * 2 * 5
 
 
 def test_feature_maps_are_channelwise_multiples(tmp_path):

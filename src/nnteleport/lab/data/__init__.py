@@ -127,6 +127,7 @@ def load_dataset(
     seed: int = 0,
     train_size: int | None = None,
     val_size: int | None = None,
+    augment: bool | None = None,
     **options: Any,
 ) -> DataBundle:
     """Load dataset ``name`` as a :class:`DataBundle`.
@@ -146,6 +147,11 @@ def load_dataset(
         Seed of the embedded datasets' generation/split and of the ``train_size``/``val_size`` subsets.
     train_size, val_size : int, optional
         Keep a seeded random subset of this many examples of the split.
+    augment : bool, optional
+        Train-split augmentation of the datasets that have one (CIFAR: random crop and horizontal flip):
+        ``None`` the dataset's default (on for CIFAR), ``False`` off, ``True`` on. Datasets without
+        augmentation (digits, MNIST-1D, random, MNIST, Fashion-MNIST) ignore it, so an experiment config can
+        carry one ``augment`` key for every dataset.
     **options
         Per dataset: ``digits``: ``val_fraction`` (0.2); ``mnist1d``: ``num_samples`` (5000), ``train_split``
         (0.8) and any other field of ``mnist1d.data.get_dataset_args()``; ``random``: ``input_shape``
@@ -163,6 +169,8 @@ def load_dataset(
         to get it).
     """
     ds_name = DatasetName.parse(name)
+    if augment is not None and ds_name in (DatasetName.CIFAR10, DatasetName.CIFAR100):
+        options["augment"] = bool(augment)
     if ds_name in EMBEDDED:
         allowed_opts = {
             DatasetName.DIGITS: {"val_fraction"},

@@ -303,6 +303,9 @@ _SEEDS = _rule(
 #: Checks of the keys the experiments share: key -> (rule for the value, rule for each element of a list).
 RULES: dict[str, tuple[tuple[Callable[[Any], bool], str] | None, tuple[Callable[[Any], bool], str] | None]] = {
     "epochs": (_POS_INT, None),
+    "max_steps": (_POS_INT, None),
+    "augment": (_rule(lambda v: isinstance(v, bool), "true or false"), None),
+    "match_train_loss": (_rule(lambda v: isinstance(v, bool), "true or false"), None),
     "batch_size": (_POS_INT, None),
     "batch_sizes": (None, _POS_INT),
     "num_samples": (_POS_INT, None),

@@ -3,8 +3,9 @@
 ``build_model(name, in_shape=..., num_classes=...)`` builds one of :data:`MODELS` -- MLP, VGG, ResNet-18,
 DenseNet, MobileNetV2 -- for 8x8 digits ``(1, 8, 8)``, MNIST ``(1, 28, 28)``, CIFAR ``(3, 32, 32)`` or
 vectors and signals such as MNIST-1D ``(40,)`` (1-d convolutions). They are ordinary PyTorch modules written
-the way users write them (module activations, ``F.relu``, ``torch.cat``, ``x + shortcut`` in ``forward``),
-used by the tests, the experiments and the demo.
+the way users write them (``torch.cat``, ``x + shortcut`` in ``forward``), used by the tests, the experiments and
+the demo. Every use of an activation is a separate module (none is functional or shared), so a teleport wraps
+each one and ``"inter"`` sampling can flip the sign of every free hidden neuron.
 
 Conv models default to small widths for CPU work; ``width=1.0`` (VGG, ResNet, MobileNetV2) and
 ``blocks=(6, 12, 24, 16), growth_rate=32`` (DenseNet-121) give the paper-scale networks.

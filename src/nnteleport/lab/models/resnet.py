@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnteleport.errors import InvalidValueError
@@ -24,8 +23,10 @@ class BasicBlock(nn.Module):
     """``act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`` (He et al. 2016).
 
     The shortcut is the identity, or a 1x1 convolution with BatchNorm (projection) when the stride or the
-    number of channels changes. ReLU after the addition is written functionally (``F.relu``), as many user
-    models do; other activations use a module.
+    number of channels changes. Each use of the activation is its own module (``act1``, ``act2``; they hold no
+    parameters), so a teleport can wrap every one of them and ``"inter"`` sampling may flip the sign of every
+    hidden neuron (a functional ``F.relu`` cannot hold a wrapper and pins the neurons it sees to positive CoB
+    factors; ``tests/engine_models.py`` covers that case).
     """
 
     def __init__(
@@ -37,8 +38,7 @@ class BasicBlock(nn.Module):
         self.act1 = make_activation(activation)
         self.conv2 = conv(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = bn(planes)
-        self._functional_relu = Activation(activation) is Activation.RELU
-        self.act2 = nn.Identity() if self._functional_relu else make_activation(activation)
+        self.act2 = make_activation(activation)
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
@@ -50,7 +50,7 @@ class BasicBlock(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out = out + self.shortcut(x)
-        return F.relu(out) if self._functional_relu else self.act2(out)
+        return self.act2(out)
 
 
 class ResNet(nn.Module):
