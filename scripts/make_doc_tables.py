@@ -72,7 +72,7 @@ def fmt(x: float) -> str:
         return f"{x:.1e}"
     if abs(x) >= 10:
         return f"{x:.0f}"
-    return f"{x:.3f}" if abs(x) >= 1 else f"{x:.3g}"
+    return f"{x:.3f}" if abs(x) >= 1 else f"{x:#.3g}"
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -129,7 +129,7 @@ def gspace_lr_grid(res: dict[str, Any], file: str, definition: str) -> str:
         for lr in lrs:
             c, v = grid[m][lr], vals[lr]
             s = fmt(v)
-            if math.isfinite(v) and c.get(std_key) and 0.001 <= v < 10:
+            if math.isfinite(v) and c.get(std_key) is not None and 0.001 <= v < 10:
                 s += f" ± {c[std_key]:.2g}"
             if c.get("n_diverged"):
                 s += f" ({c['n_diverged']}/{c.get('n_runs', cfg['seeds'])} div.)"

@@ -52,7 +52,7 @@ def _synthetic_lr_grid(tmp_path: Path) -> str:
     res = {
         "config": {"seeds": 3, "epochs": 10, "dataset": "digits", "hidden": [64], "batch_size": 64, "lrs": [0.1, 0.01]},
         "grid": {
-            "sgd": {"0.1": cell(0.4, 0.4, 0), "0.01": cell(2.29, 2.29, 0)},
+            "sgd": {"0.1": {**cell(0.4, 0.4, 0), "std_best_val_loss": 0.05}, "0.01": cell(2.29, 2.29, 0)},
             "gsgd-thesis": {"0.1": cell(inf, 2.1, 1), "0.01": cell(0.2, 0.2, 0)},
         },
     }
@@ -65,9 +65,11 @@ def test_generator_counts_diverged_seeds_and_both_definitions(tmp_path):
     file = _synthetic_lr_grid(tmp_path)
     ours = mdt.generate("gspace-lr-grid", file, tmp_path)
     thesis = mdt.generate("gspace-lr-grid-incl-init", file, tmp_path)
-    assert "| G-SGD (thesis init: diagonal skeleton, every mask entry +1) | inf (1/3 div.) | **0.2** |" in ours
-    assert "| G-SGD (thesis init: diagonal skeleton, every mask entry +1) | 2.100 (1/3 div.) | **0.2** |" in thesis
+    assert "| G-SGD (thesis init: diagonal skeleton, every mask entry +1) | inf (1/3 div.) | **0.200** |" in ours
+    assert "| G-SGD (thesis init: diagonal skeleton, every mask entry +1) | 2.100 (1/3 div.) | **0.200** |" in thesis
     assert "epochs' validation losses (ours)" in ours and "loss before training (thesis)" in thesis
+    assert "| SGD | **0.400 ± 0.05** | 2.290 |" in ours  # the spread over seeds is shown
+    assert "| SGD | **0.400** | 2.290 |" in thesis  # (the thesis' definition has its own spread key)
     assert "--set 'lrs=[0.1,0.01]'" in ours  # the command says how the file was made
 
 
