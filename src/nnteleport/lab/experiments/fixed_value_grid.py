@@ -5,9 +5,10 @@ selection) are given the value ``±b``; each cell is the median validation loss 
 (the thesis: 5 runs, 20 iterations of its training loop -- it calls them iterations; we use ``epochs``); runs that
 reach NaN / inf count as ``inf``.
 
-``mode="set"`` overwrites the fixed weights with ``sign(w) * b`` (the thesis' setting, which changes the initial
-function); ``mode="rescale"`` reaches ``±b`` by a function-preserving rescaling (``fix_weights(value=b)``), which
-isolates the effect of the parametrisation from that of a different initial function.
+``mode="set"`` overwrites the fixed weights with ``sign(w) * b`` (ours, which changes the initial function);
+``mode="set-thesis"`` overwrites them with ``+b`` (the thesis' protocol, Sec. 4.2.1: "Fixed weights are set to
+one", here to ``b``); ``mode="rescale"`` reaches ``±b`` by a function-preserving rescaling
+(``fix_weights(value=b)``), which isolates the effect of the parametrisation from that of a different initial function.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from nnteleport.errors import InvalidValueError
 from nnteleport.gspace.fixing import fix_weights
 from nnteleport.lab.experiments.config import merge_config, validate_config
-from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, train_grid
+from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, set_thesis_init, train_grid
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
 
@@ -40,7 +41,8 @@ __all__ = [
 
 DESCRIPTION = (
     "Fixed-SGD with the fixed weights set to ±b: median validation loss over a grid of b x learning rate "
-    "(Jestädt 2025, Sec. 4.2.3, Fig. 4.7); mode 'set' (thesis, overwrite) or 'rescale' (function-preserving)."
+    "(Jestädt 2025, Sec. 4.2.3, Fig. 4.7); mode 'set' (overwrite with sign(w) b), 'set-thesis' (overwrite with +b, "
+    "the thesis) or 'rescale' (function-preserving)."
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -60,16 +62,19 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,
 }
 
-MODES = ("set", "rescale")
+MODES = ("set", "set-thesis", "rescale")
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 def _builder(value: float, lr: float, mode: str, opt_cls: type[torch.optim.Optimizer]):
     def build(model: torch.nn.Module):
-        if mode == "set":
+        if mode in ("set", "set-thesis"):
             first = fix_weights(model)
             first.remove()
-            set_fixed_to_sign(model, first.masks, value)
+            if mode == "set":
+                set_fixed_to_sign(model, first.masks, value)
+            else:
+                set_thesis_init(model, first.masks, value)
             handle = fix_weights(model)
         else:
             handle = fix_weights(model, value=value)

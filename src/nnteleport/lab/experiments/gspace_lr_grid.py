@@ -17,7 +17,19 @@ Methods (``methods`` in the config):
   weights with ``±1`` (the thesis' default "Fixed"; changes the initial function);
 * ``fixed-sgd-not1`` -- fixed weights keep their values ("Fixed not 1", Fig. 4.6);
 * ``fixed-sgd-rescaled`` -- fixed weights set to ``±1`` by a function-preserving rescaling (``value=1.0``; the
-  thesis' reparametrisation, Sec. 4.2.2).
+  thesis' reparametrisation, Sec. 4.2.2);
+* ``gsgd-thesis``, ``gadam-thesis``, ``gadam-reset-thesis`` -- the thesis' and Meng et al.'s protocol: the
+  thesis' diagonal skeleton (Algorithm 1, whatever ``skeleton`` says) and *every* mask entry set to ``+1`` (not
+  ``sign(w)``), the first layer's pred edges ``W_1[r, r]`` included (thesis Sec. 2.1: "if not mentioned
+  otherwise, they are set to 1"), see :func:`set_thesis_init`;
+* ``fixed-sgd-thesis``, ``fixed-adam-thesis`` -- weight fixing (diagonal selection) with the fixed weights set
+  to ``+1`` (thesis Sec. 4.2.1: "Fixed weights are set to one").
+
+Two "best validation loss" definitions, both in every grid cell: ``*_best_val_loss`` is the minimum over the
+epochs' validation losses (ours; a diverging run shows how far it diverged, e.g. 3265, and a run that reaches
+NaN counts as ``inf``), ``*_best_val_loss_incl_init`` also includes the loss before training (the thesis'
+"best validation performance at any epoch", whose evaluation starts before the first epoch: a diverging run is
+capped near the initial loss, ln 10 = 2.3). ``best_definition`` picks the one that chooses the best rates.
 
 Default scale: scikit-learn's digits (embedded, 8x8 -> 64 inputs, standardised), 3 seeds, 10 epochs; the thesis
 uses MNIST / CIFAR-10 (``dataset="mnist"``, ``"cifar10"`` with local files), 10 seeds and 150 epochs.
@@ -57,6 +69,8 @@ __all__ = [
     "report_section",
     "run",
     "set_fixed_to_sign",
+    "set_thesis_init",
+    "thesis_masks",
     "thesis_mlp",
     "train_grid",
     "train_run",
@@ -81,7 +95,18 @@ METHODS = (
     "fixed-adam",
     "fixed-sgd-not1",
     "fixed-sgd-rescaled",
+    "gsgd-thesis",
+    "gadam-thesis",
+    "gadam-reset-thesis",
+    "fixed-sgd-thesis",
+    "fixed-adam-thesis",
 )
+
+#: The two definitions of a run's best validation loss (``best_definition`` in the config).
+BEST_DEFINITIONS = {
+    "epochs": "best over the epochs' validation losses (ours)",
+    "incl_init": "best over the epochs and the loss before training (thesis)",
+}
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
@@ -97,6 +122,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "good_factor": 1.5,  # a learning rate is "good" if its loss is within this factor of the overall best
     "skeleton": "greedy",  # G-space skeleton selection: "greedy" (invariant, well conditioned) or "diagonal"
+    "best_definition": "epochs",  # which best validation loss chooses best / good rates: "epochs" or "incl_init"
     "threads": 1,
 }
 
@@ -151,6 +177,27 @@ def set_fixed_to_sign(model: nn.Module, masks: dict[str, torch.Tensor], value: f
         p[mask] = torch.where(s == 0, torch.ones_like(s), s) * value
 
 
+def thesis_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The thesis' G-space mask (Algorithm 1, Meng et al.'s skeleton): the diagonal skeleton weights of layers
+    ``2..L`` and the first layer's pred edges ``W_1[r, r mod inputs]`` (the free skeleton weights ``w_j``)."""
+    gs = GSpace(model, skeleton="diagonal")
+    masks = {k: v.clone() for k, v in gs.skeleton_masks.items()}
+    first = gs.layers[0]
+    name = f"{first.name}.weight"
+    flat = masks[name].reshape(-1).clone()
+    flat[gs.chart_state()["pred"][0]] = True
+    masks[name] = flat.view_as(masks[name])
+    return masks
+
+
+@torch.no_grad()
+def set_thesis_init(model: nn.Module, masks: dict[str, torch.Tensor], value: float = 1.0) -> None:
+    """Overwrite every masked weight with ``+value`` (the thesis' and Meng et al.'s "set to 1": not ``sign(w)``,
+    not function-preserving)."""
+    for name, mask in masks.items():
+        model.get_parameter(name)[mask] = value
+
+
 def make_optimizer(
     method: str, model: nn.Module, lr: float, skeleton: str = "greedy"
 ) -> tuple[torch.optim.Optimizer, Any]:
@@ -160,6 +207,19 @@ def make_optimizer(
         return torch.optim.SGD(model.parameters(), lr=lr), None
     if method == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr), None
+    if method in ("gsgd-thesis", "gadam-thesis", "gadam-reset-thesis"):
+        set_thesis_init(model, thesis_masks(model))
+        base = method.removesuffix("-thesis")
+        cls = torch.optim.SGD if base == "gsgd" else torch.optim.Adam
+        reset = base == "gadam-reset"
+        return GSpaceOptimizer(model, cls, lr=lr, skeleton="diagonal", reset_state_each_step=reset), None
+    if method in ("fixed-sgd-thesis", "fixed-adam-thesis"):
+        first = fix_weights(model, select="diagonal")
+        first.remove()
+        set_thesis_init(model, first.masks)
+        handle = fix_weights(model, select="diagonal")
+        cls = torch.optim.Adam if method == "fixed-adam-thesis" else torch.optim.SGD
+        return cls(model.parameters(), lr=lr), handle
     if method.startswith("g"):
         base = method.removesuffix("-set1")
         if base not in ("gsgd", "gadam", "gadam-reset"):
@@ -204,7 +264,8 @@ def train_run(
     *,
     build: Any = None,
 ) -> dict[str, Any]:
-    """Train one network; validation loss / accuracy after every epoch (``inf`` / NaN after divergence).
+    """Train one network; validation loss / accuracy after every epoch (``inf`` / NaN after divergence) and
+    before training (``val_loss_init``, after the method's initialisation: the thesis' first evaluation).
 
     ``build(model) -> (optimizer, handle)`` overrides :func:`make_optimizer` (used by fixed-value-grid).
     """
@@ -212,6 +273,7 @@ def train_run(
     torch.manual_seed(seed)
     model = thesis_mlp(xt.shape[1], hidden, classes, bias)
     opt, handle = build(model) if build is not None else make_optimizer(method, model, lr)
+    init_loss = evaluate(model, xv, yv)[0]
     gen = torch.Generator().manual_seed(10_000 + seed)
     losses: list[float] = []
     accs: list[float] = []
@@ -244,7 +306,7 @@ def train_run(
     finally:
         if handle is not None:
             handle.remove()
-    return {"val_loss": losses, "val_acc": accs, "diverged": diverged}
+    return {"val_loss": losses, "val_acc": accs, "diverged": diverged, "val_loss_init": init_loss}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,6 +322,10 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     for m in cfg["methods"]:
         if m not in METHODS:
             raise InvalidValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")
+    if cfg["best_definition"] not in BEST_DEFINITIONS:
+        raise InvalidValueError(
+            f"best_definition={cfg['best_definition']!r}; choose one of: {', '.join(BEST_DEFINITIONS)}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -301,29 +367,58 @@ def train_grid(
     return runs
 
 
+def best_val_loss(run: dict[str, Any], definition: str = "epochs") -> float:
+    """A run's best validation loss: min over the epochs (``"epochs"``, ours) or over the epochs and the loss
+    before training (``"incl_init"``, the thesis'; records without ``val_loss_init`` fall back to the epochs)."""
+    if definition not in BEST_DEFINITIONS:
+        raise InvalidValueError(f"best_definition={definition!r}; choose one of: {', '.join(BEST_DEFINITIONS)}")
+    vals = list(run["val_loss"])
+    if definition == "incl_init" and "val_loss_init" in run:
+        vals.append(run["val_loss_init"])
+    vals = [v if not math.isnan(v) else math.inf for v in vals]
+    return min(vals) if vals else math.inf
+
+
+def _cell(rs: list[dict[str, Any]], definition: str) -> dict[str, float]:
+    """Mean (inf if any seed is inf: a diverged seed is never dropped), median and spread over seeds."""
+    best = [best_val_loss(r, definition) for r in rs]
+    finite = [b for b in best if math.isfinite(b)]
+    return {
+        "mean": _mean(best) if len(finite) == len(best) else math.inf,
+        "median": float(np.median(best)) if best else math.nan,
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+    }
+
+
 def summarise(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best validation loss per (method, lr): min over epochs per run, mean (and median) over seeds."""
+    """Best validation loss per (method, lr), both definitions: min per run, mean (and median) over seeds;
+    ``cfg["best_definition"]`` chooses the best / good rates and the curves."""
+    key = "_incl_init" if cfg.get("best_definition", "epochs") == "incl_init" else ""
     grid: dict[str, dict[str, Any]] = {}
     for m in cfg["methods"]:
         grid[m] = {}
         for lr in cfg["lrs"]:
             rs = [r for r in runs if r["method"] == m and r["lr"] == lr]
-            best = [min(r["val_loss"]) for r in rs]
-            finite = [b for b in best if math.isfinite(b)]
+            ours, thesis = _cell(rs, "epochs"), _cell(rs, "incl_init")
             grid[m][repr(lr)] = {
-                "mean_best_val_loss": _mean(best) if len(finite) == len(best) else math.inf,
-                "median_best_val_loss": float(np.median(best)) if best else math.nan,
-                "std_best_val_loss": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+                "mean_best_val_loss": ours["mean"],
+                "median_best_val_loss": ours["median"],
+                "std_best_val_loss": ours["std"],
+                "mean_best_val_loss_incl_init": thesis["mean"],
+                "median_best_val_loss_incl_init": thesis["median"],
+                "std_best_val_loss_incl_init": thesis["std"],
+                "n_runs": len(rs),
                 "n_diverged": sum(r["diverged"] for r in rs),
                 "best_val_acc": _mean([max(a for a in r["val_acc"] if math.isfinite(a)) for r in rs if
                                        any(math.isfinite(a) for a in r["val_acc"])]),
             }  # fmt: skip
-    overall = min(v["mean_best_val_loss"] for g in grid.values() for v in g.values())
+    sel = f"mean_best_val_loss{key}"
+    overall = min(v[sel] for g in grid.values() for v in g.values())
     best_lr, good = {}, {}
     for m, g in grid.items():
-        lr_key = min(g, key=lambda k: g[k]["mean_best_val_loss"])
+        lr_key = min(g, key=lambda k: g[k][sel])
         best_lr[m] = float(lr_key)
-        good[m] = [float(k) for k, v in g.items() if v["mean_best_val_loss"] <= cfg["good_factor"] * overall]
+        good[m] = [float(k) for k, v in g.items() if v[sel] <= cfg["good_factor"] * overall]
     curves: dict[str, dict[str, list[float]]] = {}
     for m in cfg["methods"]:
         rs = [r for r in runs if r["method"] == m and r["lr"] == best_lr[m]]
@@ -331,10 +426,12 @@ def summarise(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]
         with np.errstate(invalid="ignore"):
             curves[m] = {"lr": best_lr[m], "mean": arr.mean(0).tolist(), "std": arr.std(0).tolist()}
     findings = {
+        "best_definition": cfg.get("best_definition", "epochs"),
         "overall_best_val_loss": overall,
         "good_lr_count": {m: len(v) for m, v in good.items()},
         "best_lr": best_lr,
         "best_val_loss": {m: grid[m][repr(best_lr[m])]["mean_best_val_loss"] for m in grid},
+        "best_val_loss_incl_init": {m: grid[m][repr(best_lr[m])]["mean_best_val_loss_incl_init"] for m in grid},
     }
     return {"config": cfg, "grid": grid, "good_lrs": good, "curves": curves, "findings": findings, "runs": runs}
 
@@ -360,6 +457,8 @@ PANELS = {
     "lr_grid_fixed.png": ("Weight fixing (Figs. 4.4, 4.6)", ["sgd", "adam", "fixed-sgd", "fixed-adam",
                                                              "fixed-sgd-not1", "fixed-sgd-rescaled"]),
     "lr_grid_compare.png": ("SGD vs G-SGD vs Fixed-SGD (Fig. 4.10)", ["sgd", "gsgd", "gsgd-set1", "fixed-sgd"]),
+    "lr_grid_thesis.png": ("Thesis init: every mask entry +1 (Figs. 4.1, 4.4, 4.10)", ["sgd", "adam", "gsgd-thesis",
+                           "gadam-thesis", "gadam-reset-thesis", "fixed-sgd-thesis", "fixed-adam-thesis"]),
 }  # fmt: skip
 
 
@@ -403,7 +502,7 @@ TITLE = "G-space and weight fixing over learning rates"
 DEMO: dict[str, Any] = {"seeds": 1, "epochs": 3}
 
 #: About how long :data:`DEMO` takes on one core, in seconds (the demo starts the longest experiments first).
-DEMO_SECONDS = 8
+DEMO_SECONDS = 11
 
 
 def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
@@ -414,9 +513,10 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
     nums = [
         (
             m,
-            f"best lr {f['best_lr'][m]:g}: best validation loss {sci(f['best_val_loss'][m])} (mean over "
-            f"{cfg['seeds']} seed(s)); good rates {res['good_lrs'][m] or 'none'}; diverged runs "
-            f"{sum(v['n_diverged'] for v in g.values())}",
+            f"best lr {f['best_lr'][m]:g}: best validation loss {sci(f['best_val_loss'][m])} over the epochs, "
+            f"{sci(f.get('best_val_loss_incl_init', {}).get(m, math.nan))} with the loss before training "
+            f"(thesis; mean over {cfg['seeds']} seed(s)); good rates {res['good_lrs'][m] or 'none'}; diverged "
+            f"runs {sum(v['n_diverged'] for v in g.values())} of {sum(v.get('n_runs', 0) for v in g.values())}",
         )
         for m, g in grid.items()
     ]
@@ -436,7 +536,9 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
             "Thesis (Jestädt 2025, Ch. 4, Figs. 4.1-4.6, 4.10): optimising in G-space (the path values of a ReLU "
             "net, G-SGD / G-Adam) or with one fixed weight per neuron removes the rescaling symmetry and should "
             "make training less sensitive to the learning rate; G-Adam as published (state reset each step) "
-            "underperforms Adam, Fixed-SGD with the fixed weights set to ±1 beats SGD. Here: bias-free ReLU MLP "
+            "underperforms Adam, Fixed-SGD with the fixed weights set to 1 beats SGD. The '-thesis' methods use the "
+            "thesis' initialisation (every mask entry +1), '-set1' / 'fixed-sgd' ours (sign(w)). Best rates "
+            f"chosen by: {BEST_DEFINITIONS[f.get('best_definition', 'epochs')]}. Here: bias-free ReLU MLP "
             f"{cfg['hidden']} on {cfg['dataset']}, learning rates {cfg['lrs']}, {cfg['seeds']} seed(s), "
             f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['skeleton']} skeleton."
         ),
