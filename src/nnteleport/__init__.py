@@ -31,6 +31,12 @@ _EXPORTS: dict[str, str] = {
     "micro_teleport": "nnteleport.engine.apply",
     "TeleportedActivation": "nnteleport.engine.apply",
     "TeleportReport": "nnteleport.engine.report",
+    "optimize_cob": "nnteleport.engine.optimize",
+    "select_cob": "nnteleport.engine.optimize",
+    "balanced_cob": "nnteleport.engine.optimize",
+    "OptimizedCoB": "nnteleport.engine.optimize",
+    "CoBFunction": "nnteleport.engine.optimize",
+    "Objective": "nnteleport.engine.optimize",
     "NNTeleportError": "nnteleport.errors",
     "UnsupportedModelError": "nnteleport.errors",
     "UntraceableModelError": "nnteleport.errors",
@@ -66,6 +72,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
     from nnteleport.engine.apply import TeleportedActivation, micro_teleport, sample_cob, teleport
     from nnteleport.engine.cob import CoB, Sampling
+    from nnteleport.engine.optimize import (
+        CoBFunction,
+        Objective,
+        OptimizedCoB,
+        balanced_cob,
+        optimize_cob,
+        select_cob,
+    )
     from nnteleport.engine.report import TeleportReport
     from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
     from nnteleport.gspace.chart import GSpace

@@ -8,6 +8,7 @@ Pipeline (Armenta et al., "Neural Teleportation", 2023)::
     rules       the per-op registry: how each op maps neuron spaces, and the only list of positively
                 homogeneous activations (shared with nnteleport.gspace)
     cob         a CoB: one non-zero factor tau per free neuron; sampling ("intra", "inter")
+    optimize    V(tau) differentiable in log|tau|; optimize_cob, select_cob, balanced_cob
     apply       teleport / micro_teleport: W_ab <- tau_b / tau_a * W_ab, activations g(x) = tau * f(x / tau)
     activation  the activation wrapper TeleportedActivation
     report      TeleportReport: what moved, what was pinned and why
@@ -21,17 +22,24 @@ from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
 from nnteleport.engine.apply import micro_teleport, sample_cob, teleport
 from nnteleport.engine.cob import CoB, Sampling
+from nnteleport.engine.optimize import CoBFunction, Objective, OptimizedCoB, balanced_cob, optimize_cob, select_cob
 from nnteleport.engine.report import TeleportReport
 
 __all__ = [
     "CoB",
+    "CoBFunction",
     "GroupInfo",
+    "Objective",
+    "OptimizedCoB",
     "Sampling",
     "TeleportPlan",
     "TeleportReport",
     "TeleportedActivation",
     "analyze",
+    "balanced_cob",
     "micro_teleport",
+    "optimize_cob",
     "sample_cob",
+    "select_cob",
     "teleport",
 ]
