@@ -159,14 +159,15 @@ def paired_summary(values: Iterable[float]) -> dict[str, Any]:
 def clearly(s: Mapping[str, Any], sign: int) -> bool:
     """A gap "clearly" of ``sign``: every seed on that side (divergence included) and, over the finite
     pairs, the mean more than 2 sample standard deviations from 0."""
-    if s.get("n_all", s["n"]) == 0:
+    n_all = s.get("n_all", s["n"])
+    if not n_all:
         return False
-    same = s["wins"] if sign > 0 else s["losses"]
-    if "wins" in s and same != s["n_all"]:
+    if "wins" in s and (s["wins"] if sign > 0 else s["losses"]) != n_all:
         return False
     if s["n"] == 0:
-        return True
-    return sign * s["mean"] > 2 * s["std"]
+        return "wins" in s  # every seed won by divergence of the other arm; older results: no finite pair
+    mean, std = as_float(s["mean"]), as_float(s["std"])
+    return sign * mean > 2 * std
 
 
 def _gap(b: float, a: float, b_div: bool, a_div: bool) -> float:
@@ -219,7 +220,7 @@ def paired_gaps(
         if baseline not in arms or arm_name not in arms:
             continue
         seeds = sorted(set(arms[baseline]) & set(arms[arm_name]))
-        first, early, it_early, acc_b, acc_a, loss_b, loss_a, speed = [], [], [], [], [], [], [], []
+        first, early, it_early, last, acc_b, acc_a, loss_b, loss_a, speed = [], [], [], [], [], [], [], [], []
         outcomes = dict.fromkeys(SPEEDUP_OUTCOMES, 0)
         div = {baseline: 0, arm_name: 0, "both": 0}
         for s in seeds:
@@ -235,6 +236,7 @@ def paired_gaps(
             n = min(early_iters, len(hb["iter_loss"]), len(ha["iter_loss"]))
             ib, ia = _floats(hb["iter_loss"][:n]), _floats(ha["iter_loss"][:n])
             it_early.append(_gap(float(np.mean(ib)), float(np.mean(ia)), b_div, a_div))
+            last.append(_gap(float(tb[-1]), float(ta[-1]), b_div, a_div))
             # a diverged run's accuracy is what it measured; a missing one counts as 0 (the worst)
             acc_b.append(_nan_to(_float(hb["val_acc"][-1]), 0.0))
             acc_a.append(_nan_to(_float(ha["val_acc"][-1]), 0.0))
@@ -256,6 +258,7 @@ def paired_gaps(
                 "gap_first_epoch": paired_summary(first),
                 "gap_early": paired_summary(early),
                 "gap_iter_early": paired_summary(it_early),
+                "gap_final": paired_summary(last),  # final training loss, baseline minus arm
                 "early_epochs": early_epochs,
                 "early_iters": early_iters,
                 # epochs of the baseline / epochs the arm needs to reach the baseline's final training loss

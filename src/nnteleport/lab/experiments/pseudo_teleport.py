@@ -153,7 +153,9 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
     verdict = pseudo_verdict(res["gaps"])
     pseudo_div = sum(g["diverged"].get("pseudo", 0) for g in res["gaps"] if g["arm"] == "pseudo")
     pseudo_runs = sum(g["n_seeds"] for g in res["gaps"] if g["arm"] == "pseudo")
-    pseudo_helps = any(clearly(g["gap_early"], +1) for g in res["gaps"] if g["arm"] == "pseudo")
+    pseudo_helps = any(
+        clearly(g[m], +1) for g in res["gaps"] if g["arm"] == "pseudo" for m in ("gap_early", "gap_final") if m in g
+    )
     notes = [
         "Pseudo-teleportation (training.py): V = W + r·u with r = ‖W − τW‖ (the same CoB sample a real teleport "
         "would use) and u uniform on the unit sphere of the whole parameter vector; the function changes.",
@@ -194,10 +196,13 @@ def pseudo_verdict(gaps: list[dict[str, Any]]) -> str:
             s, n = g["gap_early"], g["n_seeds"]
             final = g["final_train_loss"]
             med = num_text(s.get("median", s["mean"]))
-            fin = f"{num_text(final[g['arm']].get('median'))} vs none {num_text(final['none'].get('median'))}"
+            fa, fn = final[g["arm"]], final["none"]
+            fin = " vs none ".join(num_text(v.get("median", v["mean"]), signed=False) for v in (fa, fn))
+            end = g.get("gap_final")
+            ahead_end = f", lower at the end in {end['wins']}/{n}" if end else ""
             arms.append(
-                f"{g['arm']} median gap {med} (ahead in {s.get('wins', '?')}/{n}, diverged "
-                f"{g['diverged'].get(g['arm'], 0)}/{n}; final loss median {fin})"
+                f"{g['arm']} median early gap {med} (ahead early in {s.get('wins', '?')}/{n}{ahead_end}, diverged "
+                f"{g['diverged'].get(g['arm'], 0)}/{n}; final train loss median {fin})"
             )
         parts.append(f"{model} {opt} lr {lr:g}: " + "; ".join(arms))
     return " | ".join(parts) if parts else "no settings"

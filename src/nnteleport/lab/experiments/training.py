@@ -270,9 +270,9 @@ def gap_table(gaps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for g in gaps:
         row = {k: g[k] for k in (*GROUP_KEYS, "arm", "baseline", "n_seeds")}
         row.update({f"diverged_{a}": n for a, n in g["diverged"].items()})
-        for name in ("gap_first_epoch", "gap_early", "gap_iter_early", "speedup"):
+        for name in ("gap_first_epoch", "gap_early", "gap_iter_early", "gap_final", "speedup"):
             for stat in ("median", "mean", "std", "n", "wins", "losses"):
-                if stat in g[name]:
+                if name in g and stat in g[name]:
                     row[f"{name}_{stat}"] = g[name][stat]
         for outcome, n in g.get("speedup_outcomes", {}).items():
             row[f"speedup_{outcome}"] = n
@@ -427,11 +427,14 @@ DEMO: dict[str, Any] = {
 DEMO_SECONDS = 32
 
 
-def num_text(x: Any, digits: int = 3) -> str:
+def num_text(x: Any, digits: int = 3, *, signed: bool = True) -> str:
+    """A number of a results file for a report (``"+inf"`` / ``"-inf"`` / ``"n/a"`` included)."""
     v = as_float(x)
     if math.isnan(v):
         return "n/a"
-    return ("+inf" if v > 0 else "-inf") if math.isinf(v) else f"{v:+.{digits}g}"
+    if math.isinf(v):
+        return ("+inf" if v > 0 else "-inf") if signed else ("inf" if v > 0 else "-inf")
+    return f"{v:+.{digits}g}" if signed else f"{v:.{digits}g}"
 
 
 def gap_text(s: dict[str, Any]) -> str:
@@ -465,7 +468,9 @@ def gap_rows(gaps: list[dict[str, Any]]) -> list[tuple[str, str]]:
                 f"{gap_text(g['gap_early'])}; "
                 + speedup_text(g)
                 + "; final train loss "
-                + ", ".join(f"{a} median {num_text(v.get('median', v['mean']))}" for a, v in final.items())
+                + ", ".join(
+                    f"{a} median {num_text(v.get('median', v['mean']), signed=False)}" for a, v in final.items()
+                )
                 + "; final val acc "
                 + ", ".join(_acc_text(a, v) for a, v in g["final_val_acc"].items())
                 + f"; {diverged_text(g)}",
@@ -492,7 +497,7 @@ def speedup_text(g: dict) -> str:
     if not s.get("n_all"):
         text = "no speed-up (no progress)" if outcomes["no_progress"] else "no speed-up measured"
     else:
-        text = f"speed-up median ×{num_text(s['median']).lstrip('+')} over {s['n_all']} of {n} seeds"
+        text = f"speed-up median ×{num_text(s['median'], signed=False)} over {s['n_all']} of {n} seeds"
         if s.get("n"):
             text += f" (finite ×{pm(s, 3)})"
     notes = {
@@ -568,6 +573,12 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
 
 def _speedup_headline(gaps: list[dict[str, Any]]) -> list[Headline]:
     """The range of the per-setting median speed-ups, with the seeds without one counted."""
+    if gaps and "speedup_outcomes" not in gaps[0]:  # results of an older version: means over reached seeds
+        old = [as_float(g["speedup"].get("mean")) for g in gaps if g["speedup"].get("n")]
+        old = [m for m in old if not math.isnan(m)]
+        return [Headline("speed-up of teleported training (older results: flat pairs and misses not counted)",
+                         f"×{min(old):.2f} … ×{max(old):.2f}" if old else "n/a", "mean over the seeds that reached "
+                         "the target", "neutral")]  # fmt: skip
     meds = [as_float(g["speedup"].get("median")) for g in gaps if g["speedup"].get("n_all")]
     meds = [m for m in meds if not math.isnan(m)]
     flat = sum(g.get("speedup_outcomes", {}).get("no_progress", 0) for g in gaps)
