@@ -319,3 +319,15 @@ def test_distance_training_summary_has_spread_and_diverged():
     assert row["final_val_acc"] == pytest.approx(0.6)
     assert row["final_val_acc_min"] == 0.1 and row["final_val_acc_max"] == 0.9
     assert row["disagreement_std"] == pytest.approx(0.1)
+
+
+def test_distance_training_verdict_pairs_seeds():
+    from nnteleport.lab.experiments.distance_training import _seed_wins
+
+    def run(variant, seed, dis):
+        return {"model": "m", "variant": variant, "seed": seed, "ensemble": {"mean_disagreement": dis}}
+
+    runs = [run("baseline", 0, 0.1), run("baseline", 1, 0.3), run("distance", 0, 0.2), run("distance", 1, 0.31),
+            run("distance_invariant", 0, None), run("distance_invariant", 1, 0.5)]  # fmt: skip
+    assert _seed_wins(runs, "m", "distance") == (2, 2)
+    assert _seed_wins(runs, "m", "distance_invariant") == (1, 2)  # the missing value loses its seed
