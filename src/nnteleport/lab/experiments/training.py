@@ -12,12 +12,16 @@ Numbers reported (paired by seed, teleported minus baseline is negative when tel
 * ``gap_first_epoch``: baseline minus teleported mean training loss of the first epoch;
 * ``gap_early``: the same averaged over the first ``early_epochs`` epochs (default: a quarter of the run);
 * ``gap_iter_early``: baseline minus teleported loss averaged over the first ``early_iters`` iterations;
+* ``gap_final``: baseline minus teleported final training loss;
 * ``speedup``: the baseline's number of epochs divided by the (interpolated) epoch at which the teleported run
-  first reaches the baseline's final training loss (> 1: teleportation gets there sooner; runs that never get
-  there are counted in ``speedup_not_reached``);
-* ``final_val_acc``: validation accuracy at the end, per arm;
+  first reaches the baseline's final training loss, only for pairs in which both runs made progress
+  (``speedup_outcomes`` counts every seed: measured, not reached (x0), diverged, no progress);
+* ``final_train_loss`` / ``final_val_acc``: per arm;
 
-each as mean and standard deviation across seeds; plus how many configurations have a positive mean gap.
+each as the median over all seeds (a diverged run loses its seed's comparison), wins / losses across seeds, and
+mean and standard deviation over the finite pairs (see :mod:`nnteleport.lab.experiments.paired`); plus, over
+all settings, how many have a positive median gap. Every arm resets its optimizer at the teleport epochs of the
+comparison (:func:`grid_tasks`).
 
 The grid runs in ``workers`` processes; each run keeps its own folder (``runs/<id>/``: checkpoint, history,
 TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. The same machinery
