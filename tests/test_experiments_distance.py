@@ -24,6 +24,7 @@ TINY = {
     "sigma": 0.5,
     "strength": 0.5,
     "workers": 1,
+    "seeds": [0],
 }
 
 

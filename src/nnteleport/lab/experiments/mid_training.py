@@ -4,12 +4,16 @@ The paper trains VGG, ResNet and DenseNet on CIFAR-10 with SGD at learning rate 
 epoch 30 with CoB range 0.7, 0.8 or 0.9, reporting a jump in validation accuracy right after the teleport that
 grows with the CoB range. The default here is scaled down to the embedded digits: 12 epochs with the teleport
 after epoch 6 and learning rate 1e-3 (the paper's ``lr x epochs`` budget of 1e-4 x 100 is of the same order as
-1e-3 x 12), on the MLP and VGG. The optimizer is re-created at the teleport (momentum buffers live in the old
-coordinates; see :mod:`nnteleport.lab.training`).
+1e-3 x 12), on the MLP and VGG, 3 seeds. Every arm, the baseline included, re-creates its optimizer at the start
+of the teleport epoch (momentum buffers live in the old coordinates; see
+:func:`nnteleport.lab.experiments.training.grid_tasks`), so the arms differ only by the teleport.
 
 Arms: ``none`` and ``s=<cob_range>`` for each CoB range; all share the initialisation and batch order per seed.
 Reported per arm (paired by seed, against ``none``): the validation-accuracy change one epoch after the teleport
-(``jump``), the mean change over the remaining epochs, and the final accuracies.
+(``jump``), the mean change over the remaining epochs, and the final accuracies. A run whose training loss
+became NaN/inf is counted in ``diverged`` and loses its seed's comparison (``-inf`` / ``+inf``, see
+:mod:`nnteleport.lab.experiments.paired`); ``jump`` and ``mean_diff_after`` carry the median over all seeds,
+wins / losses and min / max beside the mean +- std of the finite pairs.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import numpy as np
 
 from nnteleport.errors import InvalidValueError
 from nnteleport.lab.experiments.config import merge_config, validate_config
+from nnteleport.lab.experiments.paired import diverged, paired_summary
 from nnteleport.lab.experiments.training import CHOICES as TRAINING_CHOICES
 from nnteleport.lab.experiments.training import (
     DEFAULTS as TRAINING_DEFAULTS,
 )
-from nnteleport.lab.experiments.training import aggregate, arm, grid_tasks, plot_curves, run_grid
+from nnteleport.lab.experiments.training import aggregate, arm, grid_tasks, num_text, plot_curves, run_grid
 from nnteleport.lab.plotting import COLORS, summary, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, pm
 
@@ -53,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "models": ["mlp", "vgg"],  # paper: VGG, ResNet-18, DenseNet
     "optimizers": ["sgd"],
     "lrs": [0.001],  # paper: 1e-4 for 100 epochs
-    "seeds": 2,
+    "seeds": 3,
     "epochs": 12,  # paper: 100
     "teleport_at": 6,  # paper: 30 (teleport after this many epochs)
     "cob_ranges": [0.7, 0.8, 0.9],
@@ -73,6 +78,34 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def _arm_name(s: float) -> str:
     return f"s={s:g}"
+
+
+def _effect_row(e: dict[str, Any]) -> dict[str, Any]:
+    """One row of ``effects.csv``: the scalars, the statistics of each summary and the diverged counts."""
+    row = {k: v for k, v in e.items() if not isinstance(v, dict)}
+    for k, v in e.items():
+        if k == "diverged":
+            row.update({f"diverged_{a}": n for a, n in v.items()})
+        elif isinstance(v, dict):
+            row.update({f"{k}_{s}": v[s] for s in ("mean", "std", "median", "min", "max", "wins", "losses") if s in v})
+    return row
+
+
+def _acc(v: Any) -> float:
+    """An accuracy of a results file; a missing one (``None``/NaN) counts as 0, the worst."""
+    return 0.0 if v is None or v != v else float(v)
+
+
+def _mean(vs: list[Any]) -> float:
+    return float(np.mean([_acc(v) for v in vs]))
+
+
+def _diff(a: Any, b: Any, a_div: bool, b_div: bool) -> float:
+    """Arm minus baseline accuracy; a diverged run loses (``-inf`` for the arm, ``+inf`` for the baseline,
+    0 when both diverged)."""
+    if a_div or b_div:
+        return 0.0 if (a_div and b_div) else (-np.inf if a_div else np.inf)
+    return _acc(a) - _acc(b)
 
 
 def run(config: dict, out: Path, *, progress: bool = True) -> dict:
@@ -100,8 +133,9 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             mine = by_arm[a["arm"]]
             seeds = sorted(set(base) & set(mine))
             # val_acc[e] is measured after epoch e; the teleport happens before epoch t is trained
-            jump = [mine[s]["val_acc"][t] - base[s]["val_acc"][t] for s in seeds]
-            after = [float(np.mean(np.array(mine[s]["val_acc"][t:]) - np.array(base[s]["val_acc"][t:]))) for s in seeds]
+            div = {s: (diverged(mine[s]), diverged(base[s])) for s in seeds}
+            jump = [_diff(mine[s]["val_acc"][t], base[s]["val_acc"][t], *div[s]) for s in seeds]
+            after = [_diff(_mean(mine[s]["val_acc"][t:]), _mean(base[s]["val_acc"][t:]), *div[s]) for s in seeds]
             effects.append(
                 {
                     "model": key[0],
@@ -112,23 +146,18 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
                     "arm": a["arm"],
                     "cob_range": a["cob_range"],
                     "n_seeds": len(seeds),
-                    "jump": summary(jump),
-                    "mean_diff_after": summary(after),
-                    "final_val_acc": summary(mine[s]["val_acc"][-1] for s in seeds),
-                    "final_val_acc_none": summary(base[s]["val_acc"][-1] for s in seeds),
-                    "val_acc_before_teleport": summary(mine[s]["val_acc"][t - 1] for s in seeds),
+                    "diverged": {"none": sum(d[1] for d in div.values()), a["arm"]: sum(d[0] for d in div.values())},
+                    "jump": paired_summary(jump),
+                    "mean_diff_after": paired_summary(after),
+                    "final_val_acc": summary(_acc(mine[s]["val_acc"][-1]) for s in seeds),
+                    "final_val_acc_none": summary(_acc(base[s]["val_acc"][-1]) for s in seeds),
+                    "val_acc_before_teleport": summary(_acc(mine[s]["val_acc"][t - 1]) for s in seeds),
                 }
             )
     write_csv(out / "curves.csv", aggregate(records))
     write_csv(
         out / "effects.csv",
-        [
-            {
-                **{k: v for k, v in e.items() if not isinstance(v, dict)},
-                **{f"{k}_{s}": v[s] for k, v in e.items() if isinstance(v, dict) for s in ("mean", "std")},
-            }
-            for e in effects
-        ],
+        [_effect_row(e) for e in effects],
     )
     names = [a["arm"] for a in arms]
     palette = {"none": COLORS["baseline"]}
@@ -191,9 +220,10 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
     nums = [
         (
             f"{e['model']} / {e['optimizer']} / lr {e['lr']:g} — {e['arm']}",
-            f"val-acc jump one epoch after the teleport {pm(e['jump'])}, mean difference afterwards "
-            f"{pm(e['mean_diff_after'])}, final val acc {pm(e['final_val_acc'])} vs {pm(e['final_val_acc_none'])} "
-            f"without (n = {e['n_seeds']})",
+            f"val-acc jump one epoch after the teleport {_paired_text(e['jump'])}, mean difference afterwards "
+            f"{_paired_text(e['mean_diff_after'])}, final val acc {_range(e['final_val_acc'])} vs "
+            f"{_range(e['final_val_acc_none'])} without (n = {e['n_seeds']})"
+            + (f"; diverged {e['diverged']}" if any(e.get("diverged", {}).values()) else ""),
         )
         for e in res["effects"]
     ]
@@ -206,7 +236,8 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
         )
         for p in res["files"].get("plots", [])
     ]
-    jumps = [e["jump"]["mean"] for e in res["effects"]]
+    jumps = [e["jump"].get("median", e["jump"]["mean"]) for e in res["effects"]]
+    jumps = [-np.inf if j == "-inf" else (np.inf if j == "+inf" else j) for j in jumps]
     sec = Section(
         title=TITLE,
         claim=(
@@ -214,14 +245,31 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
             "the validation accuracy jump, more for larger s. Here (scaled down): teleport after epoch "
             f"{cfg['teleport_at']} of {cfg['epochs']}, {', '.join(cfg['models'])} on "
             f"{', '.join(cfg['datasets'])}, {cfg['optimizers']} lr {cfg['lrs']}, {cfg['seeds']} seeds; the "
-            "optimizer state is reset at the teleport."
+            "optimizer state of every arm, the baseline's included, is reset at the teleport epoch."
         ),
         numbers=nums,
         figures=figs,
         verdict=(
-            "accuracy jump after the teleport: "
-            + ", ".join(f"{e['arm']} {e['jump']['mean']:+.3f}" for e in res["effects"])
+            "accuracy jump after the teleport (median over seeds, seeds ahead): "
+            + ", ".join(
+                f"{e['model']} {e['arm']} {num_text(e['jump'].get('median', e['jump']['mean']))} "
+                f"({e['jump'].get('wins', '?')}/{e['n_seeds']})"
+                for e in res["effects"]
+            )
         ),
         status="good" if jumps and all(j > 0 for j in jumps) else "neutral",
     )
     return sec, []
+
+
+def _paired_text(s: dict[str, Any]) -> str:
+    if "median" not in s:  # results of an older version
+        return pm(s)
+    return (
+        f"median {num_text(s['median'])} ({s['wins']}/{s['n_all']} seeds up; finite {pm(s)}, "
+        f"range {num_text(s['min'])}…{num_text(s['max'])})"
+    )
+
+
+def _range(s: dict[str, Any]) -> str:
+    return f"{pm(s)} [{s['min']:.3f}, {s['max']:.3f}]" if s.get("n") else "n/a"

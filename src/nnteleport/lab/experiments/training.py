@@ -12,12 +12,16 @@ Numbers reported (paired by seed, teleported minus baseline is negative when tel
 * ``gap_first_epoch``: baseline minus teleported mean training loss of the first epoch;
 * ``gap_early``: the same averaged over the first ``early_epochs`` epochs (default: a quarter of the run);
 * ``gap_iter_early``: baseline minus teleported loss averaged over the first ``early_iters`` iterations;
+* ``gap_final``: baseline minus teleported final training loss;
 * ``speedup``: the baseline's number of epochs divided by the (interpolated) epoch at which the teleported run
-  first reaches the baseline's final training loss (> 1: teleportation gets there sooner; runs that never get
-  there are counted in ``speedup_not_reached``);
-* ``final_val_acc``: validation accuracy at the end, per arm;
+  first reaches the baseline's final training loss, only for pairs in which both runs made progress
+  (``speedup_outcomes`` counts every seed: measured, not reached (x0), diverged, no progress);
+* ``final_train_loss`` / ``final_val_acc``: per arm;
 
-each as mean and standard deviation across seeds; plus how many configurations have a positive mean gap.
+each as the median over all seeds (a diverged run loses its seed's comparison), wins / losses across seeds, and
+mean and standard deviation over the finite pairs (see :mod:`nnteleport.lab.experiments.paired`); plus, over
+all settings, how many have a positive median gap. Every arm resets its optimizer at the teleport epochs of the
+comparison (:func:`grid_tasks`).
 
 The grid runs in ``workers`` processes; each run keeps its own folder (``runs/<id>/``: checkpoint, history,
 TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. The same machinery
@@ -35,16 +39,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nnteleport.lab.experiments.config import merge_config, validate_config
+from nnteleport.lab.experiments.paired import (
+    GROUP_KEYS,
+    aggregate,
+    as_float,
+    epochs_to_reach,
+    overall,
+    paired_gaps,
+)
 from nnteleport.lab.models import MODELS, Activation, default_kwargs
 from nnteleport.lab.plotting import (
     COLORS,
     band,
     new_figure,
     save_figure,
-    summary,
     write_csv,
     write_json,
 )
@@ -123,7 +132,14 @@ def arm(
 
 
 def grid_tasks(cfg: dict[str, Any], arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All runs of ``cfg``'s grid (model x dataset x activation x optimizer x lr x seed) times ``arms``."""
+    """All runs of ``cfg``'s grid (model x dataset x activation x optimizer x lr x seed) times ``arms``.
+
+    Every arm re-creates its optimizer at the start of each epoch at which any arm of the comparison teleports
+    (``reset_optimizer_at``): a teleported arm resets its optimizer state (momentum buffers and Adam moments
+    live in the old coordinates), and the baseline does the same at the same epoch, so the arms differ only
+    by the teleport.
+    """
+    resets = sorted({int(a["teleport_at"]) for a in arms if a.get("teleport_at") is not None})
     tasks = []
     for model, dataset, act, opt, lr, seed, a in itertools.product(
         cfg["models"],
@@ -150,6 +166,7 @@ def grid_tasks(cfg: dict[str, Any], arms: Sequence[dict[str, Any]]) -> list[dict
             "lr_decay_epochs": list(cfg["lr_decay_epochs"]),
             "max_iters_per_epoch": cfg["max_iters_per_epoch"],
             "tensorboard": bool(cfg["tensorboard"]),
+            "reset_optimizer_at": resets,
             **a,
         }
         task["id"] = run_id(task)
@@ -220,6 +237,8 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         cob_range=task["cob_range"],
         sampling=task["sampling"],
         pseudo_teleport=task["pseudo"],
+        optimizer_state_on_teleport="reset",
+        reset_optimizer_at=task.get("reset_optimizer_at", ()),
         seed=task["seed"],
         checkpoint_dir=run_dir,
         tensorboard_dir=tb_dir,
@@ -246,169 +265,28 @@ def run_grid(
 
 
 # --------------------------------------------------------------------------------------------------
-# aggregation
-
-GROUP_KEYS = ("model", "dataset", "activation", "optimizer", "lr")
-
-
-def _key(task: dict[str, Any]) -> tuple:
-    return tuple(task[k] for k in GROUP_KEYS)
-
-
-def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch mean and sample std across seeds of the curves, one row per (group, arm, epoch).
-
-    Epoch 0 holds the validation loss/accuracy before training (after a teleport at 0), so the validation
-    curves start at initialisation; ``train_loss`` is the mean over the mini-batches of epoch ``e - 1`` for
-    ``e >= 1`` (NaN at 0).
-    """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((*_key(r["task"]), r["task"]["arm"]), []).append(r)
-    rows = []
-    for key, recs in groups.items():
-        n_ep = min(len(r["history"]["train_loss"]) for r in recs)
-        curves = {}
-        for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            arr = np.array([[math.nan, *_floats(r["history"][name][:n_ep])] for r in recs], dtype=float)
-            if name.startswith("val"):
-                arr[:, 0] = [_float(r["history"]["initial"].get(name)) for r in recs]
-            curves[name] = arr
-        for e in range(n_ep + 1):
-            row = dict(zip((*GROUP_KEYS, "arm"), key))
-            row["epoch"] = e
-            row["n_seeds"] = len(recs)
-            for name, arr in curves.items():
-                col = arr[:, e]
-                row[f"{name}_mean"] = float(np.mean(col)) if np.isfinite(col).all() else math.nan
-                row[f"{name}_std"] = _sample_std(col)
-            rows.append(row)
-    return rows
-
-
-def _sample_std(col: np.ndarray) -> float:
-    """Sample standard deviation (``ddof=1``; 0 for one value; NaN if any value is not finite)."""
-    if not np.isfinite(col).all():
-        return math.nan
-    return float(np.std(col, ddof=1)) if col.size > 1 else 0.0
-
-
-def _float(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _floats(vs: Sequence[Any]) -> list[float]:
-    return [_float(v) for v in vs]
-
-
-def _finite(vs: Sequence[float]) -> list[float]:
-    return [float(v) for v in vs if math.isfinite(v)]
-
-
-def paired_gaps(
-    records: Sequence[dict[str, Any]], *, baseline: str, arm_name: str, early_epochs: int, early_iters: int
-) -> list[dict[str, Any]]:
-    """Per group: baseline minus ``arm_name`` losses, paired by seed (positive = the arm trains faster)."""
-    by: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
-    for r in records:
-        by.setdefault(_key(r["task"]), {}).setdefault(r["task"]["arm"], {})[r["task"]["seed"]] = r["history"]
-    out = []
-    for key, arms in by.items():
-        if baseline not in arms or arm_name not in arms:
-            continue
-        seeds = sorted(set(arms[baseline]) & set(arms[arm_name]))
-        first, early, it_early, acc_b, acc_a, loss_b, loss_a, speedup = [], [], [], [], [], [], [], []
-        for s in seeds:
-            hb, ha = arms[baseline][s], arms[arm_name][s]
-            tb, ta = np.array(_floats(hb["train_loss"])), np.array(_floats(ha["train_loss"]))
-            first.append(tb[0] - ta[0])
-            k = min(early_epochs, len(tb), len(ta))
-            early.append(float(np.mean(tb[:k] - ta[:k])))
-            n = min(early_iters, len(hb["iter_loss"]), len(ha["iter_loss"]))
-            it_early.append(float(np.mean(np.array(_floats(hb["iter_loss"][:n])) - _floats(ha["iter_loss"][:n]))))
-            acc_b.append(_float(hb["val_acc"][-1]))
-            acc_a.append(_float(ha["val_acc"][-1]))
-            loss_b.append(tb[-1])
-            loss_a.append(ta[-1])
-            reach = epochs_to_reach(ta, tb[-1])
-            speedup.append(len(tb) / reach if math.isfinite(reach) else math.nan)
-        row = dict(zip(GROUP_KEYS, key))
-        row.update(
-            {
-                "arm": arm_name,
-                "baseline": baseline,
-                "n_seeds": len(seeds),
-                # runs whose loss became NaN/inf are "diverged" and left out of the statistics
-                "diverged": {
-                    baseline: sum(not math.isfinite(v) for v in loss_b),
-                    arm_name: sum(not math.isfinite(v) for v in loss_a),
-                },
-                "gap_first_epoch": summary(_finite(first)),
-                "gap_early": summary(_finite(early)),
-                "gap_iter_early": summary(_finite(it_early)),
-                "early_epochs": early_epochs,
-                "early_iters": early_iters,
-                # epochs of the baseline / epochs the arm needs to reach the baseline's final training loss
-                "speedup": summary(_finite(speedup)),
-                "speedup_not_reached": sum(not math.isfinite(v) for v in speedup),
-                "final_train_loss": {baseline: summary(_finite(loss_b)), arm_name: summary(_finite(loss_a))},
-                "final_val_acc": {baseline: summary(_finite(acc_b)), arm_name: summary(_finite(acc_a))},
-            }
-        )
-        out.append(row)
-    return out
-
-
-def epochs_to_reach(losses: Sequence[float], target: float) -> float:
-    """First (fractional, 1-based) epoch at which the per-epoch loss curve reaches ``target``.
-
-    ``losses[i]`` is the loss of epoch ``i + 1``; between two epochs the curve is interpolated linearly. NaN if
-    the target is never reached (or not finite).
-    """
-    if not math.isfinite(target):
-        return math.nan
-    prev = None
-    for i, v in enumerate(losses):
-        if math.isfinite(v) and v <= target:
-            if i == 0 or prev is None or prev == v:
-                return float(i + 1)
-            return i + (prev - target) / (prev - v)
-        prev = v if math.isfinite(v) else None
-    return math.nan
+# aggregation: nnteleport.lab.experiments.paired (divergence, progress, medians over all seeds)
 
 
 def gap_table(gaps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flatten :func:`paired_gaps` rows for a CSV."""
+    """Flatten :func:`paired_gaps` rows for a CSV (medians over all seeds, wins/losses, diverged counts)."""
     rows = []
     for g in gaps:
         row = {k: g[k] for k in (*GROUP_KEYS, "arm", "baseline", "n_seeds")}
         row.update({f"diverged_{a}": n for a, n in g["diverged"].items()})
-        for name in ("gap_first_epoch", "gap_early", "gap_iter_early", "speedup"):
-            row[f"{name}_mean"] = g[name]["mean"]
-            row[f"{name}_std"] = g[name]["std"]
+        for name in ("gap_first_epoch", "gap_early", "gap_iter_early", "gap_final", "speedup"):
+            for stat in ("median", "mean", "std", "n", "wins", "losses"):
+                if name in g and stat in g[name]:
+                    row[f"{name}_{stat}"] = g[name][stat]
+        for outcome, n in g.get("speedup_outcomes", {}).items():
+            row[f"speedup_{outcome}"] = n
+        for a, s in g["final_train_loss"].items():
+            row[f"final_train_loss_{a}_median"] = s.get("median", s["mean"])
         for a, s in g["final_val_acc"].items():
             row[f"final_val_acc_{a}_mean"] = s["mean"]
             row[f"final_val_acc_{a}_std"] = s["std"]
         rows.append(row)
     return rows
-
-
-def overall(gaps: Sequence[dict[str, Any]], name: str = "gap_early") -> dict[str, Any]:
-    """Across groups: how many have a positive mean gap, and the spread of the per-group means."""
-    gaps = [g for g in gaps if math.isfinite(g[name]["mean"])]
-    means = [g[name]["mean"] for g in gaps]
-    # a gap "clearly" positive/negative: its mean is more than 2 standard deviations (across seeds) from 0
-    clear_pos = sum(g[name]["mean"] > 2 * g[name]["std"] for g in gaps)
-    clear_neg = sum(g[name]["mean"] < -2 * g[name]["std"] for g in gaps)
-    return {
-        "metric": name,
-        "groups": len(gaps),
-        "positive": sum(m > 0 for m in means),
-        "clearly_positive": clear_pos,
-        "clearly_negative": clear_neg,
-        "mean_of_means": float(np.mean(means)) if means else math.nan,
-        "per_group": summary(means),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,22 +333,7 @@ def plot_curves(
                         key=lambda r: r["epoch"],
                     )
                     color = palette.get(a, COLORS["grid"][c % len(COLORS["grid"])])
-                    # epoch 0 has no training loss by construction; a NaN later means a seed diverged: say so
-                    diverged = any(not math.isfinite(r[f"{metric}_mean"]) for r in cur if r["epoch"] > 0)
-                    cur = [r for r in cur if math.isfinite(r[f"{metric}_mean"])]
-                    if diverged:
-                        ax.plot([], [], color=color, linestyle="--", label=f"{a}: diverged (NaN)")
-                    if not cur:
-                        continue
-                    band(
-                        ax,
-                        [r["epoch"] for r in cur],
-                        [r[f"{metric}_mean"] for r in cur],
-                        [r[f"{metric}_std"] for r in cur],
-                        k=k,
-                        color=color,
-                        label=f"{a} (n={cur[0]['n_seeds']})",
-                    )
+                    _draw_arm(ax, cur, a, metric, color=color, k=k)
                 for _label, x in (vlines or {}).items():
                     ax.axvline(x, color="k", linestyle=":", linewidth=0.8)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -481,11 +344,35 @@ def plot_curves(
                     ax.set_xlabel("epoch")
                 if j == 0:
                     ax.set_ylabel(ylabel or metric.replace("_", " "))
-                if i == 0 and j == 0:
-                    ax.legend(fontsize=7)
+                ax.legend(fontsize=7)  # in every panel: it carries the seed counts and the divergence
         fig.suptitle(f"{model} ({act}) on {dataset}: mean ± {k:g} std across seeds", fontsize=10)
         paths.append(save_figure(fig, out / f"{filename_prefix}_{model}_{dataset}_{act}_{metric}.png"))
     return paths
+
+
+def _draw_arm(ax: Any, cur: Sequence[dict[str, Any]], arm_name: str, metric: str, *, color: str, k: float) -> None:
+    """One arm's curve in one panel: the mean +- k std over the seeds finite at each epoch (what exists), and,
+    where seeds diverged, a dashed vertical line at the first epoch with fewer finite seeds and the count
+    ("2/3 diverged from epoch 4") in the legend."""
+    if not cur:
+        return
+    n = int(cur[0]["n_seeds"])
+    count = f"{metric}_n"
+    # epoch 0 has no training loss by construction; fewer finite seeds later means some diverged
+    lost = [r for r in cur if r["epoch"] > 0 and count in r and int(r[count]) < n]
+    if count not in cur[0]:  # an older curves.csv: no per-epoch counts, a NaN mean marks divergence
+        lost = [r for r in cur if r["epoch"] > 0 and not math.isfinite(r[f"{metric}_mean"])]
+    fin = [r for r in cur if math.isfinite(r[f"{metric}_mean"])]
+    label = f"{arm_name} (n={n})"
+    if lost:
+        worst = min(int(r.get(count, 0)) for r in lost)
+        label += f": {n - worst}/{n} diverged from epoch {lost[0]['epoch']}"
+        ax.axvline(lost[0]["epoch"], color=color, linestyle="--", linewidth=1.0)
+    if not fin:
+        ax.plot([], [], color=color, linestyle="--", label=label)
+        return
+    band(ax, [r["epoch"] for r in fin], [r[f"{metric}_mean"] for r in fin], [r[f"{metric}_std"] for r in fin],
+         k=k, color=color, label=label)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,56 +431,111 @@ DEMO: dict[str, Any] = {
 DEMO_SECONDS = 32
 
 
+def num_text(x: Any, digits: int = 3, *, signed: bool = True) -> str:
+    """A number of a results file for a report (``"+inf"`` / ``"-inf"`` / ``"n/a"`` included)."""
+    v = as_float(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return ("+inf" if v > 0 else "-inf") if signed else ("inf" if v > 0 else "-inf")
+    return f"{v:+.{digits}g}" if signed else f"{v:.{digits}g}"
+
+
+def gap_text(s: dict[str, Any]) -> str:
+    """``"median +0.52 over 3 seeds (3 ahead / 0 behind; finite pairs 0.52 ± 0.04, n = 3)"``; infinite
+    medians come from diverged runs (``-inf``: the arm's)."""
+    if "median" not in s:  # results of an older version: mean +- std of the finite pairs only
+        return f"{pm(s)} (n = {s['n']})"
+    return (
+        f"median {num_text(s['median'])} over {s['n_all']} seeds ({s['wins']} ahead / {s['losses']} behind; "
+        f"finite pairs {pm(s)}, n = {s['n']})"
+    )
+
+
+def diverged_text(g: dict[str, Any]) -> str:
+    """``"diverged: none 0/3, teleport 2/3"`` (every arm, zeros included)."""
+    n = g["n_seeds"]
+    return "diverged: " + ", ".join(f"{a} {k}/{n}" for a, k in g.get("diverged", {}).items())
+
+
 def gap_rows(gaps: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Rows of the report table: per setting, the paired gaps, the speed-up and the final accuracies."""
+    """Rows of the report table: per setting, the paired gaps, the speed-up, final losses and accuracies and
+    how many runs of each arm diverged."""
     rows = []
     for g in gaps:
         label = f"{g['model']} / {g['activation']} / {g['optimizer']} / lr {g['lr']:g} — {g['arm']} vs {g['baseline']}"
-        div = {k: v for k, v in g.get("diverged", {}).items() if v}
+        final = g.get("final_train_loss", {})
         rows.append(
             (
                 label,
-                f"gap epoch 1 {pm(g['gap_first_epoch'])}, first {g['early_epochs']} epochs "
-                f"{pm(g['gap_early'])} (n = {g['gap_early']['n']} seeds); "
-                + _speedup_text(g)
+                f"gap epoch 1 {gap_text(g['gap_first_epoch'])}; first {g['early_epochs']} epochs "
+                f"{gap_text(g['gap_early'])}; "
+                + speedup_text(g)
+                + "; final train loss "
+                + ", ".join(
+                    f"{a} median {num_text(v.get('median', v['mean']), signed=False)}" for a, v in final.items()
+                )
                 + "; final val acc "
-                + ", ".join(f"{a} {pm(s, 3)}" for a, s in g["final_val_acc"].items())
-                + (f"; diverged runs {div}" if div else ""),
+                + ", ".join(_acc_text(a, v) for a, v in g["final_val_acc"].items())
+                + f"; {diverged_text(g)}",
             )
         )
     return rows
 
 
-def _speedup_text(g: dict) -> str:
+def _acc_text(arm_name: str, v: dict[str, Any]) -> str:
+    return f"{arm_name} {pm(v, 3)} [{v['min']:.3f}, {v['max']:.3f}]" if v.get("n") else f"{arm_name} n/a"
+
+
+def speedup_text(g: dict) -> str:
+    """The speed-up of one setting with what happened to every seed (no progress, not reached, diverged)."""
     s = g.get("speedup")
+    outcomes = g.get("speedup_outcomes")
     if not s:
         return "speed-up n/a"
-    missed = g.get("speedup_not_reached", 0)
-    text = f"speed-up ×{pm(s, 3)}" if s.get("n") else "speed-up n/a"
-    return text + (f" ({missed} seed(s) never reached the baseline's final loss)" if missed else "")
+    if outcomes is None:  # results of an older version
+        missed = g.get("speedup_not_reached", 0)
+        text = f"speed-up ×{pm(s, 3)}" if s.get("n") else "speed-up n/a"
+        return text + (f" ({missed} seed(s) never reached the baseline's final loss)" if missed else "")
+    n = g["n_seeds"]
+    if not s.get("n_all"):
+        text = "no speed-up (no progress)" if outcomes["no_progress"] else "no speed-up measured"
+    else:
+        text = f"speed-up median ×{num_text(s['median'], signed=False)} over {s['n_all']} of {n} seeds"
+        if s.get("n"):
+            text += f" (finite ×{pm(s, 3)})"
+    notes = {
+        "no_progress": "no progress (loss fell < {:.0%})".format(g.get("progress_fraction", 0.1)),
+        "not_reached": "never reached the baseline's final loss (×0)",
+        "arm_diverged": f"{g['arm']} diverged (×0)",
+        "baseline_diverged": f"{g['baseline']} diverged (×inf)",
+        "both_diverged": "both diverged",
+    }
+    extra = [f"{outcomes[k]}/{n} {v}" for k, v in notes.items() if outcomes.get(k)]
+    return text + (" — " + ", ".join(extra) if extra else "")
 
 
 def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
     """The demo report's section from ``results`` (``d``: the output folder with the PNGs):
-    paired early-loss gaps and speed-ups per setting; headlines: the mean gap and the speed-up range."""
+    paired early-loss gaps and speed-ups per setting; headlines: the median gap and the speed-up range."""
     cfg = res["config"]
     ov = res["overall"]["gap_early"]
     ov1 = res["overall"]["gap_first_epoch"]
-    all_gaps = [g["gap_early"]["mean"] for g in res["gaps"] if g["gap_early"]["mean"] is not None]
-    spread = [g["gap_early"]["std"] for g in res["gaps"] if g["gap_early"]["std"] is not None]
     good = ov["clearly_positive"] > ov["groups"] / 2
     bad = ov["clearly_negative"] > 0 or ov["positive"] < ov["groups"] / 2
     figs = [
         Figure(
             d / p,
             ("Training loss" if "train_loss" in p else "Validation accuracy")
-            + " per epoch, mean ± 2 std across seeds (the paper's shading); rows: learning rates, columns: "
-            "optimizers. Orange: no teleport; blue: one teleport right after initialisation "
+            + " per epoch, mean ± 2 std across the seeds that are finite at that epoch (the paper's shading; "
+            "the legend gives n and how many diverged, a dashed line where they did); rows: learning rates, "
+            "columns: optimizers. Orange: no teleport; blue: one teleport right after initialisation "
             f"(s = {cfg['cob_range']}, {cfg['sampling']}); both runs of a seed share the initialisation "
             "and batch order.",
         )
         for p in res["files"].get("plots", [])
     ]
+    div = ov.get("diverged_runs", {})
     sec = Section(
         title=TITLE,
         claim=(
@@ -602,43 +544,65 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
             f"{', '.join(cfg['models'])} on {', '.join(cfg['datasets'])}, init {cfg['init']}, optimizers "
             f"{cfg['optimizers']}, learning rates {cfg['lrs']}, {cfg['seeds']} seeds, {cfg['epochs']} epochs, "
             f"L2 {cfg['weight_decay']}. Gap = baseline loss − teleported loss (positive: teleport ahead), "
-            "paired by seed."
+            "paired by seed; a diverged run loses its seed's comparison (median over all seeds)."
         ),
         numbers=gap_rows(res["gaps"]),
         figures=figs,
         verdict=(
-            f"teleported ahead early in {ov['positive']} of {ov['groups']} settings "
-            f"({ov['clearly_positive']} by more than 2 std across seeds, {ov['clearly_negative']} clearly "
-            "behind)"
+            f"teleported ahead early (median gap > 0) in {ov['positive']} of {ov['groups']} settings "
+            f"({ov['clearly_positive']} clearly: every seed ahead and mean > 2 std; {ov['clearly_negative']} "
+            "clearly behind)" + (f"; diverged runs {div}" if any(div.values()) else "; no run diverged")
         ),
         status="good" if good and not bad else ("bad" if bad else "neutral"),
     )
-    value = f"{ov['mean_of_means']:+.3f}" if ov.get("mean_of_means") is not None else "n/a"
+    med = as_float(ov.get("median_of_medians", ov.get("mean_of_means")))
+    medians = [as_float(g["gap_early"].get("median", g["gap_early"]["mean"])) for g in res["gaps"]]
+    medians = [m for m in medians if not math.isnan(m)]
+    spread = [g["gap_early"]["std"] for g in res["gaps"] if g["gap_early"].get("n")]
     head = Headline(
         "teleported training: early-loss gap",
-        value,
+        num_text(med),
         (
-            f"mean over {ov['groups']} settings of (baseline − teleported) train loss, first "
-            f"{res['gaps'][0]['early_epochs']} epochs; per-setting gaps {min(all_gaps):+.3f}…{max(all_gaps):+.3f}, "
-            f"seed std up to {max(spread):.3f}; epoch-1 gap {ov1['mean_of_means']:+.3f}"
+            f"median over {ov['groups']} settings of the per-setting median (over seeds) of (baseline − "
+            f"teleported) train loss, first {res['gaps'][0]['early_epochs']} epochs; per-setting medians "
+            f"{num_text(min(medians))}…{num_text(max(medians))}, seed std up to {max(spread or [math.nan]):.3f}; "
+            f"epoch-1 gap {num_text(ov1.get('median_of_medians', ov1.get('mean_of_means')))}"
         )
-        if all_gaps
+        if medians
         else "no data",
         "good" if good and not bad else ("bad" if bad else "neutral"),
     )
-    heads = [head]
-    speed = [g["speedup"] for g in res["gaps"] if g.get("speedup") and g["speedup"].get("n")]
-    if speed:
-        means = [s["mean"] for s in speed]
-        missed = sum(g.get("speedup_not_reached", 0) for g in res["gaps"])
-        heads.append(
-            Headline(
-                "speed-up of teleported training",
-                f"×{min(means):.2f} … ×{max(means):.2f}",
-                "baseline epochs ÷ epochs the teleported run needs to reach the baseline's final train loss, "
-                f"per setting (mean over seeds; seed std up to {max(s['std'] for s in speed):.2f})"
-                + (f"; {missed} run(s) never reached it" if missed else ""),
-                "good" if min(means) > 1 and not missed else ("bad" if max(means) < 1 else "neutral"),
-            )
+    return sec, [head, *_speedup_headline(res["gaps"])]
+
+
+def _speedup_headline(gaps: list[dict[str, Any]]) -> list[Headline]:
+    """The range of the per-setting median speed-ups, with the seeds without one counted."""
+    if gaps and "speedup_outcomes" not in gaps[0]:  # results of an older version: means over reached seeds
+        old = [as_float(g["speedup"].get("mean")) for g in gaps if g["speedup"].get("n")]
+        old = [m for m in old if not math.isnan(m)]
+        return [Headline("speed-up of teleported training (older results: flat pairs and misses not counted)",
+                         f"×{min(old):.2f} … ×{max(old):.2f}" if old else "n/a", "mean over the seeds that reached "
+                         "the target", "neutral")]  # fmt: skip
+    meds = [as_float(g["speedup"].get("median")) for g in gaps if g["speedup"].get("n_all")]
+    meds = [m for m in meds if not math.isnan(m)]
+    flat = sum(g.get("speedup_outcomes", {}).get("no_progress", 0) for g in gaps)
+    missed = sum(g.get("speedup_not_reached", 0) for g in gaps)
+    runs = sum(g["n_seeds"] for g in gaps)
+    if not meds:
+        return [Headline("speed-up of teleported training", "none", f"no pair made progress ({flat}/{runs})",
+                         "neutral")]  # fmt: skip
+    notes = []
+    if flat:
+        notes.append(f"{flat}/{runs} seed pairs without progress (no speed-up)")
+    if missed:
+        notes.append(f"{missed}/{runs} never reached the baseline's final loss or diverged (×0)")
+    return [
+        Headline(
+            "speed-up of teleported training",
+            f"×{min(meds):.2f} … ×{max(meds):.2f}",
+            "baseline epochs ÷ epochs the teleported run needs to reach the baseline's final train loss, "
+            "median over seeds per setting, measured only where both runs made progress"
+            + ("; " + "; ".join(notes) if notes else ""),
+            "good" if min(meds) > 1 and not missed else ("bad" if max(meds) < 1 else "neutral"),
         )
-    return sec, heads
+    ]

@@ -30,7 +30,7 @@ from nnteleport.lab.training.logs import ProgressBar, TensorBoard
 from nnteleport.lab.training.loop import HOOK_NAMES, Callback, Trainer
 from nnteleport.lab.training.optim import OptimizerName, StepDecay, WeightDecay, make_optimizer
 from nnteleport.lab.training.rng import seed_all
-from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
+from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, ResetOptimizer, Teleport
 
 __all__ = ["train"]
 
@@ -53,6 +53,7 @@ def train(
     sampling: str = "inter",
     pseudo_teleport: bool = False,
     optimizer_state_on_teleport: str = "reset",
+    reset_optimizer_at: Sequence[int] = (),
     teleport_batch_size: int | None = None,
     penalty: Callable[[nn.Module], torch.Tensor | None] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -101,6 +102,10 @@ def train(
         Replace each teleport by the paper's pseudo-teleportation control.
     optimizer_state_on_teleport : {"reset", "keep"}
         Re-create the optimizer after a teleport (default) or keep its (stale) state.
+    reset_optimizer_at : sequence of int
+        Also re-create the optimizer at the start of these epochs (after any teleport there, before the
+        learning-rate schedule): the control arm of a comparison whose other arm teleports (and resets) at
+        those epochs, so that both arms are treated alike.
     teleport_batch_size : int, optional
         Size of the example batch (first examples of the train split) given to the engine (default
         ``batch_size``).
@@ -189,6 +194,7 @@ class _Settings:
     sampling: str
     pseudo_teleport: bool
     optimizer_state_on_teleport: str
+    reset_optimizer_at: Sequence[int]
     teleport_batch_size: int | None
     penalty: Callable[[nn.Module], torch.Tensor | None] | None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
@@ -257,7 +263,13 @@ class _Settings:
                 raise InvalidValueError(
                     f"teleport_at={teleport_at!r}: epochs must be in [0, {max(epochs, 1) - 1}] (epochs={epochs})"
                 )
-        elif self.pseudo_teleport:
+        bad_resets = [e for e in self.reset_optimizer_at if not (isinstance(e, int) and 0 <= e < max(epochs, 1))]
+        if bad_resets:
+            raise InvalidValueError(
+                f"reset_optimizer_at={list(self.reset_optimizer_at)!r}: epochs must be integers in "
+                f"[0, {max(epochs, 1) - 1}] (epochs={epochs})"
+            )
+        if teleport_at is None and self.pseudo_teleport:
             raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
         return teleport_epochs, reset
 
@@ -282,6 +294,7 @@ class _Settings:
             "sampling": self.sampling,
             "pseudo_teleport": self.pseudo_teleport,
             "optimizer_state_on_teleport": "reset" if self.reset_optimizer else "keep",
+            **({"reset_optimizer_at": sorted(set(self.reset_optimizer_at))} if self.reset_optimizer_at else {}),
             "teleport_batch_size": self.teleport_batch_size,
             "penalty": None if self.penalty is None else _qualname(self.penalty),
             "loss_fn": None if self.loss_fn is None else _qualname(self.loss_fn),
@@ -305,6 +318,8 @@ class _Settings:
             kind = PseudoTeleport if self.pseudo_teleport else Teleport
             out.append(kind(x_tp, self.teleport_epochs, seed=self.seed, cob_range=self.cob_range,
                             sampling=self.sampling, reset_optimizer=self.reset_optimizer))  # fmt: skip
+        if self.reset_optimizer_at:
+            out.append(ResetOptimizer(self.reset_optimizer_at))
         out += [
             Evaluation(val_ds, every=self.eval_every, batch_size=self.eval_batch_size, loss_fn=self.loss_fn),
             StepDecay(self.lr_decay_epochs, self.lr_decay_gamma),

@@ -30,7 +30,7 @@ from nnteleport.lab.training.rng import derived_seed
 if TYPE_CHECKING:
     from nnteleport.lab.training.loop import Trainer
 
-__all__ = ["OptimizerStateOnTeleport", "PseudoTeleport", "Teleport"]
+__all__ = ["OptimizerStateOnTeleport", "PseudoTeleport", "ResetOptimizer", "Teleport"]
 
 
 class OptimizerStateOnTeleport(Choice, what="optimizer_state_on_teleport"):
@@ -174,3 +174,23 @@ class PseudoTeleport(Teleport):
 
     def on_resume(self, trainer: Trainer, state: Mapping[str, Any]) -> None:
         """Nothing to replay: a pseudo-teleport only moves the weights, which the checkpoint holds."""
+
+
+class ResetOptimizer(Callback):
+    """Re-creates the optimizer at the start of each epoch in ``epochs``, without moving the weights.
+
+    The control arm of a comparison whose other arm teleports at those epochs (and resets its optimizer there,
+    :class:`OptimizerStateOnTeleport` ``"reset"``): both arms then start the epoch with fresh optimizer state
+    (zero momentum buffers, Adam moments and step count), so they differ only by the teleport. Runs after the
+    teleport and before the learning-rate schedule, which sets the (decayed) learning rate of the new optimizer.
+    Nothing to checkpoint: the optimizer state itself is in the checkpoint.
+    """
+
+    state_key = "reset_optimizer"
+
+    def __init__(self, epochs: Iterable[int]) -> None:
+        self.epochs = sorted({int(e) for e in epochs})
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        if trainer.epoch in self.epochs:
+            trainer.reset_optimizer()
