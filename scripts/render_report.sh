@@ -56,28 +56,51 @@ if [[ -z "$height" || "$height" -lt 1 ]]; then
     echo "render_report.sh: could not measure the height of $url" >&2
     exit 1
 fi
-if [[ "$height" -gt "$max_height" ]]; then
-    echo "render_report.sh: $url is $height px tall, more than the $max_height px Chromium can capture" >&2
-    exit 1
-fi
-
-# pass 2: the screenshot, one window as tall as the page
-rm -f "$shot"
-timeout 120 "$browser" "${flags[@]}" --window-size="$width,$height" --virtual-time-budget=10000 \
-    --screenshot="$shot" "$url" >/dev/null 2>&1 || {
-    echo "render_report.sh: $browser failed on $url" >&2
-    exit 1
+# a page taller than Chromium's largest window is captured in tiles of at most max_height px: tile k shows the
+# page shifted up by its offset (a copy of the page with `position:relative; top:-offset` on its body, which moves
+# the rendering without changing the layout), saved as NAME.k.png (k = 2, 3, ...)
+shoot() { # shoot URL WINDOW_HEIGHT PNG
+    rm -f "$3"
+    timeout 120 "$browser" "${flags[@]}" --window-size="$width,$2" --virtual-time-budget=10000 \
+        --screenshot="$3" "$1" >/dev/null 2>&1 || {
+        echo "render_report.sh: $browser failed on $1" >&2
+        exit 1
+    }
+    if [[ ! -s "$3" ]]; then
+        echo "render_report.sh: no screenshot written to $3" >&2
+        exit 1
+    fi
+    # PNG header: width and height are big-endian 32-bit integers at bytes 16..23
+    read -r png_w png_h < <(od -An -tu1 -j16 -N8 "$3" | awk '{print ($1*16777216+$2*65536+$3*256+$4), ($5*16777216+$6*65536+$7*256+$8)}')
+    if [[ "$png_h" -lt "$2" ]]; then
+        echo "render_report.sh: screenshot $3 is ${png_w}x${png_h}: it shows $((100 * png_h / $2))% of its $2 px" >&2
+        exit 1
+    fi
 }
-if [[ ! -s "$shot" ]]; then
-    echo "render_report.sh: no screenshot written to $shot" >&2
-    exit 1
+
+tiles=()
+offset=0
+k=1
+while [[ "$offset" -lt "$height" ]]; do
+    h=$((height - offset < max_height ? height - offset : max_height))
+    if [[ "$k" -eq 1 ]]; then
+        out="$shot"
+        src="$url"
+    else
+        out="${shot%.png}.$k.png"
+        tile="$dir/.render_tile_$$_$k.html"
+        { sed "s#<body#<body style=\"position:relative;top:-${offset}px\"#" "$report"; } >"$tile"
+        src="file://$tile"
+    fi
+    shoot "$src" "$h" "$out"
+    [[ "$k" -gt 1 ]] && rm -f "$tile"
+    tiles+=("$out")
+    offset=$((offset + h))
+    k=$((k + 1))
+done
+size=$(cat "${tiles[@]}" | wc -c)
+if [[ "${#tiles[@]}" -eq 1 ]]; then
+    echo "render_report.sh: $url ($height px) rendered by $browser -> $shot (${png_w}x${png_h}, $size bytes)"
+else
+    echo "render_report.sh: $url ($height px) rendered by $browser -> ${#tiles[@]} tiles ${tiles[*]} ($size bytes)"
 fi
-# PNG header: width and height are big-endian 32-bit integers at bytes 16..23
-read -r png_w png_h < <(od -An -tu1 -j16 -N8 "$shot" | awk '{print ($1*16777216+$2*65536+$3*256+$4), ($5*16777216+$6*65536+$7*256+$8)}')
-if [[ "$png_h" -lt "$height" ]]; then
-    pct=$((100 * png_h / height))
-    echo "render_report.sh: screenshot $shot is ${png_w}x${png_h}: it shows $pct% of the $height px page" >&2
-    exit 1
-fi
-size=$(stat -c %s "$shot")
-echo "render_report.sh: $url ($height px) rendered by $browser -> $shot (${png_w}x${png_h}, $size bytes)"
