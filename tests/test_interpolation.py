@@ -98,3 +98,18 @@ def test_augment_key_switches_cifar_augmentation(tmp_path, monkeypatch):
     assert interpolation.DEFAULTS["augment"] is True  # as before the key existed
     with pytest.raises(ValueError, match="augment"):
         interpolation.run({**TINY, "augment": "no"}, tmp_path / "out", progress=False)
+
+
+def test_training_experiment_passes_augment_to_the_data(monkeypatch):
+    """The training experiments' CIFAR augmentation is a config key (off in a paper configuration)."""
+    from nnteleport.lab.experiments import training as tr
+
+    seen = []
+    monkeypatch.setattr("nnteleport.lab.data.load_dataset", lambda *a, **k: seen.append(k.get("augment")))
+    tr._data.cache_clear()
+    cfg = {**tr.DEFAULTS, "augment": False}
+    task = tr.grid_tasks(cfg, [tr.arm("none")])[0]
+    assert task["augment"] is False
+    tr._data(task["dataset"], task["data_root"], task["augment"])
+    tr._data.cache_clear()
+    assert seen == [False]

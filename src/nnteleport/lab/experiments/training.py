@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": {name: default_kwargs(name) for name in MODELS},  # "activation" comes from activations
     "datasets": ["digits"],
     "data_root": None,
+    "augment": True,  # CIFAR train-split augmentation (crop + flip); no effect on the other datasets
     "activations": ["relu"],  # paper, Fig. 7: also leaky_relu, tanh, elu (MLP, default init)
     "init": "kaiming",  # kaiming | xavier | normal | default
     "optimizers": ["sgd", "momentum"],
@@ -155,6 +156,7 @@ def grid_tasks(cfg: dict[str, Any], arms: Sequence[dict[str, Any]]) -> list[dict
             "model_kwargs": dict(cfg["model_kwargs"].get(model, {})),
             "dataset": dataset,
             "data_root": cfg["data_root"],
+            "augment": bool(cfg.get("augment", True)),
             "activation": act,
             "init": cfg["init"],
             "optimizer": opt,
@@ -190,10 +192,10 @@ def run_id(task: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _data(name: str, root: str | None):
+def _data(name: str, root: str | None, augment: bool = True):
     from nnteleport.lab.data import load_dataset
 
-    return load_dataset(name, root, seed=0)
+    return load_dataset(name, root, seed=0, augment=augment)
 
 
 def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -209,7 +211,7 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from nnteleport.lab.training import train
 
     run_dir = Path(run_dir)
-    data = _data(task["dataset"], task["data_root"])
+    data = _data(task["dataset"], task["data_root"], task.get("augment", True))
     kwargs = dict(task["model_kwargs"])
     if task["activation"] is not None:
         kwargs["activation"] = task["activation"]

@@ -64,7 +64,7 @@ from nnteleport.lab.training.logs import ProgressBar, TensorBoard
 from nnteleport.lab.training.loop import Callback, Step, Trainer
 from nnteleport.lab.training.optim import OptimizerName, StepDecay, WeightDecay, make_optimizer
 from nnteleport.lab.training.standard import train
-from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
+from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, ResetOptimizer, Teleport
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -80,6 +80,7 @@ __all__ = [
     "ProgressBar",
     "PseudoTeleport",
     "RecordHistory",
+    "ResetOptimizer",
     "Step",
     "StepDecay",
     "Teleport",
