@@ -58,7 +58,7 @@ if [[ -z "$height" || "$height" -lt 1 ]]; then
 fi
 # a page taller than Chromium's largest window is captured in tiles of at most max_height px: tile k shows the
 # page shifted up by its offset (a copy of the page with `position:relative; top:-offset` on its body, which moves
-# the rendering without changing the layout), saved as NAME.k.png (k = 2, 3, ...)
+# the rendering without changing the layout; in the same folder, so relative image paths resolve alike), saved as NAME.k.png (k = 2, 3, ...)
 shoot() { # shoot URL WINDOW_HEIGHT PNG
     rm -f "$3"
     timeout 120 "$browser" "${flags[@]}" --window-size="$width,$2" --virtual-time-budget=10000 \
@@ -89,7 +89,10 @@ while [[ "$offset" -lt "$height" ]]; do
     else
         out="${shot%.png}.$k.png"
         tile="$dir/.render_tile_$$_$k.html"
-        { sed "s#<body#<body style=\"position:relative;top:-${offset}px\"#" "$report"; } >"$tile"
+        {
+            cat "$report"
+            echo "<style>html body{position:relative!important;top:-${offset}px!important}</style>"
+        } >"$tile"
         src="file://$tile"
     fi
     shoot "$src" "$h" "$out"
