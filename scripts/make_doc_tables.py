@@ -179,11 +179,76 @@ def fixed_value_grid(res: dict[str, Any], file: str) -> str:
     return _body("fixed-value-grid", cfg, DEFAULTS, file, markdown(header, rows), legend)
 
 
+def lr_confound(res: dict[str, Any], file: str) -> str:
+    """Final training loss per arm (mean ± std over seeds) for SGD and Adam, and the paired teleport - control
+    differences (negative: teleport lower), with wins and diverged counts."""
+    from nnteleport.lab.experiments.lr_confound import DEFAULTS
+
+    cfg, fams = res["config"], res["families"]
+    names = [f for f in ("sgd", "adam") if f in fams]
+
+    def stat(d: dict[str, Any]) -> str:
+        return f"{d['mean']:.3g} ± {d['std']:.2g}" if d.get("std") is not None else f"{d['mean']:.3g}"
+
+    def arm_cell(fam: str, key: str) -> str:
+        arms = fams[fam]["arms"]
+        name = {"baseline": "baseline", "teleport": "teleport", "precond": "precond"}[key]
+        name = name if fam == "sgd" else f"adam-{name}"
+        a = arms.get(name)
+        if a is None:
+            return "—"
+        s = stat(a["final"])
+        return s + (f" ({a['diverged']}/{a['n']} div.)" if a.get("diverged") else "")
+
+    def scalar_cell(fam: str) -> str:
+        f = fams[fam]
+        lr = next(g["lr"] for g in f["grid"] if g["arm"] == f["scalar_arm"])
+        return f"{stat(f['arms'][f['scalar_arm']]['final'])} (lr {lr:.3g})"
+
+    def best_cell(fam: str) -> str:
+        b = fams[fam]["best_tuned"]
+        edge = ", grid edge" if b.get("at_grid_edge") else ""
+        return f"{stat(fams[fam]['arms'][b['arm']]['final'])} (lr {b['lr']:.3g}{edge})"
+
+    def vs_cell(fam: str, key: str) -> str:
+        v = fams[fam]["teleport_vs"][key]
+        div = v.get("diverged_a", 0) + v.get("diverged_b", 0)
+        return f"{v['diff']['mean']:+.3g} ± {v['diff']['std']:.2g}, teleport lower {v['a_wins']}/{v['n']}" + (
+            f" ({div} div.)" if div else ""
+        )
+
+    def equiv_cell(fam: str) -> str:
+        eq = fams[fam]["equivalence_max_abs_loss_diff"]
+        return "; ".join(f"{k}: {max(v):.1e}" for k, v in eq.items())
+
+    rows = [
+        ["baseline (lr)", *(arm_cell(f, "baseline") for f in names)],
+        ["teleport (lr)", *(arm_cell(f, "teleport") for f in names)],
+        ["preconditioned (lr)", *(arm_cell(f, "precond") for f in names)],
+        ["max per-iteration loss difference to teleport", *(equiv_cell(f) for f in names)],
+        ["plain at lr × mean factor", *(scalar_cell(f) for f in names)],
+        ["best of the grid", *(best_cell(f) for f in names)],
+        ["teleport − baseline", *(vs_cell(f, "baseline") for f in names)],
+        ["teleport − matched mean lr", *(vs_cell(f, "matched_mean_lr") for f in names)],
+        ["teleport − best-tuned", *(vs_cell(f, "best_tuned") for f in names)],
+    ]
+    header = ["arm", *(f"{f.upper() if f == 'sgd' else 'Adam'} final loss" for f in names)]
+    legend = (
+        f"Final training loss, mean ± std over {cfg['seeds']} seeds ({cfg['epochs']} epochs, {cfg['dataset']}, MLP "
+        f"{cfg['hidden']} {cfg['activation']}, s = {cfg['cob_range']} {cfg['sampling']}, weight decay "
+        f"{cfg['weight_decay']}, {cfg['dtype']}); differences paired by seed (negative: teleport lower); "
+        "`(k/n div.)`: diverged seeds, counted, never averaged. Mean factors E(s) = "
+        f"{res['E_sgd']:.3g} (SGD), {res['E_adam']:.3g} (Adam).\n"
+    )
+    return _body("lr-confound", cfg, DEFAULTS, file, markdown(header, rows), legend)
+
+
 #: Table generators: name -> f(results, file) -> the block's body.
 TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gspace-lr-grid": lambda r, f: gspace_lr_grid(r, f, "epochs"),
     "gspace-lr-grid-incl-init": lambda r, f: gspace_lr_grid(r, f, "incl_init"),
     "fixed-value-grid": fixed_value_grid,
+    "lr-confound": lr_confound,
 }
 
 
