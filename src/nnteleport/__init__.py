@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "TeleportedActivation": "nnteleport.engine.apply",
     "TeleportReport": "nnteleport.engine.report",
     "optimize_cob": "nnteleport.engine.optimize",
+    "transform_optimizer_state": "nnteleport.engine.optim_state",
+    "parameter_factors": "nnteleport.engine.optim_state",
     "select_cob": "nnteleport.engine.optimize",
     "balanced_cob": "nnteleport.engine.optimize",
     "OptimizedCoB": "nnteleport.engine.optimize",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
     from nnteleport.engine.apply import TeleportedActivation, micro_teleport, sample_cob, teleport
     from nnteleport.engine.cob import CoB, Sampling
+    from nnteleport.engine.optim_state import parameter_factors, transform_optimizer_state
     from nnteleport.engine.optimize import (
         CoBFunction,
         Objective,

@@ -9,6 +9,7 @@ Pipeline (Armenta et al., "Neural Teleportation", 2023)::
                 homogeneous activations (shared with nnteleport.gspace)
     cob         a CoB: one non-zero factor tau per free neuron; sampling ("intra", "inter")
     optimize    V(tau) differentiable in log|tau|; optimize_cob, select_cob, balanced_cob
+    optim_state optimizer state across a teleport (momentum / moments transformed like the gradients)
     apply       teleport / micro_teleport: W_ab <- tau_b / tau_a * W_ab, activations g(x) = tau * f(x / tau)
     activation  the activation wrapper TeleportedActivation
     report      TeleportReport: what moved, what was pinned and why
@@ -22,6 +23,7 @@ from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.engine.analysis import GroupInfo, TeleportPlan, analyze
 from nnteleport.engine.apply import micro_teleport, sample_cob, teleport
 from nnteleport.engine.cob import CoB, Sampling
+from nnteleport.engine.optim_state import parameter_factors, transform_optimizer_state
 from nnteleport.engine.optimize import CoBFunction, Objective, OptimizedCoB, balanced_cob, optimize_cob, select_cob
 from nnteleport.engine.report import TeleportReport
 
@@ -39,7 +41,9 @@ __all__ = [
     "balanced_cob",
     "micro_teleport",
     "optimize_cob",
+    "parameter_factors",
     "sample_cob",
     "select_cob",
     "teleport",
+    "transform_optimizer_state",
 ]

@@ -100,8 +100,9 @@ def train(
         CoB range ``sigma`` and ``"intra"``/``"inter"`` sampling of the teleportation.
     pseudo_teleport : bool
         Replace each teleport by the paper's pseudo-teleportation control.
-    optimizer_state_on_teleport : {"reset", "keep"}
-        Re-create the optimizer after a teleport (default) or keep its (stale) state.
+    optimizer_state_on_teleport : {"reset", "keep", "transform"}
+        Re-create the optimizer after a teleport (default), keep its (stale) state, or transform it like the
+        gradients (:func:`nnteleport.engine.optim_state.transform_optimizer_state`).
     reset_optimizer_at : sequence of int
         Also re-create the optimizer at the start of these epochs (after any teleport there, before the
         learning-rate schedule): the control arm of a comparison whose other arm teleports (and resets) at
@@ -211,11 +212,14 @@ class _Settings:
     max_iters_per_epoch: int | None
     teleport_epochs: list[int] = field(init=False)
     reset_optimizer: bool = field(init=False)
+    transform_optimizer: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.teleport_epochs, self.reset_optimizer = self._check()
+        self.teleport_epochs, policy = self._check()
+        self.reset_optimizer = policy is OptimizerStateOnTeleport.RESET
+        self.transform_optimizer = policy is OptimizerStateOnTeleport.TRANSFORM
 
-    def _check(self) -> tuple[list[int], bool]:
+    def _check(self) -> tuple[list[int], OptimizerStateOnTeleport]:
         epochs, batch_size, optimizer, eval_every = self.epochs, self.batch_size, self.optimizer, self.eval_every
         lr, momentum, weight_decay, lr_decay_gamma = self.lr, self.momentum, self.weight_decay, self.lr_decay_gamma
         init, teleport_at, cob_range = self.init, self.teleport_at, self.cob_range
@@ -248,7 +252,7 @@ class _Settings:
             raise InvalidValueError(f"optimizer must be one of sgd, momentum, adam or a callable, got {optimizer!r}")
         if isinstance(optimizer, str):
             OptimizerName.parse(optimizer)
-        reset = OptimizerStateOnTeleport.parse(self.optimizer_state_on_teleport) is OptimizerStateOnTeleport.RESET
+        policy = OptimizerStateOnTeleport.parse(self.optimizer_state_on_teleport)
         if init is not None:
             from nnteleport.lab.init import InitScheme
 
@@ -271,7 +275,12 @@ class _Settings:
             )
         if teleport_at is None and self.pseudo_teleport:
             raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
-        return teleport_epochs, reset
+        if self.pseudo_teleport and policy is OptimizerStateOnTeleport.TRANSFORM:
+            raise InvalidValueError(
+                "optimizer_state_on_teleport='transform' needs a teleport, not a pseudo-teleport (a random move has no "
+                "factors to transform the state by); use 'reset' or 'keep'"
+            )
+        return teleport_epochs, policy
 
     def make_optimizer(self, model: nn.Module) -> Any:
         """The optimizer factory of the trainer (:func:`~.optim.make_optimizer` with these options)."""
@@ -293,7 +302,7 @@ class _Settings:
             "cob_range": self.cob_range,
             "sampling": self.sampling,
             "pseudo_teleport": self.pseudo_teleport,
-            "optimizer_state_on_teleport": "reset" if self.reset_optimizer else "keep",
+            "optimizer_state_on_teleport": OptimizerStateOnTeleport.parse(self.optimizer_state_on_teleport).value,
             **({"reset_optimizer_at": sorted(set(self.reset_optimizer_at))} if self.reset_optimizer_at else {}),
             "teleport_batch_size": self.teleport_batch_size,
             "penalty": None if self.penalty is None else _qualname(self.penalty),
@@ -317,7 +326,8 @@ class _Settings:
             assert x_tp is not None
             kind = PseudoTeleport if self.pseudo_teleport else Teleport
             out.append(kind(x_tp, self.teleport_epochs, seed=self.seed, cob_range=self.cob_range,
-                            sampling=self.sampling, reset_optimizer=self.reset_optimizer))  # fmt: skip
+                            sampling=self.sampling, reset_optimizer=self.reset_optimizer,
+                            transform_optimizer=self.transform_optimizer))  # fmt: skip
         if self.reset_optimizer_at:
             out.append(ResetOptimizer(self.reset_optimizer_at))
         out += [

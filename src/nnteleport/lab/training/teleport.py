@@ -38,11 +38,13 @@ class OptimizerStateOnTeleport(Choice, what="optimizer_state_on_teleport"):
 
     ``"reset"``: a fresh optimizer (momentum buffers, Adam moments and step count from zero; the current
     learning rate, decays included, carried over by the schedule). ``"keep"``: the stale state acts on the new
-    coordinates.
+    coordinates. ``"transform"``: the state is transformed like the gradients (momentum buffers and first moments
+    ``/ T``, second moments ``/ T^2``; :func:`nnteleport.engine.optim_state.transform_optimizer_state`).
     """
 
     RESET = "reset"
     KEEP = "keep"
+    TRANSFORM = "transform"
 
 
 def _teleport_fn() -> Callable[..., Any]:
@@ -104,16 +106,26 @@ class Teleport(Callback):
         cob_range: float = 0.9,
         sampling: str = "inter",
         reset_optimizer: bool = True,
+        transform_optimizer: bool = False,
     ) -> None:
         self.x = x
         self.epochs = sorted({int(e) for e in epochs})
         self.seed, self.cob_range, self.sampling = seed, cob_range, sampling
         self.reset_optimizer = reset_optimizer
+        self.transform_optimizer = transform_optimizer
+        self._factors: dict[str, torch.Tensor] | None = None  # of the last move, for the optimizer transform
 
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.seed, epoch, 0x7E1E))
 
     def _teleport(self, model: nn.Module, gen: torch.Generator) -> Any:
+        if self.transform_optimizer:  # the same CoB draw as teleport's own, made explicit for the factors
+            from nnteleport.engine.apply import sample_cob
+            from nnteleport.engine.optim_state import parameter_factors
+
+            cob = sample_cob(model, self.x, self.cob_range, self.sampling, generator=gen)
+            self._factors = parameter_factors(model, self.x, cob)
+            return _teleport_fn()(model, self.x, cob=cob, inplace=True)
         return _teleport_fn()(
             model, self.x, cob_range=self.cob_range, sampling=self.sampling, generator=gen, inplace=True
         )
@@ -142,6 +154,10 @@ class Teleport(Callback):
         )
         if self.reset_optimizer:
             trainer.reset_optimizer()
+        elif self.transform_optimizer and self._factors is not None:
+            from nnteleport.engine.optim_state import transform_optimizer_state
+
+            transform_optimizer_state(trainer.optimizer, trainer.model, self._factors)
 
     def on_resume(self, trainer: Trainer, state: Mapping[str, Any]) -> None:
         for rec in state["history"]["teleports"]:
