@@ -155,14 +155,9 @@ class RuleContext:
     def merge(self, Sa: Tensor, Sb: Tensor) -> Tensor:
         """Unite the variables of two spaces element by element (broadcasting); returns the common space."""
         shape = broadcast_shape(Sa.shape, Sb.shape)
-        a, b = Sa.expand(shape).reshape(-1), Sb.expand(shape).reshape(-1)
-        pairs = _unique_pairs(a, b)
-        const = (pairs == 0).any(dim=1)
-        if bool(const.any()):
-            self.pin(pairs[const].reshape(-1), "constant", f"{self.op_name}: added to a constant (pinned) tensor")
-        pairs = pairs[~const & (pairs[:, 0] != pairs[:, 1])]
-        if pairs.numel():
-            self.state.merges.append(pairs)
+        self._unite(
+            Sa.expand(shape), Sb.expand(shape), "constant", f"{self.op_name}: added to a constant (pinned) tensor"
+        )
         out = Sa.expand(shape) if Sa.dim() >= Sb.dim() else Sb.expand(shape)
         return compress(out)
 
@@ -203,13 +198,20 @@ class RuleContext:
             shape = broadcast_shape(new.shape, old.shape)
             if new.shape == old.shape and torch.equal(new, old):
                 continue  # the same use again (another trace or walk): nothing new
-            pairs = _unique_pairs(new.expand(shape).reshape(-1), old.expand(shape).reshape(-1))
-            const = (pairs == 0).any(dim=1)
-            if bool(const.any()):
-                self.pin(pairs[const].reshape(-1), "shared", f"{self.op_name}: parameter {name!r} used twice")
-            pairs = pairs[~const & (pairs[:, 0] != pairs[:, 1])]
-            if pairs.numel():
-                self.state.merges.append(pairs)
+            self._unite(
+                new.expand(shape), old.expand(shape), "shared", f"{self.op_name}: parameter {name!r} used twice"
+            )
+
+    def _unite(self, Sa: Tensor, Sb: Tensor, category: str, why: str) -> None:
+        """Unite the variables of two spaces of one shape element by element; a variable united with the constant
+        (0) is pinned with ``category`` and ``why``."""
+        pairs = _unique_pairs(Sa.reshape(-1), Sb.reshape(-1))
+        const = (pairs == 0).any(dim=1)
+        if bool(const.any()):
+            self.pin(pairs[const].reshape(-1), category, why)
+        pairs = pairs[~const & (pairs[:, 0] != pairs[:, 1])]
+        if pairs.numel():
+            self.state.merges.append(pairs)
 
     def functional_site(self, S: Tensor, kind: Kind) -> bool:
         """In ``functional="graph"`` mode, record a functional activation call as a wrapper site (its other

@@ -65,27 +65,12 @@ def teleport_cob(model: nn.Module, x: Any, *, seed: int, epoch: int = 0, cob_ran
 
 def scale_factors(model: nn.Module, x: Any, cob: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``T`` per parameter: name -> float64 tensor of the parameter's shape with ``V = T * W`` for the teleport
-    of ``model`` by ``cob`` (``tau_out / tau_in`` per element, from ``nnteleport.analyze(model, x)``'s
-    ``param_scale_indices``; 1 for parameters that do not move)."""
-    from nnteleport.engine.analysis import analyze
+    of ``model`` by ``cob`` (:func:`nnteleport.engine.optim_state.parameter_factors`, with 1 for the parameters
+    that do not move)."""
+    from nnteleport.engine.optim_state import parameter_factors
 
-    plan = analyze(model, x)
-    t = torch.cat([torch.ones(1, dtype=torch.float64), plan.flat(cob).to(torch.float64)])
-    out = {}
-    for name, p in model.named_parameters():
-        T = torch.ones(p.shape, dtype=torch.float64)
-        if name in plan.param_scale_indices:
-            o, i = plan.param_scale_indices[name]
-            T = T * _gather(t, o, p)
-            if i is not None:
-                T = T / _gather(t, i, p)
-        out[name] = T
-    return out
-
-
-def _gather(t: Tensor, idx: Tensor, p: Tensor) -> Tensor:
-    idx = idx.cpu()
-    return t[idx].view((1,) * (p.dim() - idx.dim()) + tuple(idx.shape))
+    moving = parameter_factors(model, x, cob)
+    return {n: moving.get(n, torch.ones(p.shape, dtype=torch.float64)) for n, p in model.named_parameters()}
 
 
 def _aligned(params: Sequence[nn.Parameter], scales: Sequence[Tensor]) -> list[Tensor]:
