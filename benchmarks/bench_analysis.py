@@ -53,6 +53,7 @@ import torch.fx as fx
 from torch import nn
 
 import nnteleport as nt
+from benchmarks._results import Recorder, add_json_option
 
 BATCH = 2
 SIZE = 64
@@ -428,7 +429,7 @@ def _load() -> str:
         return "load average unavailable"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="quick", choices=["quick", "all", "torchvision", "timm", "nt"])
     ap.add_argument("--models", default=None, help="comma-separated names (overrides --zoo), e.g. tv:resnet18,dpn68")
@@ -437,7 +438,9 @@ def main() -> None:
     ap.add_argument("--max-single", type=float, default=10.0, help="one run only when the first exceeds this (s)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: the target is one core)")
     ap.add_argument("--out", default=None, help="also write the table to this file")
-    args = ap.parse_args()
+    add_json_option(ap)
+    args = ap.parse_args(argv)
+    rec = Recorder("bench_analysis", argv, {k: v for k, v in vars(args).items() if k not in ("json", "out")})
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else zoo_names(args.zoo)
     if args.limit is not None:
@@ -482,6 +485,9 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines + summary) + "\n")
+    rec.config["torchvision"] = getattr(tv, "__version__", None)
+    rec.config["timm"] = getattr(timm, "__version__", None)
+    rec.write(args.json, {"rows": rows, "target_seconds": 2.0})
 
 
 if __name__ == "__main__":

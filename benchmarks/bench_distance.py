@@ -12,6 +12,7 @@ and prints the ratios to the plain step: medians over ``--reps`` interleaved rep
 
     python -m benchmarks.bench_distance    # default: batch 4, 3 repetitions, 1 thread (about 1 minute)
     python -m benchmarks.bench_distance --batch 128 --reps 10 --invariant --device cuda
+    python -m benchmarks.bench_distance --invariant --json docs/data/bench-distance.json   # the documented table
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._results import Recorder, add_json_option
 from nnteleport.distance import CheckpointDistance
 from nnteleport.lab.models import build_model
 
@@ -70,14 +72,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=float, default=1.0, help="ResNet-18 channel multiplier (1.0: 11.2 M params)")
     ap.add_argument("--checkpoints", default="1,4,16")
     ap.add_argument("--invariant", action="store_true", help="also time invariant=True (needs the engine)")
+    add_json_option(ap)
     args = ap.parse_args(argv)
+    rec = Recorder("bench_distance", argv, {k: v for k, v in vars(args).items() if k != "json"})
+    out: dict = {"params": 0, "rows": [], "marginal_ms_per_checkpoint": None, "invariant": None}
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = build_model("resnet18", in_shape=(3, 32, 32), num_classes=10, width=args.width).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = out["params"] = sum(p.numel() for p in model.parameters())
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3)
@@ -122,18 +127,20 @@ def main(argv: list[str] | None = None) -> None:
         }
         t = _interleaved_ms(fns, args.reps, sync)
         rows.append((c, t))
+        out["rows"].append({"checkpoints": c, **{f"{k}_ms": v for k, v in t.items()}})
         print(f"{c:>5} {t['plain']:>8.1f} {t['fused']:>11.1f} {t['fused'] / t['plain']:>6.3f} {t['naive']:>9.1f} "
               f"{t['naive'] / t['fused']:>11.2f} {t['full']:>12.1f} {t['full'] / t['plain']:>6.3f}")  # fmt: skip
         del dist, ckpts, fns
     if len(rows) > 1:
         (c0, t0), (c1, t1) = rows[0], rows[-1]
-        per = (t1["fused"] - t0["fused"]) / (c1 - c0)
+        per = out["marginal_ms_per_checkpoint"] = (t1["fused"] - t0["fused"]) / (c1 - c0)
         print(f"marginal penalty cost per checkpoint: {per:.2f} ms ({per / t1['plain']:.4f} x plain step)")
     if args.invariant:
         try:
             dist = CheckpointDistance(model, sigma=10.0, strength=0.1, invariant=True, example_input=x)
         except Exception as exc:  # the engine may be missing or not support the model
             print(f"invariant: skipped ({type(exc).__name__}: {exc})")
+            out["invariant"] = {"skipped": f"{type(exc).__name__}: {exc}"}
         else:
             dist.add_checkpoint()
             with torch.no_grad():
@@ -144,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"invariant, 1 checkpoint: penalty {t['inv']:.1f} ms = {t['inv'] / t['plain']:.3f} x plain step "
                 f"({t['plain']:.1f} ms); {dist.last_balance_sweeps} balancing sweeps in the last call"
             )
+            out["invariant"] = {"plain_ms": t["plain"], "penalty_ms": t["inv"], "sweeps": dist.last_balance_sweeps}
+    rec.write(args.json, out)
 
 
 if __name__ == "__main__":

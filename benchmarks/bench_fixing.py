@@ -5,7 +5,7 @@ with fixed weights (gradient zeroing hook after accumulation + restore after eve
 momentum + weight decay and AdamW, timed side by side in interleaved blocks (median per-block ratio): the step
 alone and a whole iteration. Also the one-off cost of ``fix_weights(value=1.0, select=...)``.
 
-Run: ``python -m benchmarks.bench_fixing [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall]``.
+Run: ``python -m benchmarks.bench_fixing [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._results import Recorder
 from benchmarks.bench_gspace import compare, thesis_mlp, timing_args
 from nnteleport import fix_weights
 
@@ -76,8 +77,9 @@ def bench(blocks: int, reps: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def main() -> None:
-    args = timing_args("weight fixing overhead")
+def main(argv: list[str] | None = None) -> None:
+    args = timing_args("weight fixing overhead", argv)
+    rec = Recorder("bench_fixing", argv, {k: v for k, v in vars(args).items() if k != "json"})
     res = bench(args.blocks, args.reps)
     print(
         f"fix_weights overhead, MLP 784-64-64-64-64-10, batch 64, float32, {args.threads} thread(s), {args.clock} clock"
@@ -91,6 +93,7 @@ def main() -> None:
             f"   iteration {r['iter_plain_us']:7.1f}us -> {r['iter_fixed_us']:7.1f}us ({r['iter_ratio']:.2f}x)"
             f"   [plain step without any hook {r['step_plain_no_hook_us']:.1f}us]"
         )
+    rec.write(args.json, res)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Targets (issue 4): step <= 1.5x, iteration <= 1.15x. Also printed: the number of
 per step (profiler) and the cost of one tiny operation in this run (per-call dispatch cost), which bound what an
 eager implementation can reach.
 
-Run: ``python -m benchmarks.bench_gspace [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall]``.
+Run: ``python -m benchmarks.bench_gspace [--blocks 30] [--reps 20] [--threads 1] [--clock cpu|wall] [--json PATH]``
+(``--json``: also write the results, with the command, machine and date, for ``scripts/make_doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from benchmarks._results import Recorder, add_json_option
 from nnteleport import GSpaceOptimizer
 from nnteleport.gspace import _native
 
@@ -60,15 +62,16 @@ def set_clock(name: str) -> None:
     _clock = CLOCK[name]
 
 
-def timing_args(description: str) -> argparse.Namespace:
-    """Command line of the interleaved-timing benchmarks (``--blocks --reps --threads --clock``); sets the clock
-    and the number of torch threads."""
+def timing_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of the interleaved-timing benchmarks (``--blocks --reps --threads --clock --json``); sets the
+    clock and the number of torch threads."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
-    args = parser.parse_args()
+    add_json_option(parser)
+    args = parser.parse_args(argv)
     set_clock(args.clock)
     torch.set_num_threads(args.threads)
     return args
@@ -182,8 +185,9 @@ def bench(blocks: int, reps: int, configs: dict[str, dict] | None = None) -> dic
     return results
 
 
-def main() -> None:
-    args = timing_args("GSpaceOptimizer step overhead")
+def main(argv: list[str] | None = None) -> None:
+    args = timing_args("GSpaceOptimizer step overhead", argv)
+    rec = Recorder("bench_gspace", argv, {k: v for k, v in vars(args).items() if k != "json"})
     res = bench(args.blocks, args.reps)
     print(
         f"GSpaceOptimizer vs plain, MLP 784-64-64-64-64-10 bias-free, batch 64, float32, {args.threads} thread(s), "
@@ -201,8 +205,14 @@ def main() -> None:
                 f"{r['iter_ratio']:6.2f}   {r['ops_plain']:>14.0f}, {r['ops_gspace']:.0f}"
             )
     print("targets (issue 4): step <= 1.5x, iteration <= 1.15x")
-    print(f"one tiny ATen op (dispatch cost) in this run: {tiny_op_us():.2f}us")
-    print(f"kernel library load, verification included (once per process): {kernel_load_ms():.2f}ms")
+    tiny, load = tiny_op_us(), kernel_load_ms()
+    print(f"one tiny ATen op (dispatch cost) in this run: {tiny:.2f}us")
+    print(f"kernel library load, verification included (once per process): {load:.2f}ms")
+    rec.write(
+        args.json,
+        {"optimizers": res, "tiny_op_us": tiny, "kernel_load_ms": load, "native": _native.status(),
+         "targets": {"step_ratio": 1.5, "iter_ratio": 1.15}},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: cost of a teleport relative to the physical floor, one pass over the parameters.
 
-Run: ``python -m benchmarks.bench_teleport`` (``--quick`` for a smaller run, ``--device cuda`` on a GPU).
+Run: ``python -m benchmarks.bench_teleport`` (``--quick`` for a smaller run, ``--device cuda`` on a GPU,
+``--json PATH`` to also write the results with the command, machine and date).
 
 For each model it prints, measured side by side in one run (interleaved repetitions, medians):
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 import nnteleport as nt
+from benchmarks._results import Recorder, add_json_option
 from nnteleport.engine.trace import _Tracer
 from nnteleport.lab.models import build_model
 
@@ -88,7 +90,7 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, reps: int, device: torch
     return res
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller models and fewer repetitions")
     ap.add_argument("--device", default="cpu")
@@ -100,7 +102,9 @@ def main() -> None:
         help="intra-op threads (default: torch's); use 1 on a loaded machine, where waking a descheduled worker "
         "thread costs milliseconds per op",
     )
-    args = ap.parse_args()
+    add_json_option(ap)
+    args = ap.parse_args(argv)
+    rec = Recorder("bench_teleport", argv, {k: v for k, v in vars(args).items() if k != "json"})
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -117,12 +121,16 @@ def main() -> None:
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, reps {reps}")
     header = f"{'model':28s} {'params':>10s} {'analysis':>9s} {'teleport':>10s} {'foreach':>10s} {'ratio':>6s}"
     print(header + f" {'w/ copy':>10s} {'retraces':>8s}")
+    rows = []
     for name, model, x in cases:
         r = bench(name, model, x, reps, device)
+        rows.append(r)
         print(
             f"{r['model']:28s} {r['params']:>10,d} {r['analysis_s']:>8.2f}s {r['teleport_ms']:>8.2f}ms "
             f"{r['foreach_mul_ms']:>8.2f}ms {r['ratio']:>5.2f}x {r['copy_teleport_ms']:>8.2f}ms {r['retraces']:>8d}"
         )
+    rec.config.update(reps=reps, threads=torch.get_num_threads(), device=str(device))
+    rec.write(args.json, {"models": rows, "target_ratio": 3.0})
 
 
 if __name__ == "__main__":

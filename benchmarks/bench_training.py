@@ -5,11 +5,12 @@ loop slices tensors the same way (no DataLoader). Also: the bare ``Trainer`` loo
 the callback machinery itself), the cost of a checkpoint per epoch, of a progress bar, and of a teleport at
 initialisation, and the DataLoader path of ``nnteleport.lab.data.loader`` for comparison.
 
-    python -m benchmarks.bench_training
+    python -m benchmarks.bench_training [--json PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks._results import Recorder, add_json_option
 from nnteleport.lab.data import load_dataset, loader
 from nnteleport.lab.training import RecordHistory, Trainer, train
 
@@ -75,8 +77,12 @@ def best(fn) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_json_option(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    rec = Recorder("bench_training", argv, {"epochs": EPOCHS, "batch_size": BS, "repeats": REPEATS, "threads": 1})
     data = load_dataset("digits")
     kw = dict(epochs=EPOCHS, batch_size=BS, lr=0.01, progress=False)
     train(model(), data, **kw)  # warm-up (first optimizer step imports torch._dynamo)
@@ -102,6 +108,10 @@ def main() -> None:
     print(f"  train() + progress bar              {t_bar:7.3f} s   {t_bar / t_bare:.2f}x")
     print(f"  train() + teleport at init          {t_tp:7.3f} s   {t_tp / t_bare:.2f}x")
     print(f"  bare loop over a torch DataLoader   {t_dl:7.3f} s   {t_dl / t_bare:.2f}x  (per-sample collate)")
+    seconds = {"bare": t_bare, "trainer_only": t_trainer, "train": t_train, "train_checkpoint": t_ckpt,
+               "train_progress": t_bar, "train_teleport": t_tp, "dataloader": t_dl}  # fmt: skip
+    rec.write(args.json, {"iterations": n_iter, "seconds": seconds,
+                          "ratio": {k: v / t_bare for k, v in seconds.items()}})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def lr_confound(res: dict[str, Any], file: str) -> str:
 
     def best_cell(fam: str) -> str:
         b = fams[fam]["best_tuned"]
-        edge = ", grid edge" if b.get("at_grid_edge") else ""
+        edge = f", {b['edge']} grid edge" if b.get("edge") else ", grid edge" if b.get("at_grid_edge") else ""
         return f"{stat(fams[fam]['arms'][b['arm']]['final'])} (lr {b['lr']:.3g}{edge})"
 
     def vs_cell(fam: str, key: str) -> str:
@@ -238,9 +238,197 @@ def lr_confound(res: dict[str, Any], file: str) -> str:
         f"{cfg['hidden']} {cfg['activation']}, s = {cfg['cob_range']} {cfg['sampling']}, weight decay "
         f"{cfg['weight_decay']}, {cfg['dtype']}); differences paired by seed (negative: teleport lower); "
         "`(k/n div.)`: diverged seeds, counted, never averaged. Mean factors E(s) = "
-        f"{res['E_sgd']:.3g} (SGD), {res['E_adam']:.3g} (Adam).\n"
+        f"{res['E_sgd']:.3g} (SGD), {res['E_adam']:.3g} (Adam). Tuning grid: lr × 1, E(s) and "
+        f"{', '.join(f'{m:g}' for m in cfg['lr_multipliers'])} (SGD); adam_lr × 1, E and "
+        f"{', '.join(f'{m:g}' for m in cfg['adam_lr_multipliers'])} (Adam); {res['num_runs']} runs."
+        + "".join(f" **Warning: {w}.**" for w in res.get("warnings", []))
+        + "\n"
     )
     return _body("lr-confound", cfg, DEFAULTS, file, markdown(header, rows), legend)
+
+
+# --------------------------------------------------------------------------------------------------
+# distance-training (docs/distance.md)
+
+
+def distance_training(res: dict[str, Any], file: str) -> str:
+    """Per model and variant: final and snapshot-ensemble accuracy (mean ± std over seeds), member accuracy,
+    disagreement, error correlation, distance travelled from the first checkpoint and the penalty's step-time
+    ratio; diverged runs counted."""
+    from nnteleport.lab.experiments.distance_training import DEFAULTS
+
+    cfg = res["config"]
+    names = {"resnet18": "ResNet-18", "mobilenetv2": "MobileNetV2", "mlp": "MLP"}
+
+    def pm(row: dict[str, Any], key: str, digits: int = 3) -> str:
+        m, s = row.get(key), row.get(f"{key}_std")
+        if m is None:
+            return "–"
+        return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None and row["seeds"] > 1 else "")
+
+    def num(v: Any, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    header = ["model", "variant", "final acc", "ensemble acc", "mean member acc", "disagreement", "error corr.",
+              "dist. from ckpt 1 (Euclid / invariant)", "step time with penalty / without"]  # fmt: skip
+    rows = []
+    for r in res["summary"]:
+        variant = r["variant"] + (f" ({r['diverged']}/{r['seeds']} div.)" if r.get("diverged") else "")
+        over = r.get("overhead_ratio") if r["variant"].startswith("distance") else None
+        rows.append([
+            names.get(r["model"], r["model"]), variant, pm(r, "final_val_acc"), pm(r, "ensemble_acc"),
+            num(r.get("mean_member_acc"), ".3f"), pm(r, "disagreement"), pm(r, "error_correlation", 2),
+            f"{num(r.get('final_dist_first_ckpt'), '.1f')} / {num(r.get('final_inv_dist_first_ckpt'), '.1f')}",
+            num(over, ".2f"),
+        ])  # fmt: skip
+    seeds = cfg["seeds"]
+    legend = (
+        f"Mean ± std over seeds {seeds} ({len(seeds)} seeds; {cfg['epochs']} epochs, {cfg['dataset']}, width "
+        f"{cfg['width']}, batch {cfg['batch_size']}, lr {cfg['lr']}, momentum {cfg['momentum']}, L2 "
+        f"{cfg['weight_decay']}; penalty `{cfg['kernel']}` sigma {cfg['sigma']}, strength {cfg['strength']}, "
+        f"first checkpoint after epoch {cfg['warmup_epochs']}, then every {cfg['checkpoint_every']}; SGDR cycle "
+        f"{cfg['sgdr_cycle']}); distances and member accuracy are means over seeds; `(k/n div.)`: runs whose final "
+        "training loss is not finite (counted, their accuracies kept in the means). The step-time ratio is "
+        "measured inside the runs on a shared machine: noisy.\n"
+    )
+    return _body("distance-training", cfg, DEFAULTS, file, markdown(header, rows), legend)
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks (``python -m benchmarks.NAME --json docs/data/bench-NAME.json``: see benchmarks/_results.py)
+
+
+def _bench_body(res: dict[str, Any], file: str, table: str, legend: str) -> str:
+    m = res["machine"]
+    cmd = res["command"]
+    load = f"load average {m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end"
+    where = (
+        f"{res['date'][:10]}, {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['torch_threads']} torch "
+        f"thread(s), {load}"
+    )
+    note = (
+        "Measured on a shared machine that other sessions load (see the load average): absolute times are "
+        "inflated and noisy, only the ratios measured side by side within the run mean something."
+    )
+    head = (
+        f"Generated from `{file}` ({where}) by: `OMP_NUM_THREADS=1 {cmd}`, then "
+        "`python scripts/make_doc_tables.py --write`."
+    )
+    return f"{head}\n\n{table}\n{legend} {note}\n"
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def bench_gspace(res: dict[str, Any], file: str) -> str:
+    """Step and iteration of every G-space configuration against the plain optimizer; the targets met."""
+    r, cfg = res["results"], res["config"]
+    tgt = r["targets"]
+    header = ["optimizer", "G-space chart", "step plain / G (us)", "step ratio", "iteration ratio",
+              "ATen ops / step (plain, G)"]  # fmt: skip
+    rows, met = [], []
+    for opt, per in r["optimizers"].items():
+        for label, c in per.items():
+            ok = c["step_ratio"] <= tgt["step_ratio"] and c["iter_ratio"] <= tgt["iter_ratio"]
+            met += [f"{opt} / {label}"] if ok else []
+            rows.append([opt, label, f"{c['step_plain_us']:.1f} / {c['step_gspace_us']:.1f}",
+                         _x(c["step_ratio"]), _x(c["iter_ratio"]),
+                         f"{c['ops_plain']:.0f}, {c['ops_gspace']:.0f}"])  # fmt: skip
+    n = sum(len(p) for p in r["optimizers"].values())
+    legend = (
+        f"Medians over {cfg['blocks']} interleaved blocks of {cfg['reps']} calls ({cfg['clock']} clock), the ratio "
+        "being the median of the per-block ratios; kernels `unit skeleton` / `thesis chart`, `eager`: the PyTorch "
+        f"path. Targets (issue 4: step <= {tgt['step_ratio']}x, iteration <= {tgt['iter_ratio']}x) met in this run "
+        f"by {len(met)} of {n}: {', '.join(met) or 'none'}. One tiny ATen call cost {r['tiny_op_us']:.2f} us in "
+        f"this run; loading the verified kernel library {r['kernel_load_ms']:.2f} ms (once per process). Kernels: "
+        f"{r['native']}."
+    )
+    return _bench_body(res, file, markdown(header, rows), legend)
+
+
+def bench_fixing(res: dict[str, Any], file: str) -> str:
+    """Plain vs fixed-weight step and iteration; the cost of a live handle to an unrelated optimizer."""
+    r, cfg = res["results"], res["config"]
+    header = ["optimizer", "plain step, no handle (us)", "plain step, a handle live on another model (us)",
+              "fixed step (us)", "step ratio", "iteration ratio"]  # fmt: skip
+    rows = [
+        [name, f"{c['step_plain_no_hook_us']:.1f}", f"{c['step_plain_us']:.1f}", f"{c['step_fixed_us']:.1f}",
+         _x(c["step_ratio"]), _x(c["iter_ratio"])]
+        for name, c in r.items() if "setup_ms" not in c
+    ]  # fmt: skip
+    setup = ", ".join(f"{k} {c['setup_ms']:.0f} ms" for k, c in r.items() if "setup_ms" in c)
+    legend = (
+        f"Medians over {cfg['blocks']} interleaved blocks of {cfg['reps']} calls ({cfg['clock']} clock); the "
+        "ratios (fixed / plain, median per-block ratio) are of the plain optimizer with the handle live. One-off "
+        f"setup: {setup} (the first `hungarian` call includes importing scipy)."
+    )
+    return _bench_body(res, file, markdown(header, rows), legend)
+
+
+def bench_distance(res: dict[str, Any], file: str) -> str:
+    """The checkpoint-distance penalty against the plain step, per number of checkpoints."""
+    r, cfg = res["results"], res["config"]
+    header = ["checkpoints", "plain step (ms)", "penalty fwd+bwd / plain step", "naive autograd loop / fused",
+              "(step + penalty) / step"]  # fmt: skip
+    rows = [
+        [str(c["checkpoints"]), f"{c['plain_ms']:.1f}", f"{c['fused_ms'] / c['plain_ms']:.3f}",
+         f"{c['naive_ms'] / c['fused_ms']:.2f}", f"{c['full_ms'] / c['plain_ms']:.2f}"]
+        for c in r["rows"]
+    ]  # fmt: skip
+    plain = r["rows"][-1]["plain_ms"] if r["rows"] else math.nan
+    per = r.get("marginal_ms_per_checkpoint")
+    legend = (
+        f"ResNet-18 (CIFAR size, width {cfg['width']}, {r['params'] / 1e6:.1f} M parameters), batch {cfg['batch']}, "
+        f"SGD momentum, medians of {cfg['reps']} interleaved repetitions."
+        + (f" Marginal cost per checkpoint: {per:.1f} ms = {per / plain:.3f} x the plain step." if per else "")
+    )
+    inv = r.get("invariant")
+    if inv and "penalty_ms" in inv:
+        legend += (
+            f" Invariant penalty (1 checkpoint): {inv['penalty_ms'] / inv['plain_ms']:.3f} x the plain step "
+            f"({inv['sweeps']} balancing sweep(s) per call)."
+        )
+    elif inv:
+        legend += f" Invariant penalty: skipped ({inv['skipped']})."
+    return _bench_body(res, file, markdown(header, rows), legend)
+
+
+def bench_canonicalize(res: dict[str, Any], file: str) -> str:
+    """``canonicalize`` on plain ReLU chains of growing depth: time, Newton steps, Gauss-Seidel for comparison."""
+    r, cfg = res["results"], res["config"]
+    header = ["depth", "canonicalize (s)", "ms / layer", "Newton steps", "Gauss-Seidel sweeps",
+              "Gauss-Seidel solve (s)", "first analysis (s)"]  # fmt: skip
+    rows = [
+        [str(c["depth"]), f"{c['seconds']:.3f}", f"{c['per_layer_ms']:.2f}", str(c["newton_steps"]),
+         "–" if c["gs_sweeps"] is None else str(c["gs_sweeps"]),
+         "–" if c.get("gs_seconds") is None else f"{c['gs_seconds']:.2f}", f"{c['analysis_s']:.2f}"]
+        for c in r["rows"]
+    ]  # fmt: skip
+    legend = (
+        f"Width-16 ReLU MLPs, float64, median of {cfg['reps']} calls (the engine's analysis, cached after the first "
+        f"call, timed separately); Gauss-Seidel (cold start, to 1e-10) up to depth {cfg['gs_max_depth']}."
+    )
+    return _bench_body(res, file, markdown(header, rows), legend)
+
+
+def bench_teleport(res: dict[str, Any], file: str) -> str:
+    """A teleport with a cached analysis against one ``_foreach_mul_`` over the parameters (the floor)."""
+    r, cfg = res["results"], res["config"]
+    header = ["model", "parameters", "analysis (s)", "teleport (ms)", "_foreach_mul_ (ms)", "ratio",
+              "teleport with copy (ms)", "retraces"]  # fmt: skip
+    rows = [
+        [m["model"], f"{m['params']:,}", f"{m['analysis_s']:.2f}", f"{m['teleport_ms']:.2f}",
+         f"{m['foreach_mul_ms']:.2f}", _x(m["ratio"]),
+         "–" if m["copy_teleport_ms"] is None else f"{m['copy_teleport_ms']:.2f}", str(m["retraces"])]
+        for m in r["models"]
+    ]  # fmt: skip
+    legend = (
+        f"Device {cfg['device']}, medians of {cfg['reps']} interleaved repetitions; `analysis`: the first call (fx "
+        "trace and interpreted forwards, train and eval graphs); `ratio`: in-place teleport / floor (target at "
+        f"most {r['target_ratio']:g}x); `retraces` during the repeated teleports (0: the analysis is reused)."
+    )
+    return _bench_body(res, file, markdown(header, rows), legend)
 
 
 #: Table generators: name -> f(results, file) -> the block's body.
@@ -249,6 +437,12 @@ TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gspace-lr-grid-incl-init": lambda r, f: gspace_lr_grid(r, f, "incl_init"),
     "fixed-value-grid": fixed_value_grid,
     "lr-confound": lr_confound,
+    "distance-training": distance_training,
+    "bench-gspace": bench_gspace,
+    "bench-fixing": bench_fixing,
+    "bench-distance": bench_distance,
+    "bench-canonicalize": bench_canonicalize,
+    "bench-teleport": bench_teleport,
 }
 
 

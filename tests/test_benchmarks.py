@@ -7,9 +7,22 @@ times, and the G-space configurations are the charts and implementations they cl
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
-from benchmarks import bench_analysis, bench_canonicalize, bench_fixing, bench_gspace, bench_training
+import pytest
+from benchmarks import __main__ as bench_all
+from benchmarks import (
+    bench_analysis,
+    bench_canonicalize,
+    bench_distance,
+    bench_fixing,
+    bench_gspace,
+    bench_teleport,
+    bench_training,
+)
 
 from nnteleport.gspace import _native
 
@@ -54,7 +67,68 @@ def test_bench_analysis_runs_and_reports_coverage():
 def test_bench_training_runs(monkeypatch, capsys):
     monkeypatch.setattr(bench_training, "EPOCHS", 1)
     monkeypatch.setattr(bench_training, "REPEATS", 1)
-    bench_training.main()
+    bench_training.main([])
     out = capsys.readouterr().out
     ratios = [float(line.split()[-1].rstrip("x")) for line in out.splitlines() if line.rstrip().endswith("x")]
     assert len(ratios) >= 5 and all(math.isfinite(r) and r > 0 for r in ratios), out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_doc_tables", ROOT / "scripts" / "make_doc_tables.py")
+mdt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mdt)
+
+#: benchmark -> (its smallest command line, the doc table generated from its results file)
+SMALL = {
+    "bench_gspace": (["--blocks", "1", "--reps", "1"], "bench-gspace"),
+    "bench_fixing": (["--blocks", "1", "--reps", "1"], "bench-fixing"),
+    "bench_distance": (["--width", "0.125", "--reps", "1", "--checkpoints", "1,2", "--invariant"], "bench-distance"),
+    "bench_canonicalize": (["--depths", "3,6", "--reps", "1", "--gs-max-depth", "6"], "bench-canonicalize"),
+    "bench_teleport": (["--quick", "--reps", "1", "--threads", "1"], "bench-teleport"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_benchmark_json_feeds_its_doc_table(name, tmp_path, monkeypatch):
+    """``--json`` writes the command, machine, date and results, and the doc table's generator reads that file: a
+    benchmark and its documented table cannot drift apart."""
+    argv, table = SMALL[name]
+    if name == "bench_teleport":  # the quick models are still ~10 M parameters: shrink them for the test
+        monkeypatch.setattr(bench_teleport, "build_model", _tiny_model(bench_teleport.build_model))
+    path = tmp_path / "docs" / "data" / f"{name}.json"
+    module = {"bench_gspace": bench_gspace, "bench_fixing": bench_fixing, "bench_distance": bench_distance,
+              "bench_canonicalize": bench_canonicalize, "bench_teleport": bench_teleport}[name]  # fmt: skip
+    module.main([*argv, "--json", str(path)])
+    doc = json.loads(path.read_text())
+    assert doc["benchmark"] == name and doc["command"].startswith(f"python -m benchmarks.{name} ")
+    assert doc["date"][:2] == "20" and doc["machine"]["cpu_count"] and doc["machine"]["torch"]
+    assert "load_average_start" in doc["machine"] and doc["config"] and doc["results"]
+    body = mdt.generate(table, f"docs/data/{name}.json", tmp_path)
+    assert mdt.table_structure(body), body
+    assert doc["command"] in body and doc["date"][:10] in body  # the command and the date beside the table
+    assert "nan" not in body.split("\n\n")[1]  # every cell of the table was measured
+
+
+def _tiny_model(build):
+    def tiny(name, **kw):
+        if name == "mlp":
+            kw["hidden"] = (32,)
+        else:
+            kw["width"] = 0.125
+        return build(name, **kw)
+
+    return tiny
+
+
+def test_run_all_writes_one_file_per_benchmark(tmp_path, monkeypatch):
+    calls = []
+    for name in bench_all.BENCHMARKS:
+        module = __import__(f"benchmarks.{name}", fromlist=["main"])
+        monkeypatch.setattr(module, "main", lambda argv, n=name: calls.append((n, argv)))
+    bench_all.main(["--json-dir", str(tmp_path), "--only", "gspace,bench_distance"])
+    assert calls == [
+        ("bench_gspace", ["--json", f"{tmp_path}/bench-gspace.json"]),
+        ("bench_distance", ["--json", f"{tmp_path}/bench-distance.json"]),
+    ]
+    with pytest.raises(SystemExit):
+        bench_all.main(["--only", "nosuch"])

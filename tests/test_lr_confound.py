@@ -216,6 +216,38 @@ def test_tiny_experiment_teleport_equals_precond(tmp_path) -> None:
     assert len(eq) == 2 and max(eq) < 1e-10  # float64: the teleported run is the preconditioned one
     ex = res["families"]["adam"]["equivalence_max_abs_loss_diff"]["adam-exact"]
     assert max(ex) < 1e-8
+    assert res["warnings"] == lr_confound.grid_warnings(res["families"])  # reported with the results
     sec, heads = lr_confound.report_section(res, tmp_path)
+    assert all(f"WARNING: {w}" in sec.notes for w in res["warnings"])
     assert heads and heads[0].value
     assert sec.numbers and sec.verdict and all(f.path.is_file() for f in sec.figures)
+
+
+def _grid_family(best: str) -> tuple[list[dict], dict[str, list[dict]]]:
+    """An SGD family whose plain arm ``best`` has the lowest final loss."""
+    fam = [
+        {"arm": "baseline", "kind": "plain", "lr": 0.01, "mult": 1.0},
+        {"arm": "teleport", "kind": "teleport", "lr": 0.01},
+        {"arm": "precond", "kind": "precond", "lr": 0.01},
+        {"arm": "scalar-E", "kind": "plain", "lr": 0.067, "mult": 6.7},
+        {"arm": "lr-x32", "kind": "plain", "lr": 0.32, "mult": 32.0},
+    ]
+    by = {a["arm"]: [_h([1.0, 0.1 if a["arm"] == best else 0.5])] * 2 for a in fam}
+    return fam, by
+
+
+@pytest.mark.parametrize(("best", "edge"), [("lr-x32", "upper"), ("baseline", "lower"), ("scalar-E", None)])
+def test_best_lr_at_a_grid_edge_is_a_warning(best, edge) -> None:
+    fam, by = _grid_family(best)
+    r = lr_confound.family_results(fam, by, "")
+    assert r["best_tuned"]["arm"] == best and r["best_tuned"]["edge"] == edge
+    assert r["best_tuned"]["at_grid_edge"] == (edge is not None)
+    warnings = lr_confound.grid_warnings({"sgd": r})
+    lines = lr_confound.verdict_lines({"families": {"sgd": r}, "warnings": warnings})
+    if edge is None:
+        assert warnings == [] and not any(line.startswith("WARNING") for line in lines)
+    else:
+        (w,) = warnings
+        assert f"{edge} edge" in w and "lr_multipliers" in w
+        assert ("past x32" if edge == "upper" else "below x1") in w
+        assert lines[-1] == f"WARNING: {w}"

@@ -18,7 +18,8 @@ only because its learning rate is larger. Arms per seed, all from the same initi
 
 Reported, paired by seed: final training loss (mean over the last epoch's mini-batches) and the mean training
 loss over all epochs, teleport minus each control (negative: teleport better), how many seeds teleport wins,
-diverged runs counted per arm (``k/n diverged``), never dropped silently.
+diverged runs counted per arm (``k/n diverged``), never dropped silently. A best-tuned rate at an edge of its
+grid (not bracketed) is a warning in ``results["warnings"]`` and in the verdict.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "init": "kaiming",
     "optimizer": "sgd",  # sgd | momentum
     "lr": 0.01,
-    "lr_multipliers": [2.0, 4.0, 8.0, 16.0, 32.0],
+    "lr_multipliers": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # brackets the best (x16-x32 at the defaults)
     "adam": True,
     "adam_lr": 0.001,
-    "adam_lr_multipliers": [0.5, 2.0, 4.0],
+    "adam_lr_multipliers": [0.5, 2.0, 4.0, 8.0, 16.0],  # brackets the best (x8 at the defaults)
     "seeds": 3,
     "epochs": 6,
     "batch_size": 64,
@@ -245,6 +246,30 @@ def equivalence(h1: dict[str, Any], h2: dict[str, Any]) -> float:
     return float(d.max()) if n and np.isfinite(d).all() else math.nan
 
 
+def grid_edge(best_lr: float, lrs: list[float]) -> str | None:
+    """``"upper"`` / ``"lower"`` when ``best_lr`` is the largest / smallest of the grid's rates ``lrs`` (the
+    optimum is then not bracketed: a wider grid may find a better baseline), else ``None``."""
+    if best_lr >= max(lrs):
+        return "upper"
+    return "lower" if best_lr <= min(lrs) else None
+
+
+def grid_warnings(families: dict[str, dict[str, Any]]) -> list[str]:
+    """One warning per optimizer family whose best-tuned learning rate lies at an edge of its grid."""
+    out = []
+    for fam, fr in families.items():
+        b = fr["best_tuned"]
+        if b.get("edge"):
+            key = "adam_lr_multipliers" if fam == "adam" else "lr_multipliers"
+            mult = next(g["mult"] for g in fr["grid"] if g["arm"] == b["arm"])
+            out.append(
+                f"{fam}: the best-tuned lr {b['lr']:g} (x{mult:g}) is at the {b['edge']} edge of the grid, so the "
+                f"tuned baseline is not bracketed and its gap to teleport is a bound; extend `{key}` "
+                f"{'past' if b['edge'] == 'upper' else 'below'} x{mult:g}"
+            )
+    return out
+
+
 def family_results(family_arms: list[dict[str, Any]], by_arm: dict[str, list[dict]], prefix: str) -> dict:
     """Summaries, the tuned grid and the comparisons of one optimizer family (``prefix`` "" or "adam-")."""
     stats = {a["arm"]: [run_stats(h) for h in by_arm[a["arm"]]] for a in family_arms}
@@ -274,6 +299,7 @@ def family_results(family_arms: list[dict[str, Any]], by_arm: dict[str, list[dic
             "arm": best["arm"],
             "lr": best["lr"],
             "at_grid_edge": best["lr"] in (grid[0]["lr"], grid[-1]["lr"]),
+            "edge": grid_edge(best["lr"], [a["lr"] for a in grid]),
         },
         "scalar_arm": scalar,
         "equivalence_max_abs_loss_diff": checks,
@@ -310,6 +336,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
         "E_sgd": expected_squared_ratio(s),
         "E_adam": expected_abs_ratio(s),
         "families": fams,
+        "warnings": grid_warnings(fams),
         "files": {"csv": ["arms.csv"], "runs": "runs/"},
     }
     rows = []
@@ -378,7 +405,7 @@ def _fmt_cmp(c: dict[str, Any]) -> str:
 
 
 def verdict_lines(res: dict[str, Any]) -> list[str]:
-    """One line per family: the answer, with the numbers."""
+    """One line per family: the answer, with the numbers; then a ``WARNING:`` line per grid edge."""
     lines = []
     for fam, fr in res["families"].items():
         vs, best = fr["teleport_vs"], fr["best_tuned"]
@@ -389,13 +416,8 @@ def verdict_lines(res: dict[str, Any]) -> list[str]:
             f"{'beats' if beats_best else 'does not beat'} the best-tuned baseline ({best['arm']}, lr "
             f"{best['lr']:g}): final-loss difference {_fmt_cmp(vs['best_tuned'])}; against the matched mean lr "
             f"({fr['scalar_arm']}): {_fmt_cmp(vs['matched_mean_lr'])}"
-            + (
-                " [the best lr is at the edge of the grid: tuning further may widen the gap]"
-                if best.get("at_grid_edge")
-                else ""
-            )
         )
-    return lines
+    return lines + [f"WARNING: {w}" for w in res.get("warnings", grid_warnings(res["families"]))]
 
 
 def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline]]:
