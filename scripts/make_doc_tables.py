@@ -271,8 +271,9 @@ def distance_training(res: dict[str, Any], file: str) -> str:
 
     header = ["model", "variant", "final acc", "ensemble acc", "mean member acc", "disagreement", "error corr.",
               "dist. from ckpt 1 (Euclid / invariant)", "step time with penalty / without"]  # fmt: skip
+    order = {m: i for i, m in enumerate(cfg["models"])}, {v: i for i, v in enumerate(cfg["variants"])}
     rows = []
-    for r in res["summary"]:
+    for r in sorted(res["summary"], key=lambda r: (order[0].get(r["model"], 99), order[1].get(r["variant"], 99))):
         variant = r["variant"] + (f" ({r['diverged']}/{r['seeds']} div.)" if r.get("diverged") else "")
         over = r.get("overhead_ratio") if r["variant"].startswith("distance") else None
         rows.append([
@@ -301,14 +302,19 @@ def distance_training(res: dict[str, Any], file: str) -> str:
 def _bench_body(res: dict[str, Any], file: str, table: str, legend: str) -> str:
     m = res["machine"]
     cmd = res["command"]
-    load = f"load average {m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end"
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    la = lambda v: " / ".join(f"{x:.2f}" for x in v) if v else "unknown"  # noqa: E731
+    load = f"load average (1 / 5 / 15 min) {la(start)} at the start, {la(end)} at the end"
     where = (
         f"{res['date'][:10]}, {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['torch_threads']} torch "
         f"thread(s), {load}"
     )
+    loaded = max((v[0] for v in (start, end) if v), default=0.0) >= 1.0
     note = (
-        "Measured on a shared machine that other sessions load (see the load average): absolute times are "
+        "Measured on a shared machine that other sessions loaded (the load average above): absolute times are "
         "inflated and noisy, only the ratios measured side by side within the run mean something."
+        if loaded
+        else "Measured on a quiet machine (load average below 1)."
     )
     head = (
         f"Generated from `{file}` ({where}) by: `OMP_NUM_THREADS=1 {cmd}`, then "
@@ -431,6 +437,29 @@ def bench_teleport(res: dict[str, Any], file: str) -> str:
     return _bench_body(res, file, markdown(header, rows), legend)
 
 
+# --------------------------------------------------------------------------------------------------
+# any experiment: the numbers of its report section (``<!-- table: numbers:EXPERIMENT FILE -->``)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def experiment_numbers(res: dict[str, Any], file: str, experiment: str) -> str:
+    """The measured numbers and the verdict of any experiment, as its ``report_section`` (the demo report's
+    section) states them from the results file: one row per number."""
+    from nnteleport.lab.experiments import get_experiment
+
+    mod = get_experiment(experiment)
+    sec, _ = mod.report_section(res, (ROOT / file).parent)
+    rows = [[_cell(k), _cell(v)] for k, v in sec.numbers]
+    legend = (
+        f"The numbers of the experiment's report section (`report_section`, as in the demo report). Verdict "
+        f"({sec.status}): {_cell(sec.verdict)}\n"
+    )
+    return _body(experiment, res["config"], mod.DEFAULTS, file, markdown(["quantity", "value"], rows), legend)
+
+
 #: Table generators: name -> f(results, file) -> the block's body.
 TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gspace-lr-grid": lambda r, f: gspace_lr_grid(r, f, "epochs"),
@@ -447,9 +476,12 @@ TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
 
 
 def generate(name: str, file: str, root: Path = ROOT) -> str:
-    if name not in TABLES:
-        raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    """The body of block ``name`` (a key of :data:`TABLES`, or ``numbers:EXPERIMENT``) from results ``file``."""
+    if name not in TABLES and not name.startswith("numbers:"):
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}, numbers:EXPERIMENT")
     res = json.loads((root / file).read_text())
+    if name.startswith("numbers:"):
+        return experiment_numbers(res, file, name.removeprefix("numbers:"))
     return TABLES[name](res, file)
 
 

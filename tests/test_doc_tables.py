@@ -34,7 +34,8 @@ def test_documented_table_matches_generator_structure(path, name, file, body):
         f"{path.name}: table {name!r} differs in structure from `python scripts/make_doc_tables.py` "
         "(run it with --write)"
     )
-    assert "python -m nnteleport experiment" in body  # the command beside the table
+    # the command beside the table
+    assert ("python -m benchmarks." if name.startswith("bench-") else "python -m nnteleport experiment") in body
 
 
 def test_gspace_experiment_tables_are_all_generated():
@@ -91,3 +92,75 @@ def test_rewrite_replaces_block_and_keeps_the_rest(tmp_path):
     new = mdt.rewrite(doc, tmp_path)
     assert new.startswith("before\n") and new.endswith("after\n") and "stale" not in new
     assert mdt.rewrite(new, tmp_path) == new
+
+
+#: Every documented table of measured numbers that is generated: document -> its generated blocks.
+DOCUMENTED = {
+    "gspace.md": {"bench-gspace", "bench-fixing", "gspace-lr-grid", "gspace-lr-grid-incl-init", "fixed-value-grid"},
+    "distance.md": {"distance-training", "bench-distance", "bench-canonicalize"},
+    "engine.md": {"bench-teleport"},
+    "experiments.md": {"lr-confound"},
+}
+
+
+@pytest.mark.parametrize("doc", sorted(DOCUMENTED))
+def test_documented_tables_are_generated_blocks(doc):
+    names = {name for p, name, _, _ in BLOCKS if p.name == doc}
+    assert DOCUMENTED[doc] <= names
+
+
+@pytest.mark.parametrize(("doc", "start"), [("distance.md", None), ("gspace.md", "## Benchmarks"),
+                                            ("experiments.md", "## The learning-rate confound")])  # fmt: skip
+def test_no_hand_written_measured_tables(doc, start):
+    """The measured sections hold no table outside a generated block (docs/distance.md: none anywhere)."""
+    text = (ROOT / "docs" / doc).read_text()
+    section = text[text.index(start) :] if start else text
+    assert not re.search(r"^\|.*\|\n\|---", mdt.BLOCK.sub("", section), re.M), f"{doc}: a table outside a block"
+
+
+BENCH_FILES = sorted({f for _, name, f, _ in BLOCKS if name.startswith("bench-")})
+
+
+@pytest.mark.parametrize("file", BENCH_FILES)
+def test_benchmark_results_say_how_where_and_when(file):
+    """A benchmark's results file records the command that wrote it (to this very file), one thread, the
+    machine (CPU, cores, load) and the date."""
+    doc = json.loads((ROOT / file).read_text())
+    assert doc["command"].startswith(f"python -m benchmarks.{doc['benchmark']} ") and f"--json {file}" in doc["command"]
+    m = doc["machine"]
+    assert m["cpu"] and m["cpu_count"] and m["torch"] and m["torch_threads"] == 1
+    assert m["load_average_start"] is not None and m["load_average_end"] is not None
+    assert re.fullmatch(r"20\d\d-\d\d-\d\dT.*", doc["date"])
+
+
+def test_distance_training_table_is_the_default_run_with_three_seeds():
+    from nnteleport.lab.experiments.distance_training import DEFAULTS
+
+    ((file,),) = {(f,) for _, name, f, _ in BLOCKS if name == "distance-training"}
+    res = json.loads((ROOT / file).read_text())
+    differ = {k for k in DEFAULTS if k != "workers" and res["config"].get(k) != DEFAULTS[k]}
+    assert not differ, f"{file} is not a run at DEFAULTS: {sorted(differ)}"
+    assert len(DEFAULTS["seeds"]) >= 3 and all(r["seeds"] >= 3 for r in res["summary"])
+
+
+def test_distance_training_generator_counts_diverged_runs(tmp_path):
+    from nnteleport.lab.experiments.distance_training import DEFAULTS
+
+    row = {"model": "resnet18", "variant": "distance", "seeds": 3, "diverged": 1, "final_val_acc": 0.9,
+           "final_val_acc_std": 0.01, "ensemble_acc": 0.95, "ensemble_acc_std": 0.02, "mean_member_acc": 0.9,
+           "disagreement": 0.1, "disagreement_std": 0.01, "error_correlation": 0.4, "error_correlation_std": 0.05,
+           "final_dist_first_ckpt": 9.9, "final_inv_dist_first_ckpt": None, "overhead_ratio": 1.25}  # fmt: skip
+    (tmp_path / "d.json").write_text(json.dumps({"config": dict(DEFAULTS), "summary": [row]}))
+    body = mdt.generate("distance-training", "d.json", tmp_path)
+    assert "| ResNet-18 | distance (1/3 div.) | 0.900 ± 0.010 | 0.950 ± 0.020 | 0.900 | 0.100 ± 0.010 | " in body
+    assert "| 9.9 / – | 1.25 |" in body and "experiment distance-training --out" in body
+
+
+def test_lr_confound_table_shows_a_grid_edge_warning(tmp_path):
+    res = json.loads((ROOT / "docs" / "data" / "lr-confound.json").read_text())
+    for fam in res["families"].values():
+        fam["best_tuned"]["edge"] = "upper"
+    res["warnings"] = ["sgd: the best-tuned lr 0.32 (x32) is at the upper edge of the grid"]
+    (tmp_path / "l.json").write_text(json.dumps(res))
+    body = mdt.generate("lr-confound", "l.json", tmp_path)
+    assert ", upper grid edge)" in body and "**Warning: sgd: the best-tuned lr 0.32 (x32) is at the upper" in body
