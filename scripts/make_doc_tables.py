@@ -490,6 +490,13 @@ def blocks(text: str) -> list[tuple[str, str, str]]:
     return [(m["name"], m["file"], m["body"]) for m in BLOCK.finditer(text)]
 
 
+def _cells(line: str) -> list[str]:
+    """The cells of a markdown table row (``\\|`` inside a cell is not a separator)."""
+    t = line.strip().removeprefix("|")
+    t = t[:-1] if t.endswith("|") and not t.endswith("\\|") else t
+    return [c.strip() for c in re.split(r"(?<!\\)\|", t)]
+
+
 def table_structure(body: str) -> list[tuple[str, ...]]:
     """The structure of every markdown table in ``body``: its header row and each row's label (first cell)."""
     out: list[tuple[str, ...]] = []
@@ -497,11 +504,11 @@ def table_structure(body: str) -> list[tuple[str, ...]]:
     i = 0
     while i < len(lines):
         if lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
-            header = tuple(c.strip() for c in lines[i].strip("|").split("|"))
+            header = tuple(_cells(lines[i]))
             labels = []
             i += 2
             while i < len(lines) and lines[i].startswith("|"):
-                labels.append(lines[i].strip("|").split("|")[0].strip())
+                labels.append(_cells(lines[i])[0])
                 i += 1
             out.append((*header, "::", *labels))
         else:

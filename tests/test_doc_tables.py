@@ -164,3 +164,20 @@ def test_lr_confound_table_shows_a_grid_edge_warning(tmp_path):
     (tmp_path / "l.json").write_text(json.dumps(res))
     body = mdt.generate("lr-confound", "l.json", tmp_path)
     assert ", upper grid edge)" in body and "**Warning: sgd: the best-tuned lr 0.32 (x32) is at the upper" in body
+
+
+def test_numbers_block_is_the_experiments_report_section():
+    """``numbers:EXPERIMENT``: one row per number of the experiment's report section, and its verdict."""
+    from nnteleport.lab.experiments import lr_confound
+
+    file = "docs/data/lr-confound.json"
+    sec, _ = lr_confound.report_section(json.loads((ROOT / file).read_text()), ROOT / "docs" / "data")
+    body = mdt.generate("numbers:lr-confound", file)
+    (structure,) = mdt.table_structure(body)
+    assert structure[:3] == ("quantity", "value", "::")
+    assert list(structure[3:]) == [
+        k.replace("|", "\\|") for k, _ in sec.numbers
+    ]  # "|" in a label is escaped, not a column
+    assert sec.verdict.replace("|", "\\|") in body and "experiment lr-confound --out" in body
+    with pytest.raises(Exception, match="nosuch"):
+        mdt.generate("numbers:nosuch", file)
