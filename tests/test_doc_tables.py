@@ -99,7 +99,13 @@ DOCUMENTED = {
     "gspace.md": {"bench-gspace", "bench-fixing", "gspace-lr-grid", "gspace-lr-grid-incl-init", "fixed-value-grid"},
     "distance.md": {"distance-training", "bench-distance", "bench-canonicalize"},
     "engine.md": {"bench-teleport"},
-    "experiments.md": {"lr-confound"},
+    "experiments.md": {
+        "lr-confound",
+        "numbers:training",
+        "numbers:pseudo-teleport",
+        "numbers:mid-training",
+        "numbers:gradient-scale",
+    },
 }
 
 
@@ -181,3 +187,14 @@ def test_numbers_block_is_the_experiments_report_section():
     assert sec.verdict.replace("|", "\\|") in body and "experiment lr-confound --out" in body
     with pytest.raises(Exception, match="nosuch"):
         mdt.generate("numbers:nosuch", file)
+
+
+def test_measured_section_copies_no_statistics_outside_blocks():
+    """docs/experiments.md's "Measured" section: the numbers are in the generated blocks, not in the prose (a
+    copied statistic: a value with 3 or more decimals, a ``±`` or a ``×`` speed-up)."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    a = text.index("## Measured")
+    section = text[a : text.index("\n## ", a + 1)]
+    prose = mdt.BLOCK.sub("", section)
+    copied = re.findall(r"\d\.\d{3,}|±|×\d", prose)
+    assert not copied, f"statistics copied into the prose of the Measured section: {copied}"
