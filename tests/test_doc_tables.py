@@ -105,6 +105,7 @@ DOCUMENTED = {
         "numbers:pseudo-teleport",
         "numbers:mid-training",
         "numbers:gradient-scale",
+        "numbers:interpolation",
     },
 }
 
