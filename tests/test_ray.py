@@ -62,7 +62,7 @@ def test_backend_settings_are_checked():
     assert SweepBackend("ray", gpus_per_run=1).gpus_per_run == 1.0
     with pytest.raises(InvalidValueError, match="unknown sweep backend 'slurm'; choose one of: 'local', 'ray'"):
         SweepBackend("slurm")
-    with pytest.raises(InvalidValueError, match="gpus_per_run=-0.5 must be a finite number >= 0"):
+    with pytest.raises(InvalidValueError, match=r"gpus_per_run=-0\.5 must be a finite number >= 0"):
         SweepBackend("ray", gpus_per_run=-0.5)
     with pytest.raises(InvalidValueError, match="needs backend 'ray'"):
         SweepBackend("local", address="auto")
@@ -81,6 +81,28 @@ def test_missing_ray_is_one_line_before_any_run(tmp_path, monkeypatch):
     assert str(info.value).endswith("pip install 'nnteleport[ray]'") and "\n" not in str(info.value)
     assert not (tmp_path / "runs").exists()
     assert main(["experiment", "training", "--backend", "ray", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_result_that_did_not_reach_this_machine_is_written_by_the_driver(tmp_path, monkeypatch):
+    """Ray back-end with an output folder the worker node does not share: the record the task returned is written
+    here, so the finished run is not lost (Ray replaced by a stand-in that returns the record without the file)."""
+    from nnteleport.lab.experiments import ray_backend, sweep
+
+    def fake_run_jobs_ray(jobs, *, on_done, **kw):
+        for key, fn, args in jobs:
+            _, config, out, sha = args
+            record = {"format": 2, "id": key, "config": config, "config_sha256": sha, "result": {"y": 1.5}}
+            on_done(key, True, (key, record, None))  # written on another node: not in this out
+
+    monkeypatch.setattr(ray_backend, "run_jobs_ray", fake_run_jobs_ray)
+    monkeypatch.setattr(ray_backend, "prepare", lambda *a: None)
+    monkeypatch.setattr(ray_backend, "require_ray", lambda: None)
+    runs = [{"id": "a", "x": 1}]
+    assert run_sweep(marked_run, runs, tmp_path, backend="ray", progress=False) == {"a": {"y": 1.5}}
+    assert read_result(tmp_path, "a")["result"] == {"y": 1.5}
+    assert _calls(tmp_path, "a") == 0  # the stand-in ran nothing here
+    assert run_sweep(marked_run, runs, tmp_path, workers=1, progress=False) == {"a": {"y": 1.5}}  # read back
+    assert _calls(tmp_path, "a") == 0 and sweep.result_path(tmp_path, "a").is_file()
 
 
 def test_importing_the_sweeps_does_not_import_ray():
@@ -118,6 +140,7 @@ def test_cli_refuses_ray_settings_that_do_not_apply(args, message, capsys, tmp_p
 
 # --------------------------------------------------------------------------------------------------
 # a real local Ray instance
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -251,7 +274,7 @@ def test_ray_gpus_per_run_are_ray_resources(local_ray, tmp_path):
     res = run_sweep(marked_run, runs[:2], tmp_path / "half", backend=SweepBackend("ray", gpus_per_run=0.5),
                     progress=False)  # fmt: skip
     assert {res[r]["gpus"] for r in res} <= {"0", "1"}  # each run sees one (logical) GPU, shared by two runs
-    with pytest.raises(InvalidValueError, match="no node for a run of 1 CPU thread.*and 4 GPU"):
+    with pytest.raises(InvalidValueError, match=r"no node for a run of 1 CPU thread.*and 4 GPU"):
         run_sweep(marked_run, runs, tmp_path / "four", backend=SweepBackend("ray", gpus_per_run=4), progress=False)
     with pytest.raises(InvalidValueError, match="no node for a run of 3 CPU thread"):
         run_sweep(marked_run, runs, tmp_path / "three", backend="ray", threads=3, progress=False)

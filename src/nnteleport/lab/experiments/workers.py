@@ -93,8 +93,9 @@ def interruptible() -> Iterator[None]:
 
 def mark_worker_process() -> None:
     """Mark this process as a worker of a sweep (a local worker, a Ray worker): its parent or scheduler stops it,
-    so :func:`interruptible` installs no handlers here."""
+    so :func:`interruptible` installs no handlers here, and its progress bars need no cross-process lock."""
     _IN_WORKER[0] = True
+    _thread_lock_for_tqdm()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -142,7 +143,6 @@ def _worker_loop(threads: int, parent_pid: int, conn: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent_pid)
     _set_threads(threads)
-    _thread_lock_for_tqdm()
     while True:
         try:
             job = conn.recv()
