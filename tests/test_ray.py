@@ -89,8 +89,8 @@ def test_a_result_that_did_not_reach_this_machine_is_written_by_the_driver(tmp_p
     from nnteleport.lab.experiments import ray_backend, sweep
 
     def fake_run_jobs_ray(jobs, *, on_done, **kw):
-        for key, fn, args in jobs:
-            _, config, out, sha = args
+        for key, _fn, args in jobs:
+            _, config, _out, sha = args
             record = {"format": 2, "id": key, "config": config, "config_sha256": sha, "result": {"y": 1.5}}
             on_done(key, True, (key, record, None))  # written on another node: not in this out
 

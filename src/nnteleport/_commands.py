@@ -1,7 +1,8 @@
 """What the commands of ``nnteleport`` do; :mod:`nnteleport.cli` parses the command line and calls these.
 
 * ``experiment``: :func:`experiment_names`, :func:`experiment_list`, :func:`experiment_help` (texts),
-  :func:`load_experiment` (checks a name), :func:`run_experiment` (config, output folder, lock, run);
+  :func:`load_experiment` (checks a name), :func:`run_experiment` (config, output folder, lock, run),
+  :func:`sweep_backend` (``--backend``, ``--ray-address``, ``--gpus-per-run``);
 * ``demo``: :func:`run_demo`;
 * ``teleport``: :func:`teleport_check` (build a zoo model, teleport it in float64, measure) and
   :func:`format_teleport_check` (what the command prints);
