@@ -86,10 +86,10 @@ def imported_top_level(path: Path) -> set[str]:
 
 
 def test_every_third_party_import_is_declared():
-    """The core imports only its dependencies; the lab only those and its extras (optional ones: vision, tb)."""
+    """The core imports only its dependencies; the lab only those and its extras (optional: vision, tb, ray)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared_lab = {dist_name(r) for r in project["optional-dependencies"]["lab"]}
-    optional = {dist_name(r) for e in ("vision", "tensorboard") for r in project["optional-dependencies"][e]}
+    optional = {dist_name(r) for e in ("vision", "tensorboard", "ray") for r in project["optional-dependencies"][e]}
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) > 20
     seen_core: set[str] = set()

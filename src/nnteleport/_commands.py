@@ -1,7 +1,8 @@
 """What the commands of ``nnteleport`` do; :mod:`nnteleport.cli` parses the command line and calls these.
 
 * ``experiment``: :func:`experiment_names`, :func:`experiment_list`, :func:`experiment_help` (texts),
-  :func:`load_experiment` (checks a name), :func:`run_experiment` (config, output folder, lock, run);
+  :func:`load_experiment` (checks a name), :func:`run_experiment` (config, output folder, lock, run),
+  :func:`sweep_backend` (``--backend``, ``--ray-address``, ``--gpus-per-run``);
 * ``demo``: :func:`run_demo`;
 * ``teleport``: :func:`teleport_check` (build a zoo model, teleport it in float64, measure) and
   :func:`format_teleport_check` (what the command prints);
@@ -38,6 +39,7 @@ __all__ = [
     "one_line",
     "run_demo",
     "run_experiment",
+    "sweep_backend",
     "teleport_check",
 ]
 
@@ -145,17 +147,23 @@ def run_experiment(
     workers: int | None = None,
     out: Path | None = None,
     progress: bool = True,
+    backend: str | None = None,
+    ray_address: str | None = None,
+    gpus_per_run: float | None = None,
 ) -> Path:
     """Run experiment ``name`` with its defaults changed by ``config_file`` and ``overrides`` (``KEY=VALUE``).
 
-    ``workers`` sets the key ``workers`` (refused for experiments without one); every input error is raised
-    before the run starts. The results go to ``out`` (default ``results/NAME``), locked against a second
-    process. Returns the output folder.
+    ``workers`` sets the key ``workers`` (refused for experiments without one); ``backend``, ``ray_address`` and
+    ``gpus_per_run`` choose where its sweeps run (:func:`sweep_backend`). Every input error is raised before the
+    run starts. The results go to ``out`` (default ``results/NAME``), locked against a second process. Returns
+    the output folder.
     """
+    from nnteleport.lab.experiments.backends import use_backend
     from nnteleport.lab.experiments.config import load_config
     from nnteleport.lab.experiments.workers import out_lock
 
     module = load_experiment(name)
+    chosen = sweep_backend(name, module, backend, ray_address, gpus_per_run)
     overrides = list(overrides)
     if workers is not None:
         if workers < 1:
@@ -166,9 +174,29 @@ def run_experiment(
     config = load_config(name, config_file, overrides)
     out = out if out is not None else Path("results") / name
     _check_out(out)
-    with out_lock(out):
+    with out_lock(out), use_backend(chosen):
         module.run(config, out, progress=progress)
     return out
+
+
+def sweep_backend(
+    name: str, module: Any, backend: str | None, ray_address: str | None, gpus_per_run: float | None
+) -> Any:
+    """The :class:`~nnteleport.lab.experiments.backends.SweepBackend` of ``--backend``, ``--ray-address`` and
+    ``--gpus-per-run``; Ray is refused for experiments without a sweep (no ``workers`` key) and when not installed."""
+    from nnteleport.lab.experiments.backends import SweepBackend
+
+    if backend != "ray":
+        for flag, value in (("--ray-address", ray_address), ("--gpus-per-run", gpus_per_run)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --backend ray")
+        return SweepBackend()
+    if "workers" not in getattr(module, "DEFAULTS", {}):
+        raise UsageError(f"experiment {name!r} runs no sweep of independent runs (no `workers` key); drop --backend")
+    from nnteleport.lab.experiments.ray_backend import require_ray
+
+    require_ray()
+    return SweepBackend("ray", address=ray_address, gpus_per_run=0.0 if gpus_per_run is None else gpus_per_run)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ EXTRAS: dict[str, dict[str, str]] = {
         "tqdm": "tqdm",  # progress bars (lab.training, lab.demo, experiments.sweep, experiments.workers)
         "yaml": "pyyaml",  # --config FILE.yaml and --set values (lab.experiments.config)
     },
+    "ray": {
+        "ray": "ray",  # sweeps on a Ray cluster, --backend ray (lab.experiments.ray_backend)
+    },
 }
 
 

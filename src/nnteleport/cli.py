@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: results/NAME)")
     exp.add_argument("--workers", type=int, metavar="N", help="parallel worker processes (sets key `workers`)")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # where the runs of a sweep execute (nnteleport.lab.experiments.backends)
+    exp.add_argument("--backend", choices=["local", "ray"], help="where the runs of a sweep execute: local worker "
+                     "processes (default) or Ray tasks (pip install 'nnteleport[ray]'; same results)")  # fmt: skip
+    exp.add_argument("--ray-address", metavar="ADDR", help="with --backend ray: the cluster (`auto`: the one "
+                     "started on this machine, HOST:6379: its head node); default: a local Ray instance")  # fmt: skip
+    exp.add_argument("--gpus-per-run", type=float, metavar="G", help="with --backend ray: GPUs each run "
+                     "reserves (1: one run per GPU, 0.5: two per GPU; default 0)")  # fmt: skip
 
     demo = sub.add_parser(
         "demo",
@@ -154,6 +161,9 @@ def _cmd_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         workers=args.workers,
         out=args.out,
         progress=not args.no_progress,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        gpus_per_run=args.gpus_per_run,
     )
     print(f"{args.name}: results in {out}/ (results.json, CSVs, PNGs)")
     return 0

@@ -20,6 +20,10 @@ Parallelism does not change the numbers: every run uses ``threads`` torch thread
 :mod:`nnteleport.lab.experiments.workers`); a second one exits at once. A run whose worker dies (e.g. the
 out-of-memory killer) fails alone. The output folder is locked while the sweep runs.
 
+Back-ends (:mod:`nnteleport.lab.experiments.backends`): local worker processes (default) or Ray (``backend="ray"``,
+one task per run, on a local Ray instance or a cluster whose nodes share the output folder). The back-end is not
+part of a run's identity and changes no number; resume, refusals and the files are the same.
+
 ``fn`` must be a module-level function (picklable by name); its result must be JSON-serialisable (numpy and
 torch scalars/arrays are converted). Records are written by :func:`nnteleport.lab.plotting.write_json`: strict
 JSON, NaN and infinities as ``null``; a fresh result is returned as it will be read back (``None`` for NaN).
@@ -53,6 +57,7 @@ from nnteleport.errors import (
     InvalidValueError,
     RunsFailedError,
 )
+from nnteleport.lab.experiments.backends import SweepBackend, current_backend
 from nnteleport.lab.experiments.workers import (
     interruptible,
     out_lock,
@@ -63,6 +68,7 @@ from nnteleport.lab.experiments.workers import (
 from nnteleport.lab.plotting import to_jsonable, write_json
 
 __all__ = [
+    "SweepBackend",
     "aggregate",
     "config_sha256",
     "default_workers",
@@ -246,6 +252,7 @@ def run_sweep(
     desc: str = "runs",
     raise_on_error: bool = True,
     ignore_keys: Sequence[str] = (),
+    backend: SweepBackend | str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``fn(config, run_dir)`` for every run not finished yet; return ``{id: result}`` of all runs.
 
@@ -259,7 +266,7 @@ def run_sweep(
     out : path
         Folder of the sweep (locked while the sweep runs).
     workers : int, optional
-        Worker processes (default ``min(2, cpu count)``); ``1`` runs in this process.
+        Worker processes of the local back-end (default ``min(2, cpu count)``); ``1`` runs in this process.
     threads : int
         Torch intra-op threads of every run, whatever ``workers`` (so that the numbers do not depend on it).
     progress : bool
@@ -272,6 +279,10 @@ def run_sweep(
         missing from the result.
     ignore_keys : sequence of str
         Keys of the run configs that do not change the result (e.g. ``"workers"``), left out of the identity.
+    backend : SweepBackend or {"local", "ray"}, optional
+        Where the runs execute (:mod:`nnteleport.lab.experiments.backends`): local worker processes, or one Ray
+        task per run (``threads`` CPUs and ``backend.gpus_per_run`` GPUs each; ``workers`` is not used). Default:
+        :func:`~nnteleport.lab.experiments.backends.current_backend`. Same results, same files, same resume.
 
     Returns
     -------
@@ -286,10 +297,20 @@ def run_sweep(
         A stored result cannot be read (names the file).
     OutputInUseError
         Another process is running a sweep in ``out``.
+    MissingExtraError
+        ``backend="ray"`` without Ray installed.
     Interrupted
         SIGINT or SIGTERM: the workers were stopped, the finished results are kept.
     """
     checked = _check_runs(runs)
+    if backend is None:
+        backend = current_backend()
+    elif not isinstance(backend, SweepBackend):
+        backend = SweepBackend(backend)
+    if backend.name == "ray":
+        from nnteleport.lab.experiments.ray_backend import require_ray
+
+        require_ray()
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise InvalidValueError(f"workers must be >= 1, got {workers}")
@@ -300,7 +321,7 @@ def run_sweep(
         raise InvalidValueError(f"output folder {out} exists and is not a folder")
     with out_lock(out), interruptible():
         return _run_sweep_locked(fn, checked, out, workers, int(threads), progress, desc, raise_on_error,
-                                 tuple(ignore_keys))  # fmt: skip
+                                 tuple(ignore_keys), backend)  # fmt: skip
 
 
 def _run_sweep_locked(
@@ -313,6 +334,7 @@ def _run_sweep_locked(
     desc: str,
     raise_on_error: bool,
     ignore_keys: tuple[str, ...],
+    backend: SweepBackend,
 ) -> dict[str, dict[str, Any]]:
     records: dict[str, dict] = {}
     todo: list[tuple[dict, str]] = []
@@ -337,6 +359,10 @@ def _run_sweep_locked(
         todo.append((r, sha))
     if mismatches:
         raise _mismatch_error(out, mismatches)
+    if todo and backend.name == "ray":  # an unreachable cluster or a run no node can hold: refused before any run
+        from nnteleport.lab.experiments.ray_backend import prepare
+
+        prepare(backend.address, threads, backend.gpus_per_run)
     for r, sha in todo:
         write_json(out / "runs" / r["id"] / "config.json", {"id": r["id"], "config": r, "config_sha256": sha}, indent=1)
 
@@ -373,25 +399,17 @@ def _run_sweep_locked(
             f"checkpoints are kept), {n_queued} queued run(s) cancelled; run the same command again to resume"
         )
 
-    try:
-        if workers == 1:
-            import torch
+    def ray_stop_message(n_unfinished: int) -> str:
+        return (
+            f"{len(records)} of {len(checked)} runs finished (kept in {out}/runs), {n_unfinished} unfinished Ray "
+            f"task(s) cancelled (started runs keep their checkpoints); run the same command again to resume"
+        )
 
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                for i, (r, sha) in enumerate(todo):
-                    active[:] = [r["id"]]
-                    show()
-                    try:
-                        done(*_run_one(fn, r, str(out), sha))
-                    except KeyboardInterrupt as e:
-                        remove_tmp_files(out / "runs" / r["id"], os.getpid())
-                        signum = getattr(e, "signum", 2)
-                        base = str(e) if isinstance(e, Interrupted) else "interrupted"
-                        raise Interrupted(f"{base}: " + stop_message(1, len(todo) - i - 1), signum) from None
-            finally:
-                torch.set_num_threads(before)
+    try:
+        if backend.name == "ray":
+            _execute_ray(fn, todo, out, threads, backend, done, ray_stop_message)
+        elif workers == 1:
+            _execute_here(fn, todo, out, threads, active, show, done, stop_message)
         else:
             by_id = {r["id"]: r for r, _ in todo}
 
@@ -424,6 +442,68 @@ def _run_sweep_locked(
             f"(traceback in {out}/runs/{first_id}/error.txt)"
         )
     return {r["id"]: records[r["id"]]["result"] for r in checked if r["id"] in records}
+
+
+def _execute_here(
+    fn: Callable[[dict, Path], Any],
+    todo: list[tuple[dict, str]],
+    out: Path,
+    threads: int,
+    active: list[str],
+    show: Callable[[], None],
+    done: Callable[[str, dict | None, str | None], None],
+    stop_message: Callable[[int, int], str],
+) -> None:
+    """The runs one after the other in this process, with ``threads`` torch threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for i, (r, sha) in enumerate(todo):
+            active[:] = [r["id"]]
+            show()
+            try:
+                done(*_run_one(fn, r, str(out), sha))
+            except KeyboardInterrupt as e:
+                remove_tmp_files(out / "runs" / r["id"], os.getpid())
+                signum = getattr(e, "signum", 2)
+                base = str(e) if isinstance(e, Interrupted) else "interrupted"
+                raise Interrupted(f"{base}: " + stop_message(1, len(todo) - i - 1), signum) from None
+    finally:
+        torch.set_num_threads(before)
+
+
+def _execute_ray(
+    fn: Callable[[dict, Path], Any],
+    todo: list[tuple[dict, str]],
+    out: Path,
+    threads: int,
+    backend: SweepBackend,
+    done: Callable[[str, dict | None, str | None], None],
+    stop_message: Callable[[int], str],
+) -> None:
+    """The runs as Ray tasks; each task writes its record into ``out`` as a local worker does. A record that
+    did not arrive in this machine's ``out`` (a result folder not shared with the node that ran it) is written
+    here from the record the task returned, so no finished run is lost."""
+    from nnteleport.lab.experiments.ray_backend import run_jobs_ray
+
+    def on_done(run_id: str, ok: bool, payload: Any) -> None:
+        if not ok:
+            done(run_id, None, payload)
+            return
+        rid, record, err = payload
+        if err is None and record is not None and not result_path(out, rid).is_file():
+            write_json(result_path(out, rid), record, indent=1)
+        done(rid, record, err)
+
+    def cleanup(run_id: str) -> None:  # the task was ended: its temporary files, whatever its process id
+        for p in (out / "runs" / run_id).rglob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+    jobs = [(r["id"], _run_in_worker, (fn, r, str(out), sha)) for r, sha in todo]
+    run_jobs_ray(jobs, threads=threads, gpus_per_run=backend.gpus_per_run, address=backend.address,
+                 on_done=on_done, cleanup=cleanup, describe_stop=stop_message)  # fmt: skip
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from nnteleport.errors import Interrupted, OutputInUseError
 from nnteleport.lab._atomic import remove_tmp_files, tmp_path
 
-__all__ = ["interruptible", "out_lock", "remove_tmp_files", "run_jobs", "tmp_path"]
+__all__ = ["interruptible", "mark_worker_process", "out_lock", "remove_tmp_files", "run_jobs", "tmp_path"]
 
 #: Seconds a worker gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_S = 5.0
@@ -91,6 +91,13 @@ def interruptible() -> Iterator[None]:
 # the worker side
 
 
+def mark_worker_process() -> None:
+    """Mark this process as a worker of a sweep (a local worker, a Ray worker): its parent or scheduler stops it,
+    so :func:`interruptible` installs no handlers here, and its progress bars need no cross-process lock."""
+    _IN_WORKER[0] = True
+    _thread_lock_for_tqdm()
+
+
 def _die_with_parent(parent_pid: int) -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -131,12 +138,11 @@ def _set_threads(threads: int) -> None:
 
 def _worker_loop(threads: int, parent_pid: int, conn: Any) -> None:
     """A worker process: run the jobs the parent sends, one at a time, until it sends ``None`` or goes away."""
-    _IN_WORKER[0] = True
+    mark_worker_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent_pid)
     _set_threads(threads)
-    _thread_lock_for_tqdm()
     while True:
         try:
             job = conn.recv()
