@@ -54,7 +54,7 @@ from nnteleport.engine.optimize import OptimizedCoB
 from nnteleport.engine.spaces import Kind
 from nnteleport.errors import InvalidArgumentError, InvalidValueError
 
-__all__ = ["path_kernel_diagonal", "pathcond_criterion", "pathcond_cob"]
+__all__ = ["path_kernel_diagonal", "pathcond_cob", "pathcond_criterion"]
 
 _OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
@@ -83,9 +83,7 @@ def path_kernel_diagonal(model: nn.Module, x: Any) -> dict[str, Tensor]:
     inputs = _as_inputs(x)
     names = [n for n, _ in model.named_parameters()]
     sq = {n: p.detach().double().pow(2).requires_grad_(True) for n, p in model.named_parameters()}
-    state: dict[str, Tensor] = {
-        n: (b.double() if b.is_floating_point() else b) for n, b in model.named_buffers()
-    }
+    state: dict[str, Tensor] = {n: (b.double() if b.is_floating_point() else b) for n, b in model.named_buffers()}
     for mname, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             prefix = f"{mname}." if mname else ""
@@ -106,9 +104,7 @@ def path_kernel_diagonal(model: nn.Module, x: Any) -> dict[str, Tensor]:
     leaves = [out] if isinstance(out, Tensor) else [t for t in _flatten(out) if isinstance(t, Tensor)]
     psi = sum(t.double().sum() for t in leaves)
     grads = torch.autograd.grad(psi, [sq[n] for n in names], allow_unused=True)
-    return {
-        n: (torch.zeros_like(sq[n]) if g is None else g.detach()).clamp_min(0.0) for n, g in zip(names, grads)
-    }
+    return {n: (torch.zeros_like(sq[n]) if g is None else g.detach()).clamp_min(0.0) for n, g in zip(names, grads)}
 
 
 def _flatten(v: Any) -> list[Any]:
@@ -142,7 +138,9 @@ class _Entries:
         self.i = torch.cat(i).numpy() if i else np.zeros(0, dtype=np.int64)
         self.N = len(self.lg)
         if self.N == 0:
-            raise InvalidValueError("pathcond: every entry of the path-kernel diagonal is 0 (no path with non-zero weights)")
+            raise InvalidValueError(
+                "pathcond: every entry of the path-kernel diagonal is 0 (no path with non-zero weights)"
+            )
         moving = self.o != self.i
         n = plan.num_free + 1
         self.incoming = _csr(np.where(moving, self.o, 0), moving, n)

@@ -113,19 +113,13 @@ def train(
         those epochs, so that both arms are treated alike.
     teleport_batch_size : int, optional
         Size of the example batch (first examples of the train split) given to the engine (default
-        ``batch_size``); the CoB objectives are evaluated on it (a few batches: a multiple of ``batch_size``).
-    teleport_cob : {"random", "best-of-n", "optimized", "balanced", "pathcond"}
-        How each teleport chooses its CoB (:class:`~nnteleport.lab.training.teleport.TeleportCoB`).
-    teleport_every : int, optional
-        Also teleport after every ``teleport_every``-th optimisation step (not after the last one); with or
-        without ``teleport_at``. The time spent teleporting is recorded per teleport (``history.teleports``)
-        and as a share of the epochs' wall time (``history.extra["teleport_time_share"]``).
-    teleport_options : dict, optional
-        Options of the CoB choices (:data:`~nnteleport.lab.training.teleport.COB_OPTIONS`: ``n``,
-        ``objective``, ``steps``, ``lr``, ``principled_range``).
+        ``batch_size``; the CoB objectives see it: a few batches is a multiple of ``batch_size``).
+    teleport_cob, teleport_every, teleport_options
+        The CoB choice of each teleport (``"random"``, ``"best-of-n"``, ``"optimized"``, ``"balanced"``,
+        ``"pathcond"``: :class:`~.teleport.TeleportCoB`, options :data:`~.teleport.COB_OPTIONS`); also teleport
+        after every ``teleport_every``-th step (not after the last). Times: ``history.timing`` (:class:`History`).
     reset_optimizer_every : int, optional
-        Also reset the optimizer after every ``reset_optimizer_every``-th step (its state cleared, learning
-        rates kept): the control of an arm that teleports every that many steps with ``"reset"``.
+        Reset the optimizer state after every that many steps: the control of ``teleport_every`` with "reset".
     penalty : callable, optional
         ``penalty(model) -> scalar tensor | None`` added to the loss every iteration; checkpointed if it has
         ``state_dict``/``load_state_dict``.

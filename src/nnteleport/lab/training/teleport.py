@@ -189,7 +189,9 @@ class _StepSchedule:
 
     def __init__(self, every: int | None) -> None:
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise InvalidValueError(f"every (steps between teleports / resets) must be a positive integer, got {every!r}")
+            raise InvalidValueError(
+                f"every (steps between teleports / resets) must be a positive integer, got {every!r}"
+            )
         self.every, self.steps, self.in_epoch = every, 0, 0
 
     def start(self, trainer: Trainer) -> None:
@@ -302,7 +304,9 @@ class Teleport(Callback):
             self._cobs.append(cob)
         return _teleport_fn()(model, self.x, cob=cob, inplace=True)
 
-    def move(self, model: nn.Module, epoch: int, *, step: int | None = None, loss_fn: Any = None) -> tuple[float, float]:
+    def move(
+        self, model: nn.Module, epoch: int, *, step: int | None = None, loss_fn: Any = None
+    ) -> tuple[float, float]:
         """Move ``model`` in place as the teleport at ``epoch`` (or after global step ``step``) does; return
         ``(||W - V||, ||W||)``."""
         before = _flat_params(model)
@@ -316,8 +320,8 @@ class Teleport(Callback):
         measured = time.perf_counter()
         loss0, g0 = _loss_and_grad_norm(trainer.model, self.x, self.y, loss_fn)
         started = time.perf_counter()
-        distance, weight_norm = self.move(trainer.model, trainer.epoch, step=self.schedule.steps if after_step else None,
-                                          loss_fn=loss_fn)  # fmt: skip
+        step = self.schedule.steps if after_step else None
+        distance, weight_norm = self.move(trainer.model, trainer.epoch, step=step, loss_fn=loss_fn)
         if self.reset_optimizer:
             _clear_optimizer_state(trainer) if after_step else trainer.reset_optimizer()
         elif self.transform_optimizer and self._factors is not None:
@@ -398,7 +402,9 @@ class PseudoTeleport(Teleport):
     kind = "pseudo"
     state_key = "pseudo_teleport"
 
-    def move(self, model: nn.Module, epoch: int, *, step: int | None = None, loss_fn: Any = None) -> tuple[float, float]:
+    def move(
+        self, model: nn.Module, epoch: int, *, step: int | None = None, loss_fn: Any = None
+    ) -> tuple[float, float]:
         gen = self._generator(epoch, step)
         before = _flat_params(model)
         ref = copy.deepcopy(model)
