@@ -342,3 +342,25 @@ def test_experiment_runs_on_a_tiny_config(tmp_path):
     sec, heads = teleport_schedule.report_section(saved, tmp_path)
     assert sec.verdict and sec.numbers and all(f.path.is_file() for f in sec.figures) and heads
     assert set(saved["overall"]) == set(g["comparisons"])
+
+
+def test_cli_configuration_and_the_resnet_when_cifar_is_present(monkeypatch):
+    from nnteleport.errors import MissingFileError
+    from nnteleport.lab import data as data_mod
+    from nnteleport.lab.experiments import teleport_schedule
+    from nnteleport.lab.experiments.config import load_config, validate_config
+
+    cfg = load_config("teleport-schedule", None, ["model_kwargs.cnn.channels=[8]", "optimizers=[adam]"])
+    validate_config("teleport-schedule", cfg)
+
+    def absent(name, root=None):
+        raise MissingFileError(f"{name} is not there")
+
+    monkeypatch.setattr(data_mod, "check_available", absent)
+    groups, notes = teleport_schedule._groups(cfg)
+    assert groups == [("mlp", "digits"), ("cnn", "digits")] and "skipped" in notes[0]
+    monkeypatch.setattr(data_mod, "check_available", lambda name, root=None: None)
+    ids = [t["id"] for t in teleport_schedule.tasks(cfg)]
+    assert "resnet18_adam_pathcond-every_seed2" in ids and "cnn_adam_none_seed0" in ids
+    with pytest.raises(InvalidValueError, match="every_steps"):
+        validate_config("teleport-schedule", {**cfg, "every_steps": 0})

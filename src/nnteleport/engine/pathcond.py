@@ -216,7 +216,7 @@ def pathcond_cob(
     x: Any,
     *,
     cob_range: float | None = None,
-    tol: float = 1e-9,
+    tol: float = 1e-6,
     max_sweeps: int = 100,
     leaf_modules: Sequence[type | str] = (),
 ) -> OptimizedCoB:

@@ -22,9 +22,10 @@ Measured, paired by seed (:mod:`nnteleport.lab.experiments.paired`, a diverged r
 comparison and is counted): the final training loss (the fixed step budget) against the same-lr baseline and
 against the best-tuned one; the loss at a fixed wall-clock budget (the median training time of the same-lr
 baseline; a run's loss there is the mean of its last ``smooth`` mini-batch losses before that time, teleport time
-included); the share of the training time spent teleporting; the squared gradient norm right before and after
-the first teleport. Curves: mean and std over seeds of the mini-batch loss against steps and against
-wall-clock time. Wall-clock numbers come from a shared machine: they are noisy, the step counts are not.
+included, or its first mini-batch loss when a teleport at the start outlasts the budget); the share of the training
+time spent teleporting; the squared gradient norm right before and after the first teleport. Curves: mean and std
+over seeds of the mini-batch loss against steps and against wall-clock time. Wall-clock numbers come from a shared
+machine: they are noisy, the step counts are not.
 
 Models: an MLP and a small CNN (VGG-style, ``cnn`` in ``model_kwargs``) on ``dataset``; with
 ``resnet_if_cifar`` and CIFAR-10 under ``data_root``, also a narrow ResNet-18 on a subset of CIFAR-10 (skipped and
@@ -72,14 +73,14 @@ DEFAULTS: dict[str, Any] = {
     "models": ["mlp", "cnn"],
     "model_kwargs": {
         "mlp": {"hidden": [64, 64], "activation": "relu"},
-        "cnn": {"config": [16, "M", 32, "M"], "width": 1.0, "batchnorm": False, "activation": "relu"},
+        "cnn": {"channels": [16, 32], "batchnorm": False, "activation": "relu"},
         "resnet18": {"width": 0.125},
     },
     "resnet_if_cifar": True,
     "cifar_train_size": 2048,
     "optimizers": ["sgd", "momentum", "adam"],
     "lrs": {"sgd": 0.05, "momentum": 0.01, "adam": 0.001},
-    "lr_multipliers": [0.5, 2.0, 4.0],
+    "lr_multipliers": [0.5, 2.0, 4.0, 8.0, 16.0],
     "cobs": ["random", "best-of-n", "optimized", "balanced", "pathcond"],
     "schedules": ["once", "every"],
     "teleport_epoch": 0,
@@ -196,8 +197,12 @@ def _data(name: str, root: str | None, train_size: int | None):
 def _build(task: dict[str, Any], data: Any) -> Any:
     from nnteleport.lab.models import build_model
 
-    name = "vgg" if task["model"] == "cnn" else task["model"]
-    return build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **task["model_kw"])
+    kw = dict(task["model_kw"])
+    if task["model"] == "cnn":  # VGG-style: 3x3 conv (+ BN) + activation + 2x2 max-pool per entry of channels
+        config = [item for c in kw.pop("channels") for item in (int(c), "M")]
+        return build_model("vgg", in_shape=data.input_shape, num_classes=data.num_classes, config=config, width=1.0,
+                           **kw)  # fmt: skip
+    return build_model(task["model"], in_shape=data.input_shape, num_classes=data.num_classes, **kw)
 
 
 def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -249,12 +254,13 @@ def _iter_loss(h: dict[str, Any]) -> np.ndarray:
 
 
 def loss_at_time(h: dict[str, Any], budget: float, smooth: int) -> float:
-    """Mean of the last ``smooth`` mini-batch losses at or before ``budget`` seconds of training (NaN if none or
-    diverged)."""
+    """Mean of the last ``smooth`` mini-batch losses at or before ``budget`` seconds of training; a run that has
+    not finished a step by then (a long teleport at the start) is still at its first mini-batch's loss, the loss
+    of its initial function. NaN if diverged."""
     loss, wall = _iter_loss(h), wall_clock(h)
-    n = int(np.searchsorted(wall, budget, side="right"))
-    if n == 0 or not np.isfinite(loss).all():
+    if not len(loss) or not np.isfinite(loss).all():
         return math.nan
+    n = max(1, int(np.searchsorted(wall, budget, side="right")))
     return float(np.mean(loss[max(0, n - smooth) : n]))
 
 
@@ -516,7 +522,8 @@ def _plots(out: Path, cfg: dict[str, Any], step_rows: list, wall_rows: list, gro
                     ls = "--" if arm.endswith("-every") else "-"
                     label = "none (same lr)" if arm == "none" else (f"tuned: {arm}" if arm.startswith("lr-x") else arm)
                     ax.plot(x, m, color=color, ls=ls, lw=1.3, label=label)
-                    ax.fill_between(x, m - s, m + s, color=color, alpha=0.12, lw=0)
+                    lower = np.where(m - s > 0, m - s, np.nan)  # log axis: no band where mean - std <= 0
+                    ax.fill_between(x, lower, m + s, color=color, alpha=0.12, lw=0)
                 ax.set_yscale("log")
                 ax.set_xlabel("step" if xkey == "step" else "training wall-clock (s)")
                 ax.set_ylabel("mini-batch loss (moving avg.)")
@@ -537,7 +544,7 @@ DEMO: dict[str, Any] = {
     "models": ["mlp"],
     "model_kwargs": {"mlp": {"hidden": [32, 32]}},
     "optimizers": ["sgd", "adam"],
-    "lr_multipliers": [0.5, 2.0],
+    "lr_multipliers": [0.5, 2.0, 4.0],
     "epochs": 2,
     "max_iters_per_epoch": 15,
     "every_steps": 10,
@@ -573,9 +580,10 @@ def report_section(res: dict[str, Any], d: Path) -> tuple[Section, list[Headline
             share = f"; time share {100 * c['time_share']['mean']:.1f}%"
             numbers.append((f"{tag} {arm}: tuned − arm, loss at {g['wall_budget_seconds']:.2f} s",
                             _fmt(c["wall_vs_tuned"]) + share))  # fmt: skip
-    figs = [Figure(d / p, "Mini-batch training loss (moving average; mean ± std over seeds) against steps (left) "
-                   "and training wall-clock (right); solid: once, dashed: every K steps; orange: no teleport at the "
-                   "base lr, grey: the best-tuned no-teleport lr.") for p in res["files"].get("plots", [])]  # fmt: skip
+    caption = ("Mini-batch training loss (moving average; mean ± std over seeds, no band where mean − std ≤ 0) "
+               "against steps (left) and training wall-clock (right); solid: once, dashed: every K steps; orange: no "
+               "teleport at the base lr, grey: the best-tuned no-teleport lr.")  # fmt: skip
+    figs = [Figure(d / p, caption) for p in res["files"].get("plots", [])]
     lines = list(res.get("verdict") or verdict_lines(res)) + list(res.get("skipped", []))
     status = _status(res)
     sec = Section(

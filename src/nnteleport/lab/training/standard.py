@@ -114,12 +114,9 @@ def train(
     teleport_batch_size : int, optional
         Size of the example batch (first examples of the train split) given to the engine (default
         ``batch_size``; the CoB objectives see it: a few batches is a multiple of ``batch_size``).
-    teleport_cob, teleport_every, teleport_options
-        The CoB choice of each teleport (``"random"``, ``"best-of-n"``, ``"optimized"``, ``"balanced"``,
-        ``"pathcond"``: :class:`~.teleport.TeleportCoB`, options :data:`~.teleport.COB_OPTIONS`); also teleport
-        after every ``teleport_every``-th step (not after the last). Times: ``history.timing`` (:class:`History`).
-    reset_optimizer_every : int, optional
-        Reset the optimizer state after every that many steps: the control of ``teleport_every`` with "reset".
+    teleport_cob, teleport_every, teleport_options, reset_optimizer_every
+        CoB choice of each teleport (:class:`~.teleport.TeleportCoB`; options :data:`~.teleport.COB_OPTIONS`);
+        also teleport (or, the control, reset the optimizer state) after every that many steps, not after the last.
     penalty : callable, optional
         ``penalty(model) -> scalar tensor | None`` added to the loss every iteration; checkpointed if it has
         ``state_dict``/``load_state_dict``.

@@ -1,5 +1,6 @@
 """Teleportation during training: :class:`Teleport` and the paper's control :class:`PseudoTeleport`, at the
-start of given epochs.
+start of given epochs and/or every ``K`` steps, with the CoB chosen at random (the paper) or by an objective or a
+principled rescaling (:class:`TeleportCoB`: best-of-n, optimized, balanced, pathcond; :func:`choose_cob`).
 
 A teleport ``V = tau . W`` (Armenta et al. 2023, Theorem 1) keeps the function and moves the weights; gradients
 transform as ``dV = dW / tau`` (Theorem 2), so optimizer state accumulated before it is in the old coordinates:
@@ -10,7 +11,8 @@ Pseudo-teleportation (Sec. 5.2): the model is teleported on a copy with the same
 uniform on the unit sphere of the whole parameter vector (a normalised float64 standard Gaussian).
 
 Each teleport at epoch ``e`` draws from its own generator seeded from ``(seed, e)``, so a teleported run and its
-baseline share the initialisation and the order of the batches.
+baseline share the initialisation and the order of the batches; a teleport after global step ``k`` draws from
+``(seed, k)``.
 """
 
 from __future__ import annotations
