@@ -549,5 +549,61 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
+def teleport_schedule(res: dict[str, Any], file: str) -> str:
+    """Per arm (CoB choice x schedule), over the (model, optimizer) groups: how often it is clearly better / worse
+    than the no-teleport baseline at the same lr and than the best-tuned no-teleport lr (final training loss and
+    loss at the wall-clock budget), the median over groups of the paired median gaps, the time share and the
+    gradient-norm growth at the first teleport."""
+    from nnteleport.lab.experiments.paired import as_float
+    from nnteleport.lab.experiments.teleport_schedule import DEFAULTS
+
+    cfg, groups, ov = res["config"], res["groups"], res["overall"]
+
+    def med(values: list[float]) -> str:
+        vals = [v for v in values if not math.isnan(v)]
+        return fmt(float(sorted(vals)[len(vals) // 2])) if vals else "—"
+
+    rows = []
+    for arm, o in ov.items():
+        cs = [g["comparisons"][arm] for g in groups if arm in g["comparisons"]]
+        ratio = [
+            as_float(c["first_grad_norm_sq_after"]["mean"]) / as_float(c["first_grad_norm_sq_before"]["mean"])
+            for c in cs
+        ]
+        n = o["groups"]
+        rows.append([
+            arm,
+            f"{o['same_lr_better']}/{n} · {o['same_lr_worse']}/{n}",
+            f"{o['tuned_better']}/{n} · {o['tuned_worse']}/{n}",
+            med([as_float(c["vs_tuned"]["gap_final"]["median"]) for c in cs]),
+            f"{o['wall_tuned_better']}/{n} · {o['wall_tuned_worse']}/{n}",
+            med([as_float(c["wall_vs_tuned"]["median"]) for c in cs]),
+            f"{100 * o['time_share_mean']:.0f}%",
+            med(ratio),
+            str(o["diverged_runs"]),
+        ])  # fmt: skip
+    header = ["arm", "vs same lr: better · worse", "vs tuned lr: better · worse", "median gap vs tuned",
+              "wall budget vs tuned: better · worse", "median wall gap vs tuned", "time teleporting",
+              "grad² after / before (1st)", "diverged runs"]  # fmt: skip
+    tuned = ", ".join(f"{g['model']}/{g['optimizer']}: {g['best_tuned']['arm']}"
+                      + (" (grid edge)" if g["best_tuned"]["at_grid_edge"] else "") for g in groups)  # fmt: skip
+    legend = (
+        f"{len(groups)} groups ({', '.join(dict.fromkeys(g['model'] for g in groups))} on {cfg['dataset']} x "
+        f"{', '.join(cfg['optimizers'])}), {cfg['seeds']} seeds, {cfg['epochs']} epochs, teleport once at epoch "
+        f"{cfg['teleport_epoch']} or every {cfg['every_steps']} steps, s = {cfg['cob_range']} {cfg['sampling']}, "
+        f'optimizer state {cfg["optimizer_state"]}, {cfg["dtype"]}. "better · worse": groups where the arm is '
+        "clearly lower / higher (every seed on that side and the mean paired gap beyond 2 std); gaps are baseline "
+        "minus arm, median over seeds, then the median over groups (positive: the arm is lower; -inf: it "
+        "diverged). Final training loss at the step budget; wall budget: the median training time of the "
+        "same-lr baseline (teleport time counted). Best-tuned lrs: "
+        + tuned
+        + (". " + "; ".join(res["skipped"]) if res.get("skipped") else "")
+        + ".\n"
+    )
+    return _body("teleport-schedule", cfg, DEFAULTS, file, markdown(header, rows), legend)
+
+
+TABLES["teleport-schedule"] = teleport_schedule
+
 if __name__ == "__main__":
     raise SystemExit(main())

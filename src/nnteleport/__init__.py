@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "parameter_factors": "nnteleport.engine.optim_state",
     "select_cob": "nnteleport.engine.optimize",
     "balanced_cob": "nnteleport.engine.optimize",
+    "pathcond_cob": "nnteleport.engine.pathcond",
     "OptimizedCoB": "nnteleport.engine.optimize",
     "CoBFunction": "nnteleport.engine.optimize",
     "Objective": "nnteleport.engine.optimize",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         optimize_cob,
         select_cob,
     )
+    from nnteleport.engine.pathcond import pathcond_cob
     from nnteleport.engine.report import TeleportReport
     from nnteleport.errors import NNTeleportError, UnsupportedModelError, UntraceableModelError
     from nnteleport.gspace.chart import GSpace

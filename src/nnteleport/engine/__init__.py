@@ -9,6 +9,7 @@ Pipeline (Armenta et al., "Neural Teleportation", 2023)::
                 homogeneous activations (shared with nnteleport.gspace)
     cob         a CoB: one non-zero factor tau per free neuron; sampling ("intra", "inter")
     optimize    V(tau) differentiable in log|tau|; optimize_cob, select_cob, balanced_cob
+    pathcond    path-kernel diagonal and the PathCond-style conditioning rescaling pathcond_cob
     optim_state optimizer state across a teleport (momentum / moments transformed like the gradients)
     apply       teleport / micro_teleport: W_ab <- tau_b / tau_a * W_ab, activations g(x) = tau * f(x / tau)
     activation  the activation wrapper TeleportedActivation
@@ -25,6 +26,7 @@ from nnteleport.engine.apply import micro_teleport, sample_cob, teleport
 from nnteleport.engine.cob import CoB, Sampling
 from nnteleport.engine.optim_state import parameter_factors, transform_optimizer_state
 from nnteleport.engine.optimize import CoBFunction, Objective, OptimizedCoB, balanced_cob, optimize_cob, select_cob
+from nnteleport.engine.pathcond import path_kernel_diagonal, pathcond_cob, pathcond_criterion
 from nnteleport.engine.report import TeleportReport
 
 __all__ = [
@@ -42,6 +44,9 @@ __all__ = [
     "micro_teleport",
     "optimize_cob",
     "parameter_factors",
+    "path_kernel_diagonal",
+    "pathcond_cob",
+    "pathcond_criterion",
     "sample_cob",
     "select_cob",
     "teleport",

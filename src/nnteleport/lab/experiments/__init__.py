@@ -45,6 +45,7 @@ EXPERIMENTS: dict[str, str] = {
     "weight-histograms": "nnteleport.lab.experiments.weight_histograms",
     "feature-maps": "nnteleport.lab.experiments.feature_maps",
     "lr-confound": "nnteleport.lab.experiments.lr_confound",
+    "teleport-schedule": "nnteleport.lab.experiments.teleport_schedule",
     # Scale-invariant parameter spaces (Jestädt 2025)
     "gspace-lr-grid": "nnteleport.lab.experiments.gspace_lr_grid",
     "fixed-value-grid": "nnteleport.lab.experiments.fixed_value_grid",

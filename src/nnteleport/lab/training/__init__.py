@@ -57,14 +57,27 @@ bit-identical on CPU (tested); on CUDA they are as deterministic as the kernels 
 from __future__ import annotations
 
 from nnteleport.lab.training.batches import evaluate
-from nnteleport.lab.training.callbacks import EpochTimer, Evaluation, FunctionCallback, Penalty, RecordHistory
+from nnteleport.lab.training.callbacks import (
+    EpochTimer,
+    Evaluation,
+    FunctionCallback,
+    Penalty,
+    RecordHistory,
+    StepTimer,
+)
 from nnteleport.lab.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.logs import ProgressBar, TensorBoard
 from nnteleport.lab.training.loop import Callback, Step, Trainer
 from nnteleport.lab.training.optim import OptimizerName, StepDecay, WeightDecay, make_optimizer
 from nnteleport.lab.training.standard import train
-from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, ResetOptimizer, Teleport
+from nnteleport.lab.training.teleport import (
+    OptimizerStateOnTeleport,
+    PseudoTeleport,
+    ResetOptimizer,
+    Teleport,
+    TeleportCoB,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -83,7 +96,9 @@ __all__ = [
     "ResetOptimizer",
     "Step",
     "StepDecay",
+    "StepTimer",
     "Teleport",
+    "TeleportCoB",
     "TensorBoard",
     "Trainer",
     "WeightDecay",

@@ -7,6 +7,7 @@ so that all per-epoch lists have the same length).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from nnteleport.lab.training.loop import Callback, Step
 if TYPE_CHECKING:
     from nnteleport.lab.training.loop import Trainer
 
-__all__ = ["EpochTimer", "Evaluation", "FunctionCallback", "Penalty", "RecordHistory"]
+__all__ = ["EpochTimer", "Evaluation", "FunctionCallback", "Penalty", "RecordHistory", "StepTimer"]
 
 
 class RecordHistory(Callback):
@@ -167,3 +168,34 @@ class EpochTimer(Callback):
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.history.seconds.append(time.perf_counter() - trainer.epoch_started)
+
+
+_NOT_STEP_TIME = ("teleport_seconds", "pseudo_seconds", "measure_seconds")
+
+
+class StepTimer(Callback):
+    """Appends the wall time of every optimisation step to ``history.timing["step_seconds"]``: from the end of
+    this callback's previous hook (its ``on_epoch_start`` for an epoch's first step) to its ``on_step_end``,
+    minus the time of the teleports (and of their measurements) that ran in between (``history.timing``'s
+    ``teleport_seconds``, ``pseudo_seconds``, ``measure_seconds``), so that a teleport's cost is counted once,
+    where its record says (``step``: the steps done before it). Place it among the user callbacks (after the
+    teleport). A run's training wall-clock after step ``k`` (0-based) is then
+    ``sum(step_seconds[:k + 1])`` plus the teleports with ``step <= k``.
+    """
+
+    state_key = "step_timer"
+
+    def __init__(self) -> None:
+        self._ref = math.nan
+        self._done = 0.0
+
+    def _spent(self, trainer: Trainer) -> float:
+        return float(sum(sum(trainer.history.timing.get(k, [])) for k in _NOT_STEP_TIME))
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._ref, self._done = time.perf_counter(), self._spent(trainer)
+
+    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+        now, done = time.perf_counter(), self._spent(trainer)
+        trainer.history.timing.setdefault("step_seconds", []).append(now - self._ref - (done - self._done))
+        self._ref, self._done = now, done

@@ -60,6 +60,10 @@ class History:
         Free space for callbacks (``history.extra.setdefault("name", []).append(value)``).
     seconds : list of float
         Wall time of each epoch (not compared by ``==``: it differs between identical runs).
+    timing : dict
+        Other wall times (not compared by ``==``): ``teleport_seconds`` (one per teleport, in the order of
+        ``teleports``), ``teleport_seconds_total``, ``teleport_time_share`` (that total over the sum of
+        ``seconds``), ``step_seconds`` (per step, from :class:`~nnteleport.lab.training.callbacks.StepTimer`).
     """
 
     epoch: list[int] = field(default_factory=list)
@@ -75,6 +79,7 @@ class History:
     teleports: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list, compare=False)
+    timing: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN written as ``None``)."""
@@ -96,8 +101,9 @@ class History:
         if not isinstance(other, History):
             return NotImplemented
         a, b = self.to_dict(), other.to_dict()
-        a.pop("seconds")
-        b.pop("seconds")
+        for d in (a, b):
+            d.pop("seconds")
+            d.pop("timing")
         return a == b
 
     __hash__ = None  # type: ignore[assignment]

@@ -55,6 +55,10 @@ def train(
     optimizer_state_on_teleport: str = "reset",
     reset_optimizer_at: Sequence[int] = (),
     teleport_batch_size: int | None = None,
+    teleport_cob: str = "random",
+    teleport_every: int | None = None,
+    teleport_options: dict[str, Any] | None = None,
+    reset_optimizer_every: int | None = None,
     penalty: Callable[[nn.Module], torch.Tensor | None] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     callbacks: Sequence[Callable[[nn.Module, int, History], Any] | Callback] = (),
@@ -109,7 +113,10 @@ def train(
         those epochs, so that both arms are treated alike.
     teleport_batch_size : int, optional
         Size of the example batch (first examples of the train split) given to the engine (default
-        ``batch_size``).
+        ``batch_size``; the CoB objectives see it: a few batches is a multiple of ``batch_size``).
+    teleport_cob, teleport_every, teleport_options, reset_optimizer_every
+        CoB choice of each teleport (:class:`~.teleport.TeleportCoB`; options :data:`~.teleport.COB_OPTIONS`);
+        also teleport (or, the control, reset the optimizer state) after every that many steps, not after the last.
     penalty : callable, optional
         ``penalty(model) -> scalar tensor | None`` added to the loss every iteration; checkpointed if it has
         ``state_dict``/``load_state_dict``.
@@ -160,9 +167,9 @@ def train(
 
         initialize(model, init)
     device_, dtype_ = model_device_dtype(model)
-    x_tp = None
-    if s.teleport_epochs:
-        x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), device_, dtype_)
+    x_tp = y_tp = None
+    if s.teleport_epochs or teleport_every is not None:
+        x_tp, y_tp = (to_device(t, device_, dtype_) for t in _example_pair(train_ds, teleport_batch_size or batch_size))
     fingerprint = s.fingerprint(model, train_ds, val_ds)
     ckpt_path = ckpt = None
     if checkpoint_dir is not None:
@@ -172,7 +179,7 @@ def train(
             ckpt = load_checkpoint(ckpt_path)
             _check_resumable(ckpt, fingerprint, ckpt_path, epochs=epochs, eval_every=eval_every)
     trainer = Trainer(model, train_ds, optimizer=s.make_optimizer, batch_size=batch_size, loss_fn=loss_fn,
-                      callbacks=s.standard_callbacks(x_tp, val_ds, ckpt_path, fingerprint), seed=seed,
+                      callbacks=s.standard_callbacks((x_tp, y_tp), val_ds, ckpt_path, fingerprint), seed=seed,
                       max_iters_per_epoch=max_iters_per_epoch)  # fmt: skip
     return trainer.fit(epochs, resume=ckpt)
 
@@ -197,6 +204,10 @@ class _Settings:
     optimizer_state_on_teleport: str
     reset_optimizer_at: Sequence[int]
     teleport_batch_size: int | None
+    teleport_cob: str
+    teleport_every: int | None
+    teleport_options: dict[str, Any] | None
+    reset_optimizer_every: int | None
     penalty: Callable[[nn.Module], torch.Tensor | None] | None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     callbacks: Sequence[Any]
@@ -273,14 +284,40 @@ class _Settings:
                 f"reset_optimizer_at={list(self.reset_optimizer_at)!r}: epochs must be integers in "
                 f"[0, {max(epochs, 1) - 1}] (epochs={epochs})"
             )
-        if teleport_at is None and self.pseudo_teleport:
+        if teleport_at is None and self.teleport_every is None and self.pseudo_teleport:
             raise InvalidValueError("pseudo_teleport=True needs teleport_at (the epoch of the pseudo-teleportation)")
+        self._check_schedule()
         if self.pseudo_teleport and policy is OptimizerStateOnTeleport.TRANSFORM:
             raise InvalidValueError(
                 "optimizer_state_on_teleport='transform' needs a teleport, not a pseudo-teleport (a random move has no "
                 "factors to transform the state by); use 'reset' or 'keep'"
             )
         return teleport_epochs, policy
+
+    def _check_schedule(self) -> None:
+        """The options of the teleport schedule: the CoB choice, its options, the step intervals."""
+        from nnteleport.lab.training.teleport import TeleportCoB, merge_cob_options
+
+        cob = TeleportCoB.parse(self.teleport_cob)
+        merge_cob_options(self.teleport_options)
+        for name in ("teleport_every", "reset_optimizer_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InvalidValueError(f"train: {name} must be a positive integer or None, got {v!r}")
+        if self.pseudo_teleport and cob is not TeleportCoB.RANDOM:
+            raise InvalidValueError(f"pseudo_teleport=True needs teleport_cob='random', got {self.teleport_cob!r}")
+
+    def schedule_fingerprint(self) -> dict[str, Any]:
+        """The schedule options that differ from the defaults (older checkpoints stay resumable)."""
+        out: dict[str, Any] = {}
+        if self.teleport_cob != "random":
+            out["teleport_cob"] = str(self.teleport_cob)
+        if self.teleport_options:
+            out["teleport_options"] = dict(sorted(self.teleport_options.items()))
+        for name in ("teleport_every", "reset_optimizer_every"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
 
     def make_optimizer(self, model: nn.Module) -> Any:
         """The optimizer factory of the trainer (:func:`~.optim.make_optimizer` with these options)."""
@@ -305,6 +342,7 @@ class _Settings:
             "optimizer_state_on_teleport": OptimizerStateOnTeleport.parse(self.optimizer_state_on_teleport).value,
             **({"reset_optimizer_at": sorted(set(self.reset_optimizer_at))} if self.reset_optimizer_at else {}),
             "teleport_batch_size": self.teleport_batch_size,
+            **self.schedule_fingerprint(),
             "penalty": None if self.penalty is None else _qualname(self.penalty),
             "loss_fn": None if self.loss_fn is None else _qualname(self.loss_fn),
             "seed": self.seed,
@@ -317,19 +355,25 @@ class _Settings:
         }
 
     def standard_callbacks(
-        self, x_tp: torch.Tensor | None, val_ds: Dataset | None, ckpt_path: Path | None, fingerprint: dict[str, Any]
+        self,
+        tp: tuple[torch.Tensor | None, torch.Tensor | None],
+        val_ds: Dataset | None,
+        ckpt_path: Path | None,
+        fingerprint: dict[str, Any],
     ) -> list[Any]:
         """The standard callbacks, in the order their hooks must run: recording, teleport, evaluation,
         schedule, regularisers, the user's callbacks, then timing, logging and the checkpoint (last)."""
         out: list[Any] = [RecordHistory()]
-        if self.teleport_epochs:
+        x_tp, y_tp = tp
+        if self.teleport_epochs or self.teleport_every is not None:
             assert x_tp is not None
             kind = PseudoTeleport if self.pseudo_teleport else Teleport
             out.append(kind(x_tp, self.teleport_epochs, seed=self.seed, cob_range=self.cob_range,
                             sampling=self.sampling, reset_optimizer=self.reset_optimizer,
-                            transform_optimizer=self.transform_optimizer))  # fmt: skip
-        if self.reset_optimizer_at:
-            out.append(ResetOptimizer(self.reset_optimizer_at))
+                            transform_optimizer=self.transform_optimizer, cob=self.teleport_cob,
+                            every=self.teleport_every, y=y_tp, cob_options=self.teleport_options))  # fmt: skip
+        if self.reset_optimizer_at or self.reset_optimizer_every is not None:
+            out.append(ResetOptimizer(self.reset_optimizer_at, every=self.reset_optimizer_every))
         out += [
             Evaluation(val_ds, every=self.eval_every, batch_size=self.eval_batch_size, loss_fn=self.loss_fn),
             StepDecay(self.lr_decay_epochs, self.lr_decay_gamma),
@@ -360,6 +404,22 @@ def _splits(data: DataBundle | tuple[Dataset, Dataset | None]) -> tuple[Dataset,
     if len(train_ds) == 0:  # type: ignore[arg-type]
         raise InvalidValueError("the training split is empty")
     return train_ds, val_ds
+
+
+def _example_pair(ds: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inputs and targets of the first ``min(n, len(ds))`` examples, unaugmented (targets ``None`` when the
+    dataset's items are not ``(x, y)`` pairs of tensors / numbers)."""
+    x = example_batch(ds, n)
+    m = len(x)
+    targets = getattr(ds, "y", None)
+    if targets is None:
+        targets = getattr(ds, "labels", None)
+    if isinstance(targets, torch.Tensor) and len(targets) >= m:
+        return x, targets[:m]
+    try:
+        return x, torch.as_tensor([ds[i][1] for i in range(m)])
+    except (TypeError, IndexError, ValueError, RuntimeError):
+        return x, None
 
 
 def _qualname(obj: Any) -> str:
