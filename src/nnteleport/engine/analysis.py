@@ -347,7 +347,7 @@ def analyze(
             _set_mode(model, training)
             for grad in (True, False):
                 with torch.set_grad_enabled(grad), guard:
-                    graph = _trace(model, leaf_types, leaf_names, inputs, names)
+                    graph = _trace(model, leaf_types, leaf_names, inputs, names, plain=not specialized)
                 specialized = specialized or bool(specializations(graph))
                 if specialized and mode is Functional.GRAPH:
                     where = specializations(graph)[0][0] if specializations(graph) else "?"
@@ -453,13 +453,17 @@ def _walk_variants(
     variant the model itself does not run on is skipped; one it runs on but the analysis cannot follow is an error."""
     variants = [v for v in (_batch_variant(inputs), *sequence_variants(inputs)) if v is not None]
     for variant in variants:
+        codes: set[tuple] = set()
         for training in (False, True):
             _set_mode(model, training)
             for grad in (True, False):
                 try:
                     with torch.set_grad_enabled(grad), guard:
-                        graph = _trace(model, *leaves, variant, names)
-                    _walk(model, graph, state, mode, variant, training, guard, names)
+                        graph = _trace(model, *leaves, variant, names, plain=False)
+                    code = _graph_key(graph, model)
+                    if code not in codes:
+                        codes.add(code)
+                        _walk(model, graph, state, mode, variant, training, guard, names)
                 except (UnsupportedModelError, UntraceableModelError) as exc:
                     try:
                         with torch.set_grad_enabled(grad), guard:

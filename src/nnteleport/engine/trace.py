@@ -218,24 +218,28 @@ def _trace(
     leaf_names: frozenset[str],
     inputs: tuple[Tensor, ...] | int = 1,
     names: Keywords | None = None,
+    plain: bool = True,
 ) -> fx.Graph:
     """The model's graph for the example ``inputs`` (keyword inputs when ``names`` is given). Plain symbolic
-    tracing first; when it fails, value-carrying tracing (:mod:`nnteleport.engine.value_trace`), whose graph may be
-    specialised to the example (:func:`specializations`)."""
+    tracing first (unless ``plain`` is false: it failed on this model already); when it fails, value-carrying
+    tracing (:mod:`nnteleport.engine.value_trace`), whose graph may be specialised to the example
+    (:func:`specializations`)."""
     n_inputs = inputs if isinstance(inputs, int) else len(inputs)
-    tracer = _Tracer(leaf_types, leaf_names, n_inputs, names)
-    try:
-        return tracer.trace(model)
-    except Exception as exc:
-        if isinstance(inputs, int):
-            raise _untraceable(model, tracer, exc) from exc
-        first = exc
+    first: Exception | None = None
+    if plain or isinstance(inputs, int):
+        tracer = _Tracer(leaf_types, leaf_names, n_inputs, names)
+        try:
+            return tracer.trace(model)
+        except Exception as exc:
+            if isinstance(inputs, int):
+                raise _untraceable(model, tracer, exc) from exc
+            first = exc
     vtracer = make_value_tracer(_Tracer)(leaf_types, leaf_names, n_inputs, names)
     vtracer.examples = [t.clone() for t in inputs]  # a forward that writes into its input must not change x
     try:
         graph = vtracer.trace(model)
     except Exception as exc:
-        raise _untraceable(model, vtracer, exc) from first
+        raise _untraceable(model, vtracer, exc) from (first or exc)
     _SPECIALIZED[graph] = tuple(vtracer.specialized.items())
     return graph
 

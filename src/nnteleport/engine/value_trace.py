@@ -51,7 +51,8 @@ _MISSING = object()
 
 class _ValueProxy(fx.Proxy):
     """A proxy with ``value`` (what its node computes on the example input) and ``data`` (whether that value
-    depends on the values of a floating-point tensor, not only on shapes, dtypes and integer inputs)."""
+    depends on the values of a floating-point tensor, not only on shapes, dtypes and integer inputs: it is or holds
+    a floating-point tensor, or one of its arguments does, unless the op reads shapes only)."""
 
     value: Any = _MISSING
     data: bool = False
@@ -70,11 +71,8 @@ class _ValueProxy(fx.Proxy):
                 return attr
         return _ValueAttribute(self, k)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self.tracer.iter(self)
-
     def __len__(self) -> int:
-        return len(_concrete_read(self, "len()"))
+        return len(_concrete_read(self, "len()", structural=True))
 
     def __index__(self) -> int:
         return operator.index(_concrete_read(self, "an index"))
@@ -119,13 +117,14 @@ def _specializable(p: _ValueProxy, how: str) -> bool:
     return True
 
 
-def _concrete_read(p: _ValueProxy, how: str) -> Any:
-    """The concrete value of ``p`` read by Python (control flow, a number, an index): refused when it depends on
-    the values of a floating-point tensor, else recorded as a specialisation of the graph."""
+def _concrete_read(p: _ValueProxy, how: str, structural: bool = False) -> Any:
+    """The concrete value of ``p`` read by Python (control flow, a number, an index; with ``structural`` its
+    length or keys only, which depend on shapes, not on values): refused when it depends on the values of a
+    floating-point tensor, else recorded as a specialisation of the graph."""
     tracer = p.tracer
     if not isinstance(tracer, _ValueTracer) or p.value is _MISSING:
         raise TraceError(f"symbolically traced value read as {how}")
-    tracer.read_concretely(p, how)
+    tracer.read_concretely(p, how, structural)
     return p.value
 
 
@@ -162,6 +161,17 @@ def _any_data(a: Any) -> bool:
 
 def _floating(v: Any) -> bool:
     return isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())
+
+
+def _any_floating(v: Any, depth: int = 0) -> bool:
+    """Whether ``v`` is or holds a floating-point tensor (a module's output computed with its parameters)."""
+    if _floating(v):
+        return True
+    if depth < 4 and isinstance(v, (tuple, list)):
+        return any(_any_floating(e, depth + 1) for e in v)
+    if depth < 4 and isinstance(v, dict):
+        return any(_any_floating(e, depth + 1) for e in v.values())
+    return False
 
 
 #: packages whose forwards may be specialised: their Python reads of shapes, dtypes and integer inputs were audited
@@ -209,9 +219,9 @@ class _ValueTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ValueProxy(node, self)
 
-    def read_concretely(self, p: _ValueProxy, how: str) -> None:
+    def read_concretely(self, p: _ValueProxy, how: str, structural: bool = False) -> None:
         module, where = _user_frame()
-        if p.data:
+        if p.data and not structural:
             raise TraceError(
                 f"the forward reads the values of a floating-point tensor as {how} at {where} (control flow on "
                 "activations or parameters): another input, or the teleported parameters, could take another branch"
@@ -267,20 +277,22 @@ class _ValueTracer(fx.Tracer):
         if (kind == "call_method" and target in _SHAPE_METHODS) or (kind == "call_function" and target in
                                                                         _SHAPE_FUNCTIONS):  # fmt: skip
             return v, False
-        return v, _any_data((args, kwargs))
+        return v, _any_floating(v) or _any_data((args, kwargs))
 
     # --- Python reads of proxies
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(_concrete_read(obj, "a condition"))  # type: ignore[arg-type]
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        v = _concrete_read(obj, "an iteration")  # type: ignore[arg-type]
+        """Iteration other than unpacking (``a, b = h.chunk(2)``, which ``torch.fx`` handles by the code's arity):
+        the length is read concretely."""
+        v = _concrete_read(obj, "an iteration", structural=True)  # type: ignore[arg-type]
         if isinstance(v, dict):
             return iter(list(v))
         return iter([obj[i] for i in range(len(v))])
 
     def keys(self, obj: fx.Proxy) -> Any:
-        v = _concrete_read(obj, "keys()")  # type: ignore[arg-type]
+        v = _concrete_read(obj, "keys()", structural=True)  # type: ignore[arg-type]
         return list(v.keys())
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
