@@ -1369,7 +1369,7 @@ add("bmm", C("rows-free", lambda m, h, x: _rows(h).bmm(_cols(x)), "free"))
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v if v.dim() == 4 else v.view(-1, 1, 4, 1))
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _sdpa(m: Any, h: Tensor, x: Tensor, **kw: Any) -> Tensor:
@@ -1385,7 +1385,11 @@ add(
     C("value-free-causal", partial(_sdpa, is_causal=True), "free"),
     C("value-free-dropout", partial(_sdpa, dropout_p=0.3), "free"),
     C("value-free-mask-scale", lambda m, h, x: _sdpa(m, h, x, attn_mask=x.view(-1, 1, 1, 4), scale=0.5), "free"),
-    C("query-pinned", lambda m, h, x: _attend(h.view(-1, 1, 1, 6), h.new_ones((h.shape[0], 1, 4, 6)), x), "pinned"),
+    C(
+        "query-pinned",
+        lambda m, h, x: _attend(h.view(-1, 1, 1, 6), h.new_ones((h.shape[0], 1, 4, 6)), x.view(-1, 1, 4, 1)),
+        "pinned",
+    ),
     C(
         "value-varies-along-keys",
         lambda m, h, x: _attend(x.view(-1, 1, 4, 1)[:, :, :2], h.new_ones((h.shape[0], 1, 6, 1)), h.view(-1, 1, 6, 1)),
