@@ -1,5 +1,5 @@
-"""Hugging Face transformers models teleport as they are (issue 13): BERT, ViT and GPT-2 built from tiny configs (no
-download), with input ids / pixel values or a dict of model inputs, no ``leaf_modules``.
+"""Hugging Face transformers models teleport as they are (issue 13): BERT, ViT, GPT-2 and T5's encoder built from tiny
+configs (no download), with input ids / pixel values or a dict of model inputs, no ``leaf_modules``.
 
 Every check compares the original model with the teleported one in float64, in eval and in train mode (dropout 0 in
 the configs), on fresh inputs of other batch sizes and sequence lengths than the analysed one. Skipped without
@@ -28,6 +28,8 @@ VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermedi
            patch_size=4, num_channels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
 GPT2 = dict(n_embd=32, n_layer=2, n_head=2, n_inner=37, vocab_size=VOCAB, n_positions=32, resid_pdrop=0.0,
             embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)  # fmt: skip
+T5 = dict(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2, dropout_rate=0.0,
+          pad_token_id=0, decoder_start_token_id=0)  # fmt: skip
 SHAPES = [(2, 7), (3, 5), (1, 1), (2, 11)]  # (batch, sequence length); the analysis sees (2, 7)
 
 
@@ -63,14 +65,14 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], Any], st
         lambda: transformers.ViTForImageClassification(transformers.ViTConfig(**VIT, num_labels=3)),
         _pixels, "vit.layers.{}.mlp.fc1", "vit.layers.{}.attention.v_proj",
     ),
-    "vit-dict": (
-        lambda: transformers.ViTModel(transformers.ViTConfig(**VIT)),
-        lambda b, s: {"pixel_values": _pixels(b, s)}, "layers.{}.mlp.fc1", "layers.{}.attention.v_proj",
-    ),
     "gpt2-lm-dict-no-cache": (
         lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)),
         lambda b, s: {"input_ids": _ids(b, s), "use_cache": False}, "transformer.h.{}.mlp.c_fc",
         "transformer.h.{}.attn.c_attn",
+    ),
+    "t5-encoder": (
+        lambda: transformers.T5EncoderModel(transformers.T5Config(**T5)),
+        _ids, "encoder.block.{}.layer.1.DenseReluDense.wi", "encoder.block.{}.layer.0.SelfAttention.v",
     ),
     "gpt2-ids-cache": (  # keys and values are returned in past_key_values: outputs, so the values stay pinned
         lambda: transformers.GPT2Model(transformers.GPT2Config(**GPT2)), _ids, "h.{}.mlp.c_fc", None,
@@ -222,6 +224,6 @@ def test_shape_specialisation_only_in_transformers_code(monkeypatch: pytest.Monk
 
 
 def test_specialised_graph_refused_in_graph_mode():
-    model, inputs = _build("vit-dict")
+    model, inputs = _build("vit-cls-pixels")
     with pytest.raises(nt.NNTeleportError, match="specialised"):
         nt.teleport(model, inputs(2, 7), functional="graph")

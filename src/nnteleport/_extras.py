@@ -30,6 +30,8 @@ EXTRAS: dict[str, dict[str, str]] = {
         "tqdm": "tqdm",  # progress bars (lab.training, lab.demo, experiments.sweep, experiments.workers)
         "yaml": "pyyaml",  # --config FILE.yaml and --set values (lab.experiments.config)
     },
+    # Hugging Face models (tests/test_transformers.py); the engine recognises their classes by name, without it
+    "transformers": {"transformers": "transformers"},
 }
 
 
