@@ -37,10 +37,17 @@ def _ids(b: int, s: int) -> Tensor:
     return torch.randint(0, VOCAB, (b, s))
 
 
-def _padded(b: int, s: int) -> dict[str, Any]:
+def _mask(b: int, s: int) -> Tensor:
+    """All ones for the analysed example (2, 7): the mask utilities take their no-padding branch there; fresh inputs
+    pad their first sequence."""
     mask = torch.ones(b, s, dtype=torch.long)
-    mask[0, s // 2 + 1 :] = 0  # the first sequence is padded
-    return {"input_ids": _ids(b, s), "attention_mask": mask}
+    if (b, s) != (2, 7):
+        mask[0, s // 2 + 1 :] = 0
+    return mask
+
+
+def _padded(b: int, s: int) -> dict[str, Any]:
+    return {"input_ids": _ids(b, s), "attention_mask": _mask(b, s)}
 
 
 def _pixels(b: int, s: int) -> Tensor:
@@ -67,7 +74,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], Any], st
     ),
     "gpt2-lm-dict-no-cache": (
         lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)),
-        lambda b, s: {"input_ids": _ids(b, s), "use_cache": False}, "transformer.h.{}.mlp.c_fc",
+        lambda b, s: {**_padded(b, s), "use_cache": False}, "transformer.h.{}.mlp.c_fc",
         "transformer.h.{}.attn.c_attn",
     ),
     "t5-encoder": (
