@@ -1344,3 +1344,55 @@ add(
     C("two-hidden", lambda m, h, x: torch.where(x[:, :1] > 0, h, _aux(m, x)), "free", aux=True, feeds=("pre", "aux")),
     C("number-branch", lambda m, h, x: torch.where(x[:, :1] > 0, h, 1.0), "pinned", reason="constant"),
 )
+
+
+# ---------------------------------------------------------------------------- matrix products, attention (issue 13)
+def _rows(h: Tensor) -> Tensor:
+    return h.unsqueeze(2)  # (N, 6, 1): the factor of row i is that of feature i
+
+
+def _cols(x: Tensor) -> Tensor:
+    return x.unsqueeze(1)  # (N, 1, 4): a constant
+
+
+add(
+    torch.matmul,
+    C("rows-free", lambda m, h, x: torch.matmul(_rows(h), _cols(x)), "free"),
+    C("columns-free", lambda m, h, x: torch.matmul(x.unsqueeze(2), h.unsqueeze(1)), "free"),
+    C("contracted-pinned", lambda m, h, x: torch.matmul(h.unsqueeze(1), h.new_ones((6, 3))), "pinned"),
+    C("two-hidden", lambda m, h, x: torch.matmul(_rows(h), _aux(m, x).unsqueeze(1)), "free", aux=True, pinned=("aux",)),
+)
+add(operator.matmul, C("rows-free", lambda m, h, x: _rows(h) @ _cols(x), "free"))
+add(torch.bmm, C("rows-free", lambda m, h, x: torch.bmm(_rows(h), _cols(x)), "free"))
+add("matmul", C("columns-free", lambda m, h, x: x.unsqueeze(2).matmul(h.unsqueeze(1)), "free"))
+add("bmm", C("rows-free", lambda m, h, x: _rows(h).bmm(_cols(x)), "free"))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _sdpa(m: Any, h: Tensor, x: Tensor, **kw: Any) -> Tensor:
+    """Queries and keys from the input (4 tokens of one feature), values: the hidden features on every token."""
+    qk = x.view(x.shape[0], 1, 4, 1)
+    v = h.view(h.shape[0], 1, 1, 6).expand(-1, -1, 4, -1)
+    return F.scaled_dot_product_attention(qk, qk, v, **kw)
+
+
+add(
+    F.scaled_dot_product_attention,
+    C("value-free", _sdpa, "free"),
+    C("value-free-causal", partial(_sdpa, is_causal=True), "free"),
+    C("value-free-dropout", partial(_sdpa, dropout_p=0.3), "free"),
+    C("value-free-mask-scale", lambda m, h, x: _sdpa(m, h, x, attn_mask=x.view(-1, 1, 1, 4), scale=0.5), "free"),
+    C(
+        "query-pinned",
+        lambda m, h, x: _attend(h.view(-1, 1, 1, 6), h.new_ones((h.shape[0], 1, 4, 6)), x.view(-1, 1, 4, 1)),
+        "pinned",
+    ),
+    C(
+        "value-varies-along-keys",
+        lambda m, h, x: _attend(x.view(-1, 1, 4, 1)[:, :, :2], h.new_ones((h.shape[0], 1, 6, 1)), h.view(-1, 1, 6, 1)),
+        "pinned",
+    ),
+)

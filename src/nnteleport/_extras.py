@@ -33,6 +33,8 @@ EXTRAS: dict[str, dict[str, str]] = {
     "ray": {
         "ray": "ray",  # sweeps on a Ray cluster, --backend ray (lab.experiments.ray_backend)
     },
+    # Hugging Face models (tests/test_transformers.py); the engine recognises their classes by name, without it
+    "transformers": {"transformers": "transformers"},
 }
 
 

@@ -36,7 +36,8 @@ from torch.overrides import TorchFunctionMode
 from nnteleport._choice import Choice
 from nnteleport.engine import inspection
 from nnteleport.engine.plan import GroupInfo, TeleportPlan, _finalize, _State
-from nnteleport.engine.trace import _flat_values, _graph_key, _trace
+from nnteleport.engine.trace import Keywords, _flat_values, _graph_key, _trace, keyword_arguments, specializations
+from nnteleport.engine.value_trace import sequence_variants
 from nnteleport.engine.walk import _NodeFailed, _Walker
 from nnteleport.errors import InvalidArgumentError, UnsupportedModelError, UntraceableModelError
 
@@ -71,6 +72,34 @@ def _as_inputs(x: Any) -> tuple[Tensor, ...]:
     )
 
 
+_CONSTANTS = (bool, int, float, str, type(None))
+
+
+def _as_call(x: Any) -> tuple[tuple[Tensor, ...], Keywords | None]:
+    """The example tensors and, for a dict (``model(**x)``: Hugging Face style ``{"input_ids": ids}``), its
+    keywords (see :func:`nnteleport.engine.trace.keyword_arguments`; ``None`` for positional inputs). Entries that
+    are plain constants (``use_cache=False``) are passed as they are."""
+    if isinstance(x, dict):
+
+        def ok(k: Any, v: Any) -> bool:
+            return (
+                isinstance(k, str)
+                and k.isidentifier()
+                and k not in ("self", "_fn")
+                and (isinstance(v, Tensor) or type(v) in _CONSTANTS)
+            )
+
+        bad = [k for k, v in x.items() if not ok(k, v)]
+        tensors = tuple(v for v in x.values() if isinstance(v, Tensor))
+        if not tensors or bad:
+            raise InvalidArgumentError(
+                "x as a dict must map forward()'s parameter names to tensors or plain constants (model(**x)), "
+                f"with at least one tensor; got {f'entry {bad[0]!r}' if bad else 'no tensor'}"
+            )
+        return tensors, tuple(k if isinstance(v, Tensor) else (k, v) for k, v in x.items())
+    return _as_inputs(x), None
+
+
 def _fingerprint(model: nn.Module) -> tuple:
     """Module structure, parameter shapes and sharing (``b.weight = a.weight`` ties two layers), and what can switch
     a forward without changing the structure (plain Python attributes such as ``self.use_skip``, hooks, replaced
@@ -93,9 +122,9 @@ def _fingerprint(model: nn.Module) -> tuple:
     )
 
 
-def _cache_key(model: nn.Module, inputs: Sequence[Tensor], leaf_modules: tuple) -> tuple:
+def _cache_key(model: nn.Module, inputs: Sequence[Tensor], leaf_modules: tuple, names: Any = None) -> tuple:
     sig = tuple((tuple(t.shape[1:]), t.dtype) for t in inputs)
-    return (sig, leaf_modules, _fingerprint(model))
+    return (sig, names, leaf_modules, _fingerprint(model))
 
 
 def _changed(live: Any, saved: Any) -> bool:
@@ -254,9 +283,10 @@ def analyze(
     model:
         Any ``nn.Module`` traceable by ``torch.fx``.
     x:
-        An example input batch (a tensor, or a tuple of tensors passed positionally to ``forward``; ``forward``'s
-        further parameters keep their defaults). Only its shapes matter (the batch axis is ignored in the cache
-        key); a batch of 2 is enough and fastest.
+        An example input batch (a tensor, or a tuple of tensors passed positionally to ``forward``, or a dict of
+        tensors passed by keyword, ``model(**x)``, where plain constants such as ``use_cache=False`` may be among
+        them; ``forward``'s further parameters keep their defaults). Only its shapes matter (the batch axis is
+        ignored in the cache key); a batch of 2 is enough and fastest.
     leaf_modules:
         Submodule types or qualified names to treat as black boxes (e.g. code ``torch.fx`` cannot trace); their
         inputs and outputs stay at ``tau = 1``.
@@ -291,7 +321,7 @@ def analyze(
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(x)
+    inputs, names = _as_call(x)
     leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
     leaf_names = frozenset(t for t in leaf_modules if isinstance(t, str))
     bad = [t for t in leaf_modules if not isinstance(t, (type, str))]
@@ -299,7 +329,7 @@ def analyze(
         raise InvalidArgumentError(f"leaf_modules must hold module types or qualified names, got {bad!r}")
     mode = Functional.parse(functional)
     inspection.check_model(model)
-    key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), mode)
+    key = (*_cache_key(model, inputs, (leaf_types, leaf_names), names), mode)
     per_model = _CACHE.setdefault(model, {})
     plan = per_model.get(key)
     if plan is not None:
@@ -311,12 +341,21 @@ def analyze(
     graphs: list[fx.Graph] = []
     codes: set[tuple] = set()
     was_training = model.training
+    specialized = False
     with _preserved(model, devices) as guard:
         for training in (was_training, not was_training):
             _set_mode(model, training)
             for grad in (True, False):
                 with torch.set_grad_enabled(grad), guard:
-                    graph = _trace(model, leaf_types, leaf_names, len(inputs))
+                    graph = _trace(model, leaf_types, leaf_names, inputs, names, plain=not specialized)
+                specialized = specialized or bool(specializations(graph))
+                if specialized and mode is Functional.GRAPH:
+                    where = specializations(graph)[0][0] if specializations(graph) else "?"
+                    raise UnsupportedModelError(
+                        f"functional='graph' makes the traced graph the forward of the teleported model, but the "
+                        f"graph of {type(model).__name__} is specialised to the example's shapes (at {where}); use "
+                        "functional='constrain' (the default), which keeps the model's own forward"
+                    )
                 code = _graph_key(graph, model)
                 if code in codes:
                     continue
@@ -329,13 +368,15 @@ def analyze(
                     )
                 codes.add(code)
                 graphs.append(graph)
-                walker = _walk(model, graph, state, mode, inputs, training, guard)
-                variant = _batch_variant(inputs) if walker.axis0_varies else None
+                walker = _walk(model, graph, state, mode, inputs, training, guard, names)
+                variant = _batch_variant(inputs) if walker.axis0_varies and not specialized else None
                 if variant is not None:
                     try:
                         _Walker(model, graph, state, mode is Functional.GRAPH, guard).run(*variant)
                     except _NodeFailed:
                         pass  # the model does not run at that batch size: only the example's holds
+        if specialized:
+            _walk_variants(model, state, mode, inputs, names, (leaf_types, leaf_names), guard)
         constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
             str(n.target): getattr(model, str(n.target))
             for n in graphs[0].nodes
@@ -357,6 +398,7 @@ def _walk(
     inputs: tuple[Tensor, ...],
     training: bool,
     guard: Any = None,
+    names: Keywords | None = None,
 ) -> _Walker:
     walker = _Walker(model, graph, state, mode is Functional.GRAPH, guard)
     guard = walker.guard
@@ -369,7 +411,7 @@ def _walk(
         exc, node = failed.exc, failed.node
         try:
             with guard:
-                model(*inputs)
+                model(**keyword_arguments(names, inputs)) if names is not None else model(*inputs)
             runs = True
         except Exception:
             runs = False
@@ -396,12 +438,51 @@ def _walk(
         ) from exc
 
 
+def _walk_variants(
+    model: nn.Module,
+    state: _State,
+    mode: Functional,
+    inputs: tuple[Tensor, ...],
+    names: Keywords | None,
+    leaves: tuple[tuple[type, ...], frozenset[str]],
+    guard: Any,
+) -> None:
+    """A graph specialised to the example (:func:`nnteleport.engine.trace.specializations`) holds for inputs that
+    take its branches: the model is also traced and walked, in every mode, at one more sample and at other sequence
+    lengths (:func:`~nnteleport.engine.value_trace.sequence_variants`), and the constraints of all graphs combine. A
+    variant the model itself does not run on is skipped; one it runs on but the analysis cannot follow is an error."""
+    variants = [v for v in (_batch_variant(inputs), *sequence_variants(inputs)) if v is not None]
+    for variant in variants:
+        codes: set[tuple] = set()
+        for training in (False, True):
+            _set_mode(model, training)
+            for grad in (True, False):
+                try:
+                    with torch.set_grad_enabled(grad), guard:
+                        graph = _trace(model, *leaves, variant, names, plain=False)
+                    code = _graph_key(graph, model)
+                    if code not in codes:
+                        codes.add(code)
+                        _walk(model, graph, state, mode, variant, training, guard, names)
+                except (UnsupportedModelError, UntraceableModelError) as exc:
+                    try:
+                        with torch.set_grad_enabled(grad), guard:
+                            model(**keyword_arguments(names, variant)) if names is not None else model(*variant)
+                    except Exception:
+                        break  # the model does not run on this variant: nothing to hold there
+                    shapes = [tuple(t.shape) for t in variant]
+                    raise UnsupportedModelError(
+                        f"{type(model).__name__} was traced specialised to the example's shapes; at input shapes "
+                        f"{shapes} the analysis fails: {exc}"
+                    ) from exc
+
+
 def _register(
     model: nn.Module, x: Any, plan: TeleportPlan, leaf_modules: Sequence[type | str] = (), functional: Any = "constrain"
 ) -> None:
     """Record ``plan`` for ``model`` (e.g. after in-place wrapping changed its module structure)."""
-    inputs = _as_inputs(x)
+    inputs, names = _as_call(x)
     leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
     leaf_names = frozenset(t for t in leaf_modules if isinstance(t, str))
-    key = (*_cache_key(model, inputs, (leaf_types, leaf_names)), Functional.parse(functional))
+    key = (*_cache_key(model, inputs, (leaf_types, leaf_names), names), Functional.parse(functional))
     _CACHE.setdefault(model, {})[key] = plan

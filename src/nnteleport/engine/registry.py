@@ -19,17 +19,22 @@ __all__ = [
     "FUNCTION_RULES",
     "METHOD_RULES",
     "MODULE_RULES",
+    "NAMED_MODULE_RULES",
     "Rule",
+    "class_name",
     "fallback",
     "module_rule_for",
     "register_function",
     "register_method",
     "register_module",
+    "register_named_module",
 ]
 
 Rule = Callable[[Any], Any]
 
 MODULE_RULES: dict[type[nn.Module], Rule] = {}
+#: module classes of optional libraries, keyed by ``"module.QualName"`` (registered without importing the library)
+NAMED_MODULE_RULES: dict[str, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
@@ -65,6 +70,12 @@ def _registrar(table: dict[Any, Rule]) -> Callable[..., Callable[[Rule], Rule]]:
 register_module = _registrar(MODULE_RULES)  # keys: module types (the closest registered base class applies)
 register_function = _registrar(FUNCTION_RULES)  # keys: functions such as torch.cat, F.relu, operator.add
 register_method = _registrar(METHOD_RULES)  # keys: tensor method names such as "view", "relu"
+register_named_module = _registrar(NAMED_MODULE_RULES)  # keys: "transformers.pytorch_utils.Conv1D", ...
+
+
+def class_name(cls: type) -> str:
+    """``"module.QualName"`` of a class: the key of :data:`NAMED_MODULE_RULES`."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def module_rule_for(module: nn.Module) -> Rule | None:
@@ -76,6 +87,8 @@ def module_rule_for(module: nn.Module) -> Rule | None:
 
     for cls in type(module).__mro__:
         rule = MODULE_RULES.get(cls)
+        if rule is None and NAMED_MODULE_RULES:
+            rule = NAMED_MODULE_RULES.get(class_name(cls))
         if rule is not None:
             return rule if provably_base(module, cls) else None
     return None

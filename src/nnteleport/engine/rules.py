@@ -72,7 +72,13 @@ def _identity(ctx: Any) -> Any:
 
 
 def _rearrange(ctx: Any) -> Any:
-    """Ops that only move elements (view, permute, cat, indexing, ...): apply the same op to the space."""
+    """Ops that only move elements (view, permute, cat, indexing, ...): apply the same op to the space. An integer
+    or bool result (token ids, masks) carries no factor: its space is constant."""
+    leaves = [t for t in _flat_leaves(ctx.out) if isinstance(t, Tensor)]
+    if leaves and not any(t.is_floating_point() or t.is_complex() for t in leaves):
+        for i in range(len(ctx.args)):
+            ctx.in_space(i)
+        return zeros_like_space(ctx.out)
     try:
         result = ctx.apply_to_spaces()
     except Exception as exc:  # the op does not accept an integer tensor, or an unforeseen signature
@@ -638,6 +644,7 @@ def len_rule(ctx: Any) -> Any:
     return None
 
 
-# the normalisation rules live in their own module; importing it registers them
-from nnteleport.engine import norm_rules  # noqa: E402, F401
+# the normalisation, matrix-product/attention and transformers rules live in their own modules; importing them
+# registers them
+from nnteleport.engine import attention_rules, hf, norm_rules  # noqa: E402, F401
 from nnteleport.engine.norm_rules import channel_norm_rule, functional_norm_rule  # noqa: E402, F401

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import traceback
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from torch.fx.node import map_arg
 
 from nnteleport.engine import inspection, rules
 from nnteleport.engine.activation import TeleportedActivation
+from nnteleport.engine.value_trace import make_value_tracer
 from nnteleport.errors import UntraceableModelError
 
 _AUTOGRAD_CALLS: dict[type, Any] = {}  # Function class -> the plain function that calls its apply
@@ -24,9 +27,16 @@ _AUTOGRAD_CALLS: dict[type, Any] = {}  # Function class -> the plain function th
 
 # ---------------------------------------------------------------------------------------------- tracing
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], n_inputs: int | None = None) -> None:
+    def __init__(
+        self,
+        leaf_types: tuple[type, ...],
+        leaf_names: frozenset[str],
+        n_inputs: int | None = None,
+        names: Keywords | None = None,
+    ) -> None:
         super().__init__()
         self.n_inputs = n_inputs
+        self.names = names  # keyword inputs (``model(**inputs)``), in the order of the placeholders
         self._param_names: dict[int, str] | None = None
         self._buffer_names: dict[int, str] | None = None
         self.leaf_types = leaf_types
@@ -89,8 +99,11 @@ class _Tracer(fx.Tracer):
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
         """Trace ``forward`` as called with the example inputs only: parameters after them keep their defaults
-        (``if mask is not None:`` takes the branch of the call) and ``*args``/``**kwargs`` are empty."""
-        if self.n_inputs is not None and concrete_args is None:
+        (``if mask is not None:`` takes the branch of the call) and ``*args``/``**kwargs`` are empty. With keyword
+        inputs, ``forward`` is called with exactly those keywords (one placeholder each, in their order)."""
+        if self.names is not None and concrete_args is None:
+            root_fn = _called_with_keywords(root_fn, self.names, is_module)
+        elif self.n_inputs is not None and concrete_args is None:
             root_fn = _called_with(root_fn, self.n_inputs + int(is_module))
         return super().create_args_for_root(root_fn, is_module, concrete_args)
 
@@ -137,6 +150,42 @@ def _called_with(fn: Any, n: int) -> Any:
     return wrapper
 
 
+Keywords = tuple[Any, ...]  # per entry of a dict input: its name (a tensor placeholder) or (name, constant)
+
+
+def keyword_arguments(names: Keywords, inputs: Sequence[Tensor]) -> dict[str, Any]:
+    """``model(**x)``'s keyword arguments from the tensors ``inputs`` (one per name) and the constants of
+    ``names``."""
+    tensors = iter(inputs)
+    out: dict[str, Any] = {}
+    for e in names:
+        if isinstance(e, tuple):
+            out[e[0]] = e[1]
+        else:
+            out[e] = next(tensors)
+    return out
+
+
+def _called_with_keywords(fn: Any, names: Keywords, is_module: bool) -> Any:
+    """``fn`` called as ``fn(self, **x)`` for a dict input: its tensors are the wrapper's parameters (the graph's
+    placeholders, in order), its constants (``use_cache=False``) are passed as they are. Names are identifiers
+    (checked by :func:`nnteleport.engine.analysis.analyze`)."""
+    params = ["self"] if is_module else []
+    call = ["self"] if is_module else []
+    namespace: dict[str, Any] = {"_fn": fn}
+    for i, e in enumerate(names):
+        if isinstance(e, tuple):
+            namespace[f"_c{i}"] = e[1]
+            call.append(f"{e[0]}=_c{i}")
+        else:
+            params.append(e)
+            call.append(f"{e}={e}")
+    exec(f"def forward({', '.join(params)}):\n    return _fn({', '.join(call)})\n", namespace)
+    wrapper = namespace["forward"]
+    wrapper.__module__ = getattr(fn, "__module__", __name__)
+    return wrapper
+
+
 def _autograd_call(cls: type, original: Any) -> Any:
     """A plain function calling ``cls.apply`` (one per Function class, so traced graphs can name it)."""
     fn = _AUTOGRAD_CALLS.get(cls)
@@ -153,47 +202,79 @@ def _autograd_call(cls: type, original: Any) -> Any:
     return fn
 
 
-def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], n_inputs: int = 1) -> fx.Graph:
-    tracer = _Tracer(leaf_types, leaf_names, n_inputs)
+_SPECIALIZED: weakref.WeakKeyDictionary[fx.Graph, tuple[tuple[str, str], ...]] = weakref.WeakKeyDictionary()
+
+
+def specializations(graph: fx.Graph) -> tuple[tuple[str, str], ...]:
+    """Where tracing read a shape, dtype or integer input as a Python value (``(file:line code, what)``): the graph
+    holds for inputs that take the same branches there (see :mod:`nnteleport.engine.value_trace`). Empty for a
+    graph that plain symbolic tracing produced (valid for every input)."""
+    return _SPECIALIZED.get(graph, ())
+
+
+def _trace(
+    model: nn.Module,
+    leaf_types: tuple[type, ...],
+    leaf_names: frozenset[str],
+    inputs: tuple[Tensor, ...] | int = 1,
+    names: Keywords | None = None,
+    plain: bool = True,
+) -> fx.Graph:
+    """The model's graph for the example ``inputs`` (keyword inputs when ``names`` is given). Plain symbolic
+    tracing first (unless ``plain`` is false: it failed on this model already); when it fails, value-carrying
+    tracing (:mod:`nnteleport.engine.value_trace`), whose graph may be specialised to the example
+    (:func:`specializations`)."""
+    n_inputs = inputs if isinstance(inputs, int) else len(inputs)
+    first: Exception | None = None
+    if plain or isinstance(inputs, int):
+        tracer = _Tracer(leaf_types, leaf_names, n_inputs, names)
+        try:
+            return tracer.trace(model)
+        except Exception as exc:
+            if isinstance(inputs, int):
+                raise _untraceable(model, tracer, exc) from exc
+            first = exc
+    vtracer = make_value_tracer(_Tracer)(leaf_types, leaf_names, n_inputs, names)
+    vtracer.examples = [t.clone() for t in inputs]  # a forward that writes into its input must not change x
     try:
-        return tracer.trace(model)
+        graph = vtracer.trace(model)
     except Exception as exc:
-        where = tracer.failed_in or ""
-        frames = [
-            f
-            for f in traceback.extract_tb(exc.__traceback__)
-            if "/torch/" not in f.filename and "/nnteleport/" not in f.filename.replace("\\", "/")
-        ]
-        call = f" at {frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else ""
-        inside = f" inside submodule {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
-        origin = type(model).__module__.split(".")[0]
+        raise _untraceable(model, vtracer, exc) from (first or exc)
+    _SPECIALIZED[graph] = tuple(vtracer.specialized.items())
+    return graph
+
+
+def _untraceable(model: nn.Module, tracer: _Tracer, exc: Exception) -> UntraceableModelError:
+    """The error for a model that cannot be traced: the submodule, file, line and code, and the way out."""
+    where = tracer.failed_in or ""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "/torch/" not in f.filename and "/nnteleport/" not in f.filename.replace("\\", "/")
+    ]
+    call = f" at {frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else ""
+    inside = f" inside submodule {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
+    hint = (
+        f" Pass leaf_modules=[{where!r}] to treat that submodule as a black box (its spaces stay at tau = 1)"
+        if where
+        else " Pass leaf_modules=[...] naming the submodules (paths or types) that hold such code"
+    )
+    if "register_hook" in call:
         hint = (
-            f" Pass leaf_modules=[{where!r}] to treat that submodule as a black box (its spaces stay at tau = 1)"
-            if where
-            else " Pass leaf_modules=[...] naming the submodules (paths or types) that hold such code"
+            " A tensor hook registered inside forward() changes gradients where the engine cannot see it: "
+            "move that code into a submodule and pass leaf_modules=[its path]"
         )
-        if "register_hook" in call:
-            hint = (
-                " A tensor hook registered inside forward() changes gradients where the engine cannot see it: "
-                "move that code into a submodule and pass leaf_modules=[its path]"
-            )
-        hooked = [p for p, m in model.named_modules() if p and inspection.hooks_of(m)]
-        if hooked:
-            hint += (
-                f". Modules with hooks ({', '.join(hooked[:4])}) are analysed as black boxes and their hooks do not "
-                "run while tracing: a forward() that reads what a hook stored cannot be traced"
-            )
-        hint += ", or make the control flow independent of tensor values."
-        if origin == "transformers":
-            hint = (
-                " Hugging Face transformers models trace only with transformers' own torch.fx tracer "
-                "(transformers.utils.fx), which nnteleport does not use yet: such a model cannot be teleported "
-                "today (leaf_modules=[...] naming its attention modules makes a block traceable, at tau = 1 there)."
-            )
-        raise UntraceableModelError(
-            f"torch.fx could not trace {type(model).__name__} (from {type(model).__module__}){inside}{call}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.{hint}"
-        ) from exc
+    hooked = [p for p, m in model.named_modules() if p and inspection.hooks_of(m)]
+    if hooked:
+        hint += (
+            f". Modules with hooks ({', '.join(hooked[:4])}) are analysed as black boxes and their hooks do not "
+            "run while tracing: a forward() that reads what a hook stored cannot be traced"
+        )
+    hint += ", or make the control flow independent of tensor values."
+    return UntraceableModelError(
+        f"torch.fx could not trace {type(model).__name__} (from {type(model).__module__}){inside}{call}: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.{hint}"
+    )
 
 
 def _graph_key(graph: fx.Graph, root: nn.Module) -> tuple:
