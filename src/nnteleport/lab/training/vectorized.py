@@ -50,7 +50,6 @@ time of the whole stacked epoch, the same for every member.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -65,8 +64,9 @@ from torch.utils.data import Dataset
 
 from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.errors import InvalidValueError, UnsupportedModelError
-from nnteleport.lab.data import DataBundle, TensorPairDataset
+from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
 from nnteleport.lab.training.batches import batches, example_batch, model_device_dtype, to_device
+from nnteleport.lab.training.checkpoint import data_fingerprint
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.optim import OptimizerName, StepDecay
 from nnteleport.lab.training.rng import derived_seed, seed_all
@@ -160,9 +160,7 @@ class _Stack:
             return functional_call(self.base, (params, buffers), (xb,))
 
         try:
-            return vmap(one, in_dims=(0, 0, 0 if x_batched else None), randomness="error")(
-                self.params, self.buffers, x
-            )
+            return vmap(one, in_dims=(0, 0, 0 if x_batched else None), randomness="error")(self.params, self.buffers, x)
         except RuntimeError as e:
             if "random" in str(e):
                 raise UnsupportedModelError(
@@ -497,26 +495,26 @@ def train_stacked(
     ]  # fmt: skip
     train_ds, val_ds = _splits(data)
     rngs = _MemberRNG()
-    for i, m in enumerate(models):  # train()'s preamble, member by member
+    generic = not isinstance(train_ds, (TensorPairDataset, ImageDataset))  # may draw from the global generators
+    movers: list[Teleport | None] = [None] * k
+    for i, (m, s) in enumerate(zip(models, settings)):  # train()'s preamble, member by member, in its order
         if device is not None or dtype is not None:
             m.to(device=device, dtype=dtype)
-        seed_all(int(seeds[i]))
+        seed_all(s.seed)
         if init is not None:
             from nnteleport.lab.init import initialize
 
             initialize(m, init)
+        if s.teleport_epochs:
+            x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), *model_device_dtype(m))
+            kind = PseudoTeleport if s.pseudo_teleport else Teleport
+            movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling)
+        if generic:  # train() reads the first examples for its checkpoint fingerprint: the same draws
+            data_fingerprint(train_ds, val_ds)
         rngs.capture()
     wrappers = _Wrappers(models)
     wrappers.pad()  # members given already teleported
     stack = _Stack(models)
-    device_, dtype_ = model_device_dtype(stack.base)
-    movers: list[Teleport | None] = [None] * k
-    if any(s.teleport_epochs for s in settings):
-        x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), device_, dtype_)
-        for i, s in enumerate(settings):
-            if s.teleport_epochs:
-                kind = PseudoTeleport if s.pseudo_teleport else Teleport
-                movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling)
     return _fit(stack, wrappers, models, settings, movers, rngs, train_ds, val_ds, OptimizerName.parse(optimizer),
                 reset=policy is OptimizerStateOnTeleport.RESET, loss_fn=loss_fn or F.cross_entropy)  # fmt: skip
 
