@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import bench_analysis, bench_canonicalize, bench_fixing, bench_gspace, bench_training
+from benchmarks import bench_analysis, bench_canonicalize, bench_fixing, bench_gspace, bench_training, bench_vmap
 
 from nnteleport.gspace import _native
 
@@ -58,3 +58,9 @@ def test_bench_training_runs(monkeypatch, capsys):
     out = capsys.readouterr().out
     ratios = [float(line.split()[-1].rstrip("x")) for line in out.splitlines() if line.rstrip().endswith("x")]
     assert len(ratios) >= 5 and all(math.isfinite(r) and r > 0 for r in ratios), out
+
+
+def test_bench_vmap_runs_both_ways():
+    rows = bench_vmap.bench(["mlp"], [2], epochs=1, reps=1, max_iters_per_epoch=2, warmup=False)
+    assert [(r["model"], r["k"]) for r in rows] == [("mlp", 2)]
+    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in ("seq_s", "vec_s", "speedup"))
