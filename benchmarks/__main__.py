@@ -23,6 +23,7 @@ BENCHMARKS = [
     "bench_canonicalize",
     "bench_training",
     "bench_analysis",
+    "bench_vmap",
 ]
 
 

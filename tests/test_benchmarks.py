@@ -22,6 +22,7 @@ from benchmarks import (
     bench_gspace,
     bench_teleport,
     bench_training,
+    bench_vmap,
 )
 
 from nnteleport.gspace import _native
@@ -132,3 +133,9 @@ def test_run_all_writes_one_file_per_benchmark(tmp_path, monkeypatch):
     ]
     with pytest.raises(SystemExit):
         bench_all.main(["--only", "nosuch"])
+
+
+def test_bench_vmap_runs_both_ways():
+    rows = bench_vmap.bench(["mlp"], [2], epochs=1, reps=1, max_iters_per_epoch=2, warmup=False)
+    assert [(r["model"], r["k"]) for r in rows] == [("mlp", 2)]
+    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in ("seq_s", "vec_s", "speedup"))

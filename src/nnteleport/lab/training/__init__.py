@@ -12,7 +12,8 @@ Layout: :mod:`.loop` (:class:`Trainer`, the :class:`Callback` protocol, :class:`
 :class:`WeightDecay`), :mod:`.teleport` (:class:`Teleport`, :class:`PseudoTeleport`), :mod:`.checkpoint`
 (:class:`Checkpoint`, :func:`load_checkpoint`, fingerprints), :mod:`.logs` (:class:`TensorBoard`,
 :class:`ProgressBar`), :mod:`.history`, :mod:`.batches` (:func:`evaluate`), :mod:`.rng`, :mod:`.standard`
-(:func:`train`). A run of your own::
+(:func:`train`), :mod:`.vectorized` (:func:`train_stacked`: many seeds of one model in one process). A run of
+your own::
 
     trainer = Trainer(model, data.train, optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
                       callbacks=[RecordHistory(), Evaluation(data.val), MyCallback(), Checkpoint(path)])
@@ -78,6 +79,7 @@ from nnteleport.lab.training.teleport import (
     Teleport,
     TeleportCoB,
 )
+from nnteleport.lab.training.vectorized import train_stacked
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -106,4 +108,5 @@ __all__ = [
     "load_checkpoint",
     "make_optimizer",
     "train",
+    "train_stacked",
 ]
