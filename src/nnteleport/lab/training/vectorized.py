@@ -487,6 +487,7 @@ def train_stacked(
                   weight_decay=weight_decay, lr_decay_epochs=lr_decay_epochs, lr_decay_gamma=lr_decay_gamma,
                   init=init, teleport_at=tp_at[i], cob_range=cob_range, sampling=sampling,
                   pseudo_teleport=pseudo[i], optimizer_state_on_teleport=optimizer_state_on_teleport,
+                  teleport_cob="random", teleport_every=None, teleport_options=None, reset_optimizer_every=None,
                   reset_optimizer_at=reset_optimizer_at, teleport_batch_size=teleport_batch_size, penalty=None,
                   loss_fn=loss_fn, callbacks=(), seed=int(seeds[i]), device=device, dtype=dtype,
                   checkpoint_dir=None, tensorboard_dir=None, progress=False, desc=None, eval_every=eval_every,
