@@ -355,7 +355,10 @@ def analyze(
                 graphs.append(graph)
                 if mode is Functional.REWRITE:
                     state.fsites = {}  # this graph's call sites, by node name
+                rng = rewrite.rng_state(devices) if mode is not Functional.CONSTRAIN else None
                 walker = _walk(model, graph, state, mode, inputs, training, guard)
+                if rng is not None:  # the graph must compute what forward computes (fx misses aliasing: h += y)
+                    effects += rewrite.compare_forward(model, walker.output, inputs, grad, rng, guard)
                 variant = _batch_variant(inputs) if walker.axis0_varies else None
                 if variant is not None:
                     try:
@@ -374,6 +377,12 @@ def analyze(
         state.fsites = fsites
     plan = _finalize(state, model)
     if mode is Functional.GRAPH:
+        if plan.functional_sites and effects:
+            raise UnsupportedModelError(
+                f"functional='graph' replaces the forward of {type(model).__name__} by its traced graph, but "
+                f"{'; '.join(effects)}; use functional='rewrite' (the default), which then keeps the model's own "
+                "forward, or functional='constrain'"
+            )
         plan.graph = graphs[0]
         plan.constants = constants
     elif mode is Functional.REWRITE and plan.functional_sites:
@@ -402,7 +411,7 @@ def _walk(
     sizes = {t.shape[0] for t in inputs if t.dim()}
     walker.batch = sizes.pop() if len(sizes) == 1 and len(inputs) == sum(t.dim() > 0 for t in inputs) else None
     try:
-        walker.run(*(t.clone() for t in inputs))  # a forward that writes into its input must not change x
+        walker.output = walker.run(*(t.clone() for t in inputs))  # a forward writing into its input keeps x
         return walker
     except _NodeFailed as failed:
         exc, node = failed.exc, failed.node

@@ -127,6 +127,58 @@ def side_effects(model: nn.Module, before: list[tuple[nn.Module, dict[str, Any],
     return [f"the forward of {names.get(id(m)) or type(model).__name__!r} {what} while running" for m, what in found]
 
 
+def rng_state(devices: list[torch.device]) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+    """The CPU and CUDA RNG states, to run the forward with the random draws of a walk."""
+    cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
+    return torch.get_rng_state(), [(i, torch.cuda.get_rng_state(i)) for i in cuda]
+
+
+def _leaves(v: Any) -> list[Any]:
+    if isinstance(v, (tuple, list)):
+        return [x for e in v for x in _leaves(e)]
+    if isinstance(v, dict):
+        return [x for k in v for x in _leaves(v[k])]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _leaves([getattr(v, f.name) for f in dataclasses.fields(v)])
+    return [v]
+
+
+def compare_forward(model: nn.Module, graph_out: Any, inputs: tuple[Tensor, ...], grad: bool,
+                    rng: tuple[Tensor, list[tuple[int, Tensor]]], guard: Any) -> list[str]:  # fmt: skip
+    """``[]`` when ``model.forward`` on the example (same random draws) gives what the walked graph gave, else why
+    not: torch.fx traces ``h += y`` as ``h + y`` (an alias ``skip = h`` taken before keeps the old value in the
+    graph), and a forward may read state the trace fixed. Relative tolerance ``1e-6`` (the same ops run)."""
+    cpu, cuda = rng
+    torch.set_rng_state(cpu)
+    for i, st in cuda:
+        torch.cuda.set_rng_state(st, i)
+    try:
+        with torch.set_grad_enabled(grad), guard:
+            out = model.forward(*(t.clone() for t in inputs))
+    except Exception as exc:
+        return [f"its forward fails where its traced graph runs ({type(exc).__name__})"]
+    a, b = _leaves(graph_out), _leaves(out)
+    why = f"its traced graph computes another output than its forward on the example (mode {'train' if model.training else 'eval'})"
+    if len(a) != len(b):
+        return [why]
+    for p, q in zip(a, b):
+        if isinstance(p, Tensor) != isinstance(q, Tensor):
+            return [why]
+        if isinstance(p, Tensor):
+            if p.shape != q.shape or p.dtype != q.dtype:
+                return [why]
+            if p.is_floating_point() or p.is_complex():
+                p, q = p.detach(), q.detach()
+                scale = float(p.abs().max()) if p.numel() else 0.0
+                if p.numel() and not float((p - q).abs().max()) <= 1e-6 * scale:
+                    return [why + " (e.g. an alias of a tensor changed in place: `skip = h; h += y`)"]
+            elif not torch.equal(p, q):
+                return [why]
+        elif type(p) is not type(q):
+            return [why]
+    return []
+
+
 def _signature(model: nn.Module) -> inspect.Signature | None:
     try:
         return inspect.signature(base_class(model).forward)
