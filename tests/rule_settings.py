@@ -11,8 +11,8 @@ hidden layer on ``x`` for binary ops. The expected outcome is about the neurons 
 * ``"free"``: they stay free (their group is in ``plan.groups`` with all its neurons), as the rule's docstring
   promises (with ``positive``: restricted to ``tau > 0``);
 * ``"pinned"``: the engine pins them on purpose (a gate, a normalisation input, a functional non-homogeneous
-  activation under ``functional="constrain"``, a pooling window that spans several factors, a truncating cast), optionally with the pin category
-  ``reason`` in the report;
+  activation under ``functional="constrain"``, a pooling window that spans several factors, a truncating cast),
+  optionally with the pin category ``reason`` in the report;
 * ``"either"``: the engine may choose (kept for trap variants such as an in-place activation whose input is read
   again), only exactness is required.
 """

@@ -233,7 +233,7 @@ def test_deepcopy_pickle_and_state_dict_round_trip():
     v = teleport(m, x)
     _round_trips(m, v, (5,))
     fresh = Issue().double()
-    with pytest.raises(RuntimeError, match="teleport_functional.gelu.tau"):  # strict: loud, never another function
+    with pytest.raises(RuntimeError, match=r"teleport_functional\.gelu\.tau"):  # strict: loud, never another function
         fresh.load_state_dict(v.state_dict())
     with pytest.raises(RuntimeError, match="Missing key"):
         copy.deepcopy(v).load_state_dict(m.state_dict())

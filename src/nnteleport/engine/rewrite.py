@@ -117,9 +117,11 @@ def side_effects(model: nn.Module, before: list[tuple[nn.Module, dict[str, Any],
             if k != "training" and (k not in now or now[k] is not v):
                 found.append((m, f"changes attribute {k!r}"))
         for live, saved in conts:
-            if (live.keys() != saved.keys() or any(live[k] is not saved[k] for k in live)) if isinstance(
-                live, dict
-            ) else (len(live) != len(saved) or any(a is not b for a, b in zip(live, saved))):
+            if (
+                (live.keys() != saved.keys() or any(live[k] is not saved[k] for k in live))
+                if isinstance(live, dict)
+                else (len(live) != len(saved) or any(a is not b for a, b in zip(live, saved)))
+            ):
                 found.append((m, "fills a container attribute"))
     if not found:
         return []
@@ -158,7 +160,8 @@ def compare_forward(model: nn.Module, graph_out: Any, inputs: tuple[Tensor, ...]
     except Exception as exc:
         return [f"its forward fails where its traced graph runs ({type(exc).__name__})"]
     a, b = _leaves(graph_out), _leaves(out)
-    why = f"its traced graph computes another output than its forward on the example (mode {'train' if model.training else 'eval'})"
+    mode = "train" if model.training else "eval"
+    why = f"its traced graph computes another output than its forward on the example ({mode} mode)"
     if len(a) != len(b):
         return [why]
     for p, q in zip(a, b):
