@@ -330,6 +330,7 @@ def analyze(
     effects: list[str] = []  # functional="rewrite": what the forward's Python did besides computing the graph
     fsites: dict[str, Any] = {}  # functional="rewrite": call sites of all graphs, named once
     site_nodes: dict[str, list[tuple[int, str]]] = {}  # site name -> (graph index, node name) of each call
+    walked: list[tuple[bool, bool, Any, Any]] = []  # (training, grad, walked output, RNG state before the walk)
     was_training = model.training
     with _preserved(model, devices) as guard:
         for training in (was_training, not was_training):
@@ -357,8 +358,8 @@ def analyze(
                     state.fsites = {}  # this graph's call sites, by node name
                 rng = rewrite.rng_state(devices) if mode is not Functional.CONSTRAIN else None
                 walker = _walk(model, graph, state, mode, inputs, training, guard)
-                if rng is not None:  # the graph must compute what forward computes (fx misses aliasing: h += y)
-                    effects += rewrite.compare_forward(model, walker.output, inputs, grad, rng, guard)
+                if rng is not None:
+                    walked.append((training, grad, walker.output, rng))
                 variant = _batch_variant(inputs) if walker.axis0_varies else None
                 if variant is not None:
                     try:
@@ -367,6 +368,11 @@ def analyze(
                         pass  # the model does not run at that batch size: only the example's holds
                 if mode is Functional.REWRITE:
                     rewrite.merge_sites(fsites, site_nodes, state.fsites, graphs, len(graphs) - 1, modes)
+        if state.fsites or fsites:  # the graphs must compute what forward computes where they replace it (there
+            # are functional call sites): fx misses aliasing (`skip = h; h += y`)
+            for training, grad, output, rng in walked:
+                _set_mode(model, training)
+                effects += rewrite.compare_forward(model, output, inputs, grad, rng, guard)
         constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
             str(n.target): getattr(model, str(n.target))
             for g in graphs
