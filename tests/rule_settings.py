@@ -11,8 +11,8 @@ hidden layer on ``x`` for binary ops. The expected outcome is about the neurons 
 * ``"free"``: they stay free (their group is in ``plan.groups`` with all its neurons), as the rule's docstring
   promises (with ``positive``: restricted to ``tau > 0``);
 * ``"pinned"``: the engine pins them on purpose (a gate, a normalisation input, a functional non-homogeneous
-  activation, a pooling window that spans several factors, a truncating cast), optionally with the pin category
-  ``reason`` in the report;
+  activation under ``functional="constrain"``, a pooling window that spans several factors, a truncating cast),
+  optionally with the pin category ``reason`` in the report;
 * ``"either"``: the engine may choose (kept for trap variants such as an in-place activation whose input is read
   again), only exactness is required.
 """
@@ -606,7 +606,7 @@ add(
 )
 
 # ================================================================================================== function rules
-# positively homogeneous functions: a functional call cannot hold a wrapper, so tau > 0 ------------------------------
+# positively homogeneous functions: with functional="constrain" a call holds no wrapper, so tau > 0 ------------------
 _POS = {"positive": True}
 add(
     F.relu,
@@ -730,7 +730,7 @@ add(
 )
 add(F.interpolate, C("via-F.upsample", lambda m, h, x: F.upsample(h, scale_factor=2), "free", "2d"))  # traced through
 
-# non-homogeneous functions: pinned (no per-call wrapper in the default functional="constrain" mode) ----------------
+# non-homogeneous functions: pinned with functional="constrain" (no per-call wrapper; the default "rewrite" frees) -
 _FN = {"reason": "functional"}
 add(
     F.gelu,

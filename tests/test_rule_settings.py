@@ -2,10 +2,12 @@
 fails when a key of ``rules.MODULE_RULES`` / ``FUNCTION_RULES`` / ``METHOD_RULES`` has no setting (BackPACK's pattern).
 
 Per setting: the op is a node of the traced graph and no op of the model is reported as "not understood by the
-engine"; the expected outcome (free / pinned neurons feeding the op) holds; and for cob_range 0.5 and 0.9, intra and
-inter sampling and two seeds, the teleported model equals the original in float64 to a relative 1e-9 (outputs and
-input gradients, train and eval mode with the RNG seeded before each forward, on the analysis batch and on a batch
-of another size), with its parameters moved whenever the plan has free neurons.
+engine"; the expected outcome (free / pinned neurons feeding the op) holds under ``functional="constrain"`` (the
+mode the settings describe) and the default ``functional="rewrite"`` frees at least as many neurons; and for cob_range
+0.5 and 0.9, intra and inter sampling and two seeds, the teleported model equals the original in float64 to a relative
+1e-9 (outputs and input gradients, train and eval mode with the RNG seeded before each forward, on the analysis batch
+and on a batch of another size), with its parameters moved whenever the plan has free neurons -- in both modes where
+they differ (the model has functional call sites).
 """
 
 from __future__ import annotations
@@ -187,19 +189,27 @@ def test_rule_setting(key, case):
         target = case.node[1] if case.node else key
         problems.append(f"no graph node for {rs.key_name(target)} (the rule is never reached by this code)")
 
-    plan = nt.analyze(model, x)
+    # the settings' expected outcomes describe functional="constrain" (the model's own forward, functional calls
+    # pinned or tau > 0); the default functional="rewrite" frees at least as much and is checked for exactness too
+    plan = nt.analyze(model, x, functional="constrain")
     for p in plan.report.pinned:
         if any(s in p["why"] for s in NOT_HANDLED):
             problems.append(f"report: {p['neurons']} neurons [{p['category']}] {p['why']}")
     problems += _check_outcome(case, model, plan)
+    rewritten = nt.analyze(model, x)
+    if rewritten.num_free < plan.num_free:
+        problems.append(f"functional='rewrite' frees {rewritten.num_free} neurons, 'constrain' {plan.num_free}")
+    modes = ["constrain", "rewrite"] if rewritten.functional_sites else ["constrain"]
 
     state = {k: t.clone() for k, t in model.state_dict().items()}
     ref = _runs(model, (x, x2))
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
-    for s, sampling, seed in COMBOS:
-        where = f"s={s} {sampling} seed={seed}"
-        v = nt.teleport(model, x, cob_range=s, sampling=sampling, generator=torch.Generator().manual_seed(seed))
+    for s, sampling, seed, mode in [(*c, m) for c in COMBOS for m in modes]:
+        where = f"s={s} {sampling} seed={seed} {mode}"
+        v = nt.teleport(
+            model, x, cob_range=s, sampling=sampling, generator=torch.Generator().manual_seed(seed), functional=mode
+        )
         if plan.num_free:
             params = dict(model.named_parameters())
             vparams = dict(v.named_parameters())

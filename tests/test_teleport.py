@@ -293,12 +293,20 @@ def test_functional_positive_activation_restricts_sign():
 
     m = M().double()
     x = torch.randn(4, 3, dtype=torch.float64)
-    plan = nt.analyze(m, x)
+    plan = nt.analyze(m, x, functional="constrain")
     assert plan.groups["a"].positive_only
-    cob = nt.sample_cob(m, x, 0.9, "inter", torch.Generator().manual_seed(0))
+    cob = nt.sample_cob(m, x, 0.9, "inter", torch.Generator().manual_seed(0), functional="constrain")
     assert bool((cob["a"] > 0).all())
     with pytest.raises(ValueError, match="positive factor"):
-        nt.teleport(m, x, {"a": -torch.ones(5, dtype=torch.float64)})
+        nt.teleport(m, x, {"a": -torch.ones(5, dtype=torch.float64)}, functional="constrain")
+    # the default (functional="rewrite") wraps the call where a factor is negative, so every sign is allowed
+    assert not nt.analyze(m, x).groups["a"].positive_only
+    v = nt.teleport(m, x, {"a": -torch.ones(5, dtype=torch.float64)})
+    assert isinstance(v, M) and type(v) is not M and "teleport_functional.relu.tau" in v.state_dict()
+    x2 = torch.randn(6, 3, dtype=torch.float64)
+    assert rel_err(m(x2), v(x2)) < rel_tol(0.0)
+    w = nt.teleport(m, x, {"a": torch.full((5,), 2.0, dtype=torch.float64)})
+    assert type(w) is M  # tau > 0 at a ReLU call needs no wrapper: the plain class
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -398,11 +406,11 @@ def test_functional_graph_mode_teleports_functional_activations(model_cls):
         "ConvBNResidual": torch.randn(4, 3, 8, 8),
         "SqueezeExcite": torch.randn(3, 3, 6, 6),
     }[model_cls].double()
-    constrained = nt.analyze(m, x).report
+    constrained = nt.analyze(m, x, functional="constrain").report
     graph = nt.analyze(m, x, functional="graph")
     assert graph.functional_sites  # functional calls became wrapper sites
     assert graph.report.coverage >= constrained.coverage
-    assert int(graph.positive_mask.sum()) <= int(nt.analyze(m, x).positive_mask.sum())
+    assert int(graph.positive_mask.sum()) <= int(nt.analyze(m, x, functional="constrain").positive_mask.sum())
     v = nt.teleport(
         m, x, cob_range=0.9, sampling="inter", functional="graph", generator=torch.Generator().manual_seed(0)
     )
@@ -422,9 +430,11 @@ def test_functional_graph_mode_frees_tanh_neurons():
 
     m = MLPFunctional().double()
     x = torch.randn(5, 6, dtype=torch.float64)
-    assert "l3" not in nt.analyze(m, x).groups  # torch.tanh pins l3 by default
-    plan = nt.analyze(m, x, functional="graph")
-    assert plan.groups["l3"].size == 8 and not plan.groups["l3"].homogeneous
+    assert "l3" not in nt.analyze(m, x, functional="constrain").groups  # torch.tanh pins l3 in constrain mode
+    for mode in ("graph", "rewrite"):
+        plan = nt.analyze(m, x, functional=mode)
+        assert plan.groups["l3"].size == 8 and not plan.groups["l3"].homogeneous
+    assert nt.analyze(m, x).groups.keys() == plan.groups.keys()  # "rewrite" is the default
 
 
 def test_functional_graph_mode_refusals():
@@ -442,13 +452,14 @@ def test_functional_graph_mode_refusals():
     x = torch.randn(2, 3)
     with pytest.raises(ValueError, match="train and eval mode"):
         nt.teleport(Branchy(), x, functional="graph")
-    nt.teleport(Branchy(), x)  # the default mode keeps the model's own forward: fine
+    nt.teleport(Branchy(), x, functional="constrain")  # keeps the model's own forward: fine
+    nt.teleport(Branchy(), x)  # the default rewrites the graph of each mode: fine (tests/test_functional_rewrite.py)
     from tests.engine_models import MLPFunctional
 
     with pytest.raises(ValueError, match="inplace=False"):
         nt.teleport(MLPFunctional(), torch.randn(2, 6), functional="graph", inplace=True)
-    with pytest.raises(ValueError, match="'constrain', 'graph'"):
-        nt.analyze(MLPFunctional(), torch.randn(2, 6), functional="rewrite")
+    with pytest.raises(ValueError, match="'rewrite', 'constrain', 'graph'"):
+        nt.analyze(MLPFunctional(), torch.randn(2, 6), functional="rewritten")
 
 
 def test_cached_layout_follows_replaced_parameters():

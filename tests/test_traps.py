@@ -50,7 +50,7 @@ class Case:
     build: Callable[[], nn.Module]  # deterministic (seeded), float64
     inputs: Callable[[], tuple[Tensor, Tensor]]  # (analysis batch, another batch)
     expect: str = "exact"  # "exact" | "either" | "refused"
-    functional: str = "constrain"
+    functional: str = "rewrite"  # the library's default; "constrain" and "graph" variants where they differ
     free: bool = True  # a correct engine obviously has free neurons (the stem)
     culprit: tuple[str, ...] = ()  # "either": words the refusal must contain; "refused": the WRAPPERS key
 
@@ -110,6 +110,7 @@ def _cases() -> list[Case]:
     ):
         c.append(Case(f"c1-{cls.__name__}", built(cls), V4))
     c.append(Case("c1-TiedLinearTranspose-graph", built(tm.TiedLinearTranspose), V4, functional="graph"))
+    c.append(Case("c1-TiedLinearTranspose-constrain", built(tm.TiedLinearTranspose), V4, functional="constrain"))
     c.append(Case("c1-TiedEmbeddingLM", built(tm.TiedEmbeddingLM), tokens()))
     c.append(Case("c1-SharedWithBlackBox", built(tm.SharedWithBlackBox), vec(3, tm.D_IN)))
     # 2. in-place semantics
@@ -118,7 +119,7 @@ def _cases() -> list[Case]:
     for act in tm._ACTS:
         c.append(Case(f"c2-InplaceActReread-{act}", built(tm.InplaceActReread, act), V4))
     for kind in tm.InplaceStatement.KINDS:
-        for functional in ("constrain", "graph"):
+        for functional in ("constrain", "graph", "rewrite"):
             c.append(
                 Case(
                     f"c2-InplaceStatement-{kind}-{functional}",
@@ -129,6 +130,8 @@ def _cases() -> list[Case]:
             )
     c.append(Case("c2-AugmentedAssignment", built(tm.AugmentedAssignment), V4))
     c.append(Case("c2-AliasInplaceMethod-graph", built(tm.AliasInplaceMethod), V4, functional="graph"))
+    c.append(Case("c2-AliasInplaceMethod-rewrite", built(tm.AliasInplaceMethod), V4))
+    c.append(Case("c2-AliasInplaceMethod-constrain", built(tm.AliasInplaceMethod), V4, functional="constrain"))
     c.append(Case("c2-RunningNormInForward", built(tm.RunningNormInForward), V4))
     # 3. module hooks (the issue allows refusing a hooked module, by name)
     for kind in tm.HookedMLP.KINDS:
@@ -162,7 +165,7 @@ def _cases() -> list[Case]:
     c.append(Case("c7-GroupedConvTranspose", built(tm.GroupedConvTranspose), vec(2, 5)))
     # 8. custom autograd functions
     for kind in tm.CustomFunctionNet.FUNCS:
-        for functional in ("constrain", "graph"):
+        for functional in ("constrain", "graph", "rewrite"):
             c.append(
                 Case(
                     f"c8-CustomFunction-{kind}-{functional}",

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from nnteleport._choice import Choice
-from nnteleport.engine import inspection
+from nnteleport.engine import inspection, rewrite
 from nnteleport.engine.plan import GroupInfo, TeleportPlan, _finalize, _State
 from nnteleport.engine.trace import Keywords, _flat_values, _graph_key, _trace, keyword_arguments, specializations
 from nnteleport.engine.value_trace import sequence_variants
@@ -47,13 +47,22 @@ __all__ = ["Functional", "GroupInfo", "TeleportPlan", "UntraceableModelError", "
 class Functional(Choice, what="functional mode"):
     """What to do with activations called as functions (``F.gelu(x)``) in a user's ``forward``.
 
-    * ``"constrain"`` (default): the model keeps its class and ``forward``; positively homogeneous functions
+    * ``"rewrite"`` (default): such calls are teleported too. Where a call needs ``tau * f(x / tau)``, the
+      teleported model becomes an instance of a generated subclass ``Teleported<Name>`` of the model's class
+      (same methods, attributes, submodule, parameter and ``state_dict`` names, plus the ``tau`` buffers of the
+      wrappers) whose ``forward`` runs the traced graph(s) of the model's forward with the calls wrapped
+      (:mod:`nnteleport.engine.rewrite`). A model whose forward cannot be replaced by its traced graph (it sets
+      attributes or fills containers while running, its ``forward`` is replaced on the instance, it is a
+      ``GraphModule``, its signature cannot be mirrored) is analysed as ``"constrain"``, said in the report's
+      ``notes`` and by a warning.
+    * ``"constrain"``: the model keeps its class and its own ``forward`` runs; positively homogeneous functions
       (``F.relu``, ``F.max_pool2d``) restrict their neurons to ``tau > 0``, other functions pin them to 1.
-    * ``"graph"``: the teleported model is a ``torch.fx.GraphModule`` whose forward calls
+    * ``"graph"`` (kept for compatibility): the teleported model is a ``torch.fx.GraphModule`` whose forward calls
       ``tau * f(x / tau)`` at each such call (same parameter names); refused when the model's traced graph differs
-      between train and eval mode (``if self.training:`` in ``forward``).
+      between train and eval mode (``if self.training:`` in ``forward``). Same coverage as ``"rewrite"``.
     """
 
+    REWRITE = "rewrite"
     CONSTRAIN = "constrain"
     GRAPH = "graph"
 
@@ -274,7 +283,7 @@ def _batch_variant(inputs: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
 
 
 def analyze(
-    model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = (), functional: str | Functional = "constrain"
+    model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = (), functional: str | Functional = "rewrite"
 ) -> TeleportPlan:
     """Analyse ``model`` for teleportation (cached: a second call with the same input shapes does not re-trace).
 
@@ -291,7 +300,8 @@ def analyze(
         Submodule types or qualified names to treat as black boxes (e.g. code ``torch.fx`` cannot trace); their
         inputs and outputs stay at ``tau = 1``.
     functional:
-        ``"constrain"`` or ``"graph"``: how activations called as functions are treated (see :class:`Functional`).
+        ``"rewrite"`` (default), ``"constrain"`` or ``"graph"``: how activations called as functions are treated
+        (see :class:`Functional`).
 
     Returns
     -------
@@ -334,58 +344,108 @@ def analyze(
     plan = per_model.get(key)
     if plan is not None:
         return plan
+    if mode is Functional.REWRITE:
+        reason = rewrite.unsupported_reason(model)
+        if reason is not None:  # known before tracing: the constrain analysis, with the reason in the report
+            plan = per_model[key] = rewrite.constrained(analyze(model, x, leaf_modules=leaf_modules,
+                                                                functional="constrain"), reason)  # fmt: skip
+            return plan
 
     state = _State()
     state.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     devices = list({t.device for t in inputs})
     graphs: list[fx.Graph] = []
-    codes: set[tuple] = set()
+    codes: dict[tuple, int] = {}  # graph key -> index in graphs
+    modes: dict[tuple[bool, bool], int] = {}  # (training, grad enabled) -> index of its graph
+    effects: list[str] = []  # functional="rewrite": what the forward's Python did besides computing the graph
+    fsites: dict[str, Any] = {}  # functional="rewrite": call sites of all graphs, named once
+    site_nodes: dict[str, list[tuple[int, str]]] = {}  # site name -> (graph index, node name) of each call
+    walked: list[tuple[bool, bool, Any, Any]] = []  # (training, grad, walked output, RNG state before the walk)
     was_training = model.training
     specialized = False
     with _preserved(model, devices) as guard:
         for training in (was_training, not was_training):
             _set_mode(model, training)
             for grad in (True, False):
+                before = rewrite.snapshot(model) if mode is Functional.REWRITE else None
                 with torch.set_grad_enabled(grad), guard:
                     graph = _trace(model, leaf_types, leaf_names, inputs, names, plain=not specialized)
+                if before is not None:
+                    effects += [e for e in rewrite.side_effects(model, before) if e not in effects]
                 specialized = specialized or bool(specializations(graph))
                 if specialized and mode is Functional.GRAPH:
                     where = specializations(graph)[0][0] if specializations(graph) else "?"
                     raise UnsupportedModelError(
                         f"functional='graph' makes the traced graph the forward of the teleported model, but the "
                         f"graph of {type(model).__name__} is specialised to the example's shapes (at {where}); use "
-                        "functional='constrain' (the default), which keeps the model's own forward"
+                        "functional='rewrite' (the default) or 'constrain', which then keep the model's own forward"
                     )
+                if specialized and mode is Functional.REWRITE:
+                    why = "its traced graph is specialised to the example's shapes"
+                    if why not in effects:  # a forward rewritten as that graph would hold for those shapes only
+                        effects.append(why)
                 code = _graph_key(graph, model)
                 if code in codes:
+                    modes[(training, grad)] = codes[code]
                     continue
                 if codes and mode is Functional.GRAPH:
                     raise UnsupportedModelError(
                         f"functional='graph' rewrites forward() as one traced graph, but {type(model).__name__} "
                         "traces to different graphs in train and eval mode or with and without gradients (e.g. "
-                        "`if self.training:` in forward); use functional='constrain' (the default), which keeps the "
-                        "model's own forward"
+                        "`if self.training:` in forward); use functional='rewrite' (the default), which rewrites "
+                        "each mode's graph, or functional='constrain', which keeps the model's own forward"
                     )
-                codes.add(code)
+                modes[(training, grad)] = codes[code] = len(graphs)
                 graphs.append(graph)
+                if mode is Functional.REWRITE:
+                    state.fsites = {}  # this graph's call sites, by node name
+                rng = rewrite.rng_state(devices) if mode is not Functional.CONSTRAIN else None
                 walker = _walk(model, graph, state, mode, inputs, training, guard, names)
+                if rng is not None and names is None:
+                    walked.append((training, grad, walker.output, rng))
                 variant = _batch_variant(inputs) if walker.axis0_varies and not specialized else None
                 if variant is not None:
                     try:
-                        _Walker(model, graph, state, mode is Functional.GRAPH, guard).run(*variant)
+                        _Walker(model, graph, state, mode is not Functional.CONSTRAIN, guard).run(*variant)
                     except _NodeFailed:
                         pass  # the model does not run at that batch size: only the example's holds
+                if mode is Functional.REWRITE:
+                    rewrite.merge_sites(fsites, site_nodes, state.fsites, graphs, len(graphs) - 1, modes)
         if specialized:
             _walk_variants(model, state, mode, inputs, names, (leaf_types, leaf_names), guard)
+        if names is not None and mode is Functional.REWRITE and "it is called with keyword inputs" not in effects:
+            effects.append("it is called with keyword inputs")  # the generated forward takes positional ones only
+        if state.fsites or fsites:  # the graphs must compute what forward computes where they replace it (there
+            # are functional call sites): fx misses aliasing (`skip = h; h += y`)
+            for training, grad, output, rng in walked:
+                _set_mode(model, training)
+                effects += rewrite.compare_forward(model, output, inputs, grad, rng, guard)
         constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
             str(n.target): getattr(model, str(n.target))
-            for n in graphs[0].nodes
+            for g in graphs
+            for n in g.nodes
             if n.op == "get_attr" and str(n.target).startswith("_tensor_constant") and hasattr(model, str(n.target))
         }
+    if mode is Functional.REWRITE:
+        state.fsites = fsites
     plan = _finalize(state, model)
     if mode is Functional.GRAPH:
+        if plan.functional_sites and effects:
+            raise UnsupportedModelError(
+                f"functional='graph' replaces the forward of {type(model).__name__} by its traced graph, but "
+                f"{'; '.join(effects)}; use functional='rewrite' (the default), which then keeps the model's own "
+                "forward, or functional='constrain'"
+            )
         plan.graph = graphs[0]
         plan.constants = constants
+    elif mode is Functional.REWRITE and plan.functional_sites:
+        reasons = effects + rewrite.graph_problems(model, graphs)
+        if reasons:  # the traced graph is not all the forward does: keep the model's own forward
+            plan = rewrite.constrained(
+                analyze(model, x, leaf_modules=leaf_modules, functional="constrain"), "; ".join(reasons)
+            )
+        else:
+            plan.rewrite = rewrite.RewriteInfo(graphs, modes, constants, site_nodes)
     per_model[key] = plan
     return plan
 
@@ -400,12 +460,12 @@ def _walk(
     guard: Any = None,
     names: Keywords | None = None,
 ) -> _Walker:
-    walker = _Walker(model, graph, state, mode is Functional.GRAPH, guard)
+    walker = _Walker(model, graph, state, mode is not Functional.CONSTRAIN, guard)
     guard = walker.guard
     sizes = {t.shape[0] for t in inputs if t.dim()}
     walker.batch = sizes.pop() if len(sizes) == 1 and len(inputs) == sum(t.dim() > 0 for t in inputs) else None
     try:
-        walker.run(*(t.clone() for t in inputs))  # a forward that writes into its input must not change x
+        walker.output = walker.run(*(t.clone() for t in inputs))  # a forward writing into its input keeps x
         return walker
     except _NodeFailed as failed:
         exc, node = failed.exc, failed.node
@@ -478,7 +538,7 @@ def _walk_variants(
 
 
 def _register(
-    model: nn.Module, x: Any, plan: TeleportPlan, leaf_modules: Sequence[type | str] = (), functional: Any = "constrain"
+    model: nn.Module, x: Any, plan: TeleportPlan, leaf_modules: Sequence[type | str] = (), functional: Any = "rewrite"
 ) -> None:
     """Record ``plan`` for ``model`` (e.g. after in-place wrapping changed its module structure)."""
     inputs, names = _as_call(x)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nnteleport.engine import rewrite
 from nnteleport.engine.activation import FunctionalOp, TeleportedActivation
 from nnteleport.engine.analysis import Functional, TeleportPlan, _register, analyze
 from nnteleport.engine.cob import CoB, Sampling, _validate_cob_range, sample_flat
@@ -198,15 +199,16 @@ def teleport(
     generator: torch.Generator | None = None,
     inplace: bool = False,
     leaf_modules: Any = (),
-    functional: str | Functional = "constrain",
+    functional: str | Functional = "rewrite",
 ) -> nn.Module:
     """Teleport ``model``: a model computing exactly the same function at another point of weight space.
 
     Parameters
     ----------
     model:
-        Any ``nn.Module`` traceable by ``torch.fx``; it keeps its class, parameter names, shapes, device, dtype
-        and train/eval mode.
+        Any ``nn.Module`` traceable by ``torch.fx``; the result is an instance of its class (or of a generated
+        subclass, see ``functional``) with the same parameter and buffer names, shapes, device, dtype and
+        train/eval mode.
     x:
         Example input batch (tensor or tuple of tensors) used to trace the model; the analysis is cached per
         model and input shape (batch axis excluded), so repeated teleports do not re-trace.
@@ -217,14 +219,19 @@ def teleport(
         Used only when ``cob`` is ``None`` (see :func:`nnteleport.sample_cob`).
     inplace:
         Modify ``model`` itself (parameters rescaled in place, activation modules replaced by wrappers where
-        needed) instead of a deep copy.
+        needed, its class switched to the generated subclass when functional calls need wrappers) instead of a
+        deep copy.
     leaf_modules:
         Submodules (types or qualified names) to treat as black boxes at ``tau = 1``.
     functional:
-        ``"constrain"`` (default): activations called as functions in ``forward`` restrict their neurons to
-        ``tau > 0`` (ReLU-like) or pin them. ``"graph"``: they are teleported too, by returning a
-        ``torch.fx.GraphModule`` (same parameter names) whose forward wraps each such call as ``tau * f(x / tau)``
-        -- only when a wrapper is actually needed; not with ``inplace=True``.
+        What to do with activations called as functions in ``forward`` (``F.gelu(h)``, ``h.tanh()``), see
+        :class:`nnteleport.engine.analysis.Functional`. ``"rewrite"`` (default): they are teleported; when one
+        needs ``tau * f(x / tau)``, the result is an instance of the generated subclass ``Teleported<Name>`` of the
+        model's class whose ``forward`` runs the traced graph(s) with such calls wrapped (the ``tau`` buffers are
+        ``teleport_functional.<call>.tau`` in ``state_dict``); when none does, the plain class.
+        ``"constrain"``: the model's own forward keeps running; such calls restrict their neurons to ``tau > 0``
+        (ReLU-like) or pin them. ``"graph"``: as ``"rewrite"``, but the result is a ``torch.fx.GraphModule``
+        (refused for mode-dependent graphs and with ``inplace=True``).
 
     Returns
     -------
@@ -240,13 +247,18 @@ def teleport(
         flat = plan.flat(cob)
     _check_representable(model, plan, flat)
     rewrites = _functional_wrappers(plan, flat)
-    if rewrites and inplace:
+    if rewrites and inplace and plan.rewrite is None:
         raise InvalidValueError(
             "functional='graph' with inplace=True: functional activation calls need wrappers, which requires a new "
-            "GraphModule; use inplace=False (or functional='constrain')"
+            "GraphModule; use inplace=False (or functional='rewrite', the default, which keeps the model object)"
         )
     target = model if inplace else _deepcopy(model)
     apply_cob(target, plan, flat)
+    if rewrites and plan.rewrite is not None:
+        device = next((p.device for p in target.parameters()), torch.device("cpu"))
+        plan = rewrite.install(target, plan, rewrites, _model_dtype(target), device)
+        _register(target, x, plan, leaf_modules, functional)  # the wrapped calls are module sites now
+        return target
     if rewrites:
         return _as_graph_module(target, plan, rewrites)
     if target is not model or plan.sites:
@@ -346,7 +358,7 @@ def micro_teleport(
     generator: torch.Generator | None = None,
     *,
     leaf_modules: Any = (),
-    functional: str | Functional = "constrain",
+    functional: str | Functional = "rewrite",
 ) -> Tensor:
     """The micro-teleportation vector ``V - W`` (flattened, in ``model.parameters()`` order) for a small
     ``cob_range`` (paper, Sec. 5.1: it is orthogonal to the back-propagated gradient up to ``O(s)``).
@@ -381,7 +393,7 @@ def sample_cob(
     generator: torch.Generator | None = None,
     *,
     leaf_modules: Any = (),
-    functional: str = "constrain",
+    functional: str | Functional = "rewrite",
 ) -> CoB:
     """Sample a CoB for ``model`` (paper, Sec. 4).
 
@@ -396,7 +408,8 @@ def sample_cob(
     generator:
         Optional ``torch.Generator`` for reproducibility.
     leaf_modules, functional:
-        As in :func:`nnteleport.teleport` (``functional="graph"`` frees functional activations' neurons).
+        As in :func:`nnteleport.teleport` (``functional="constrain"`` pins or restricts the neurons of activations
+        called as functions; the default ``"rewrite"`` frees them).
 
     Returns
     -------

@@ -98,15 +98,16 @@ class CoBFunction:
     The model is evaluated with :func:`torch.func.functional_call`; it is never copied and its parameters and
     buffers are never written (buffers are passed as copies, so batch-norm statistics do not move in train mode).
 
-    Only plans without functional call sites are supported (the default ``functional="constrain"`` analysis,
-    whose activations called as functions restrict their neurons to ``tau > 0`` and need no wrapper).
+    The analysis is ``functional="constrain"``: the user's forward runs, so activations called as functions must
+    need no wrapper (they restrict their neurons to ``tau > 0`` or pin them). Its CoB applies with
+    ``nnteleport.teleport(model, x, cob, functional="constrain")``.
     """
 
     def __init__(self, model: nn.Module, x: Any, *, leaf_modules: Sequence[type | str] = ()) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.plan: TeleportPlan = analyze(model, x, leaf_modules=leaf_modules)
+        self.plan: TeleportPlan = analyze(model, x, leaf_modules=leaf_modules, functional="constrain")
         self.named = dict(model.named_parameters())
         missing = [n for n in self.plan.param_scale_indices if n not in self.named]
         if missing:

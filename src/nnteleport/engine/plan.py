@@ -110,9 +110,10 @@ class TeleportPlan:
     sites: list[ActivationSite]
     positive_mask: Tensor  # (num_free,) bool
     report: Any = None
-    functional_sites: list[ActivationSite] = field(default_factory=list)  # functional="graph": node names
+    functional_sites: list[ActivationSite] = field(default_factory=list)  # functional="rewrite"/"graph": calls
     graph: fx.Graph | None = None  # functional="graph": the traced graph the wrappers are inserted into
     constants: dict[str, Tensor] = field(default_factory=dict)  # functional="graph": the graph's tensor constants
+    rewrite: Any = None  # functional="rewrite": the traced graphs and call sites (engine.rewrite.RewriteInfo)
     _device_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def ones(self) -> Any:
@@ -260,7 +261,7 @@ class _State:
         self.positives: list[tuple[Tensor, str]] = []
         self.params: dict[int, tuple[str, Tensor, Tensor | None]] = {}  # id(param) -> (name, out, in)
         self.sites: dict[str, _Site] = {}
-        self.fsites: dict[str, _Site] = {}  # functional call sites (node name), functional="graph" only
+        self.fsites: dict[str, _Site] = {}  # functional call sites (node name), functional="rewrite"/"graph"
         self.general_vars: list[Tensor] = []
         self.param_names: dict[int, str] = {}  # id(parameter) -> name, for every parameter of the model
         self.unaccounted: dict[int, str] = {}  # id(parameter) -> a use that no rule accounted for

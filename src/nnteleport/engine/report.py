@@ -45,9 +45,12 @@ class TeleportReport:
     pinned: per reason: category, text, neurons pinned (neurons are attributed to the first reason in the order
         output, normalisation, others).
     positive_only: per reason, neurons restricted to ``tau > 0``.
-    wrapper_sites: activation modules (and, with ``functional="graph"``, functional call sites by node name) that
-        receive ``tau * f(x / tau)`` when their factors require it: ``kind`` "positive" (ReLU-like, wrapped only
-        where ``tau < 0``) or "general" (wrapped wherever ``tau != 1``).
+    wrapper_sites: every place that receives ``tau * f(x / tau)`` when its factors require it: activation modules
+        (``functional`` False, by module path) and, with ``functional="rewrite"`` (the default) or ``"graph"``,
+        activations called as functions (``functional`` True, by the call's node name in the traced graph; a call
+        that only the graph of another mode makes is named ``"<node> (eval)"``); ``kind`` "positive" (ReLU-like,
+        wrapped only where ``tau < 0``) or "general" (wrapped wherever ``tau != 1``).
+    notes: what else the analysis decided, e.g. that ``functional="rewrite"`` fell back to ``"constrain"``.
     """
 
     model: str
@@ -59,6 +62,7 @@ class TeleportReport:
     pinned: list[dict[str, Any]] = field(default_factory=list)
     positive_only: list[dict[str, Any]] = field(default_factory=list)
     wrapper_sites: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def coverage(self) -> float:
@@ -114,14 +118,17 @@ class TeleportReport:
             lines.append("  restricted to tau > 0:")
             for p in self.positive_only:
                 lines.append(f"    {p['neurons']:>6} neurons  {p['why']}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         if self.wrapper_sites:
             n = len(self.wrapper_sites)
             lines.append(f"  activation wrappers tau * f(x / tau) where needed: {n} site{'s' if n != 1 else ''}")
-            for s in self.wrapper_sites[:8]:
+            shown = self.wrapper_sites if n <= 24 else self.wrapper_sites[:20]
+            for s in shown:
                 where = "functional call" if s.get("functional") else "module"
                 lines.append(f"    {s['module']} ({where}; {_KIND_TEXT.get(s['kind'], s['kind'])})")
-            if n > 8:
-                lines.append(f"    ... {n - 8} more")
+            if n > len(shown):
+                lines.append(f"    ... {n - len(shown)} more (report.wrapper_sites lists all)")
         return "\n".join(lines)
 
 
