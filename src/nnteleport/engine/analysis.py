@@ -25,6 +25,7 @@ import contextlib
 import copy
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -353,13 +354,82 @@ def analyze(
 
     state = _State()
     state.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    t = _trace_modes(model, state, mode, inputs, names, (leaf_types, leaf_names))
+    graphs, modes, effects, fsites, site_nodes, constants = (
+        t.graphs,
+        t.modes,
+        t.effects,
+        t.fsites,
+        t.site_nodes,
+        t.constants,
+    )
+    if mode is Functional.REWRITE:
+        state.fsites = fsites
+    plan = _finalize(state, model)
+    if mode is Functional.GRAPH:
+        if plan.functional_sites and effects:
+            raise UnsupportedModelError(
+                f"functional='graph' replaces the forward of {type(model).__name__} by its traced graph, but "
+                f"{'; '.join(effects)}; use functional='rewrite' (the default), which then keeps the model's own "
+                "forward, or functional='constrain'"
+            )
+        plan.graph = graphs[0]
+        plan.constants = constants
+    elif mode is Functional.REWRITE and plan.functional_sites:
+        reasons = effects + rewrite.graph_problems(model, graphs)
+        if reasons:  # the traced graph is not all the forward does: keep the model's own forward
+            plan = rewrite.constrained(
+                analyze(model, x, leaf_modules=leaf_modules, functional="constrain"), "; ".join(reasons)
+            )
+        else:
+            plan.rewrite = rewrite.RewriteInfo(graphs, modes, constants, site_nodes)
+    per_model[key] = plan
+    return plan
+
+
+@dataclass
+class _Traced:
+    """What :func:`_trace_modes` found: the distinct graphs and, for ``functional="rewrite"``, what a rewritten
+    forward needs (which graph serves which mode, the call sites, why the graphs may not replace the forward)."""
+
+    graphs: list[fx.Graph] = field(default_factory=list)
+    modes: dict[tuple[bool, bool], int] = field(default_factory=dict)  # (training, grad enabled) -> graph index
+    effects: list[str] = field(default_factory=list)  # what the forward's Python did besides computing the graph
+    fsites: dict[str, Any] = field(default_factory=dict)  # call sites of all graphs, named once
+    site_nodes: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # site -> (graph, node) per call
+    constants: dict[str, Any] = field(default_factory=dict)
+
+
+def _specialization_check(model: nn.Module, graph: fx.Graph, mode: Functional, effects: list[str]) -> None:
+    """A graph specialised to the example's shapes may not become the forward (``"graph"`` refuses,
+    ``"rewrite"`` records why it keeps the model's own forward)."""
+    found = specializations(graph)
+    if found and mode is Functional.GRAPH:
+        raise UnsupportedModelError(
+            f"functional='graph' makes the traced graph the forward of the teleported model, but the "
+            f"graph of {type(model).__name__} is specialised to the example's shapes (at {found[0][0]}); use "
+            "functional='rewrite' (the default) or 'constrain', which then keep the model's own forward"
+        )
+    why = "its traced graph is specialised to the example's shapes"
+    if found and mode is Functional.REWRITE and why not in effects:
+        effects.append(why)  # a forward rewritten as that graph would hold for those shapes only
+
+
+def _trace_modes(
+    model: nn.Module,
+    state: _State,
+    mode: Functional,
+    inputs: tuple[Tensor, ...],
+    names: Keywords | None,
+    leaves: tuple[tuple[type, ...], frozenset[str]],
+) -> _Traced:
+    """Trace and walk ``model`` in train and eval mode, with and without gradients (distinct graphs once), into
+    ``state``; at other input shapes too when a graph was specialised to the example's."""
+    leaf_types, leaf_names = leaves
+    out = _Traced()
+    graphs, modes, effects, fsites, site_nodes = out.graphs, out.modes, out.effects, out.fsites, out.site_nodes
     devices = list({t.device for t in inputs})
-    graphs: list[fx.Graph] = []
     codes: dict[tuple, int] = {}  # graph key -> index in graphs
-    modes: dict[tuple[bool, bool], int] = {}  # (training, grad enabled) -> index of its graph
-    effects: list[str] = []  # functional="rewrite": what the forward's Python did besides computing the graph
-    fsites: dict[str, Any] = {}  # functional="rewrite": call sites of all graphs, named once
-    site_nodes: dict[str, list[tuple[int, str]]] = {}  # site name -> (graph index, node name) of each call
     walked: list[tuple[bool, bool, Any, Any]] = []  # (training, grad, walked output, RNG state before the walk)
     was_training = model.training
     specialized = False
@@ -373,17 +443,7 @@ def analyze(
                 if before is not None:
                     effects += [e for e in rewrite.side_effects(model, before) if e not in effects]
                 specialized = specialized or bool(specializations(graph))
-                if specialized and mode is Functional.GRAPH:
-                    where = specializations(graph)[0][0] if specializations(graph) else "?"
-                    raise UnsupportedModelError(
-                        f"functional='graph' makes the traced graph the forward of the teleported model, but the "
-                        f"graph of {type(model).__name__} is specialised to the example's shapes (at {where}); use "
-                        "functional='rewrite' (the default) or 'constrain', which then keep the model's own forward"
-                    )
-                if specialized and mode is Functional.REWRITE:
-                    why = "its traced graph is specialised to the example's shapes"
-                    if why not in effects:  # a forward rewritten as that graph would hold for those shapes only
-                        effects.append(why)
+                _specialization_check(model, graph, mode, effects)
                 code = _graph_key(graph, model)
                 if code in codes:
                     modes[(training, grad)] = codes[code]
@@ -420,34 +480,13 @@ def analyze(
             for training, grad, output, rng in walked:
                 _set_mode(model, training)
                 effects += rewrite.compare_forward(model, output, inputs, grad, rng, guard)
-        constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
+        out.constants = {  # tensor constants torch.fx stored on the model while tracing (removed again on exit)
             str(n.target): getattr(model, str(n.target))
             for g in graphs
             for n in g.nodes
             if n.op == "get_attr" and str(n.target).startswith("_tensor_constant") and hasattr(model, str(n.target))
         }
-    if mode is Functional.REWRITE:
-        state.fsites = fsites
-    plan = _finalize(state, model)
-    if mode is Functional.GRAPH:
-        if plan.functional_sites and effects:
-            raise UnsupportedModelError(
-                f"functional='graph' replaces the forward of {type(model).__name__} by its traced graph, but "
-                f"{'; '.join(effects)}; use functional='rewrite' (the default), which then keeps the model's own "
-                "forward, or functional='constrain'"
-            )
-        plan.graph = graphs[0]
-        plan.constants = constants
-    elif mode is Functional.REWRITE and plan.functional_sites:
-        reasons = effects + rewrite.graph_problems(model, graphs)
-        if reasons:  # the traced graph is not all the forward does: keep the model's own forward
-            plan = rewrite.constrained(
-                analyze(model, x, leaf_modules=leaf_modules, functional="constrain"), "; ".join(reasons)
-            )
-        else:
-            plan.rewrite = rewrite.RewriteInfo(graphs, modes, constants, site_nodes)
-    per_model[key] = plan
-    return plan
+    return out
 
 
 def _walk(
