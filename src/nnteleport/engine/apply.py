@@ -253,6 +253,7 @@ def teleport(
             "GraphModule; use inplace=False (or functional='rewrite', the default, which keeps the model object)"
         )
     target = model if inplace else _deepcopy(model)
+    wraps = _new_wrappers(target, plan, flat)
     apply_cob(target, plan, flat)
     if rewrites and plan.rewrite is not None:
         device = next((p.device for p in target.parameters()), torch.device("cpu"))
@@ -261,9 +262,26 @@ def teleport(
         return target
     if rewrites:
         return _as_graph_module(target, plan, rewrites)
-    if target is not model or plan.sites:
+    if target is not model or wraps:
         _register(target, x, plan, leaf_modules, functional)  # a copy or new wrappers: the same analysis
     return target
+
+
+def _new_wrappers(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> bool:
+    """Whether :func:`_apply_sites` will replace an activation module by a wrapper (the module structure, part of
+    the plan cache's key, changes; an in-place teleport that only rescales keeps its cache entry valid)."""
+    if not plan.sites:
+        return False
+    t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
+    for site in plan.sites:
+        if isinstance(model.get_submodule(site.path), TeleportedActivation):
+            continue
+        tau = t[site.index]
+        if site.kind is Kind.POSITIVE and not bool((tau < 0).any()):
+            continue
+        if not bool((tau == 1).all()):
+            return True
+    return False
 
 
 def _deepcopy(model: nn.Module) -> nn.Module:
