@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     python scripts/paper_estimate.py [--iters N] [--batch B] [--device DEV] [--json FILE]
+    python scripts/paper_estimate.py --docs     # the "Paper configurations" tables of docs/experiments.md
 
 prints a Markdown table (experiment, runs, epochs, device-hours) and the total, the same numbers as
 ``nnteleport experiment NAME --config paper --dry-run`` for each experiment (see
@@ -26,13 +27,58 @@ from nnteleport.lab.experiments.config import load_config
 from nnteleport.lab.experiments.dry_run import dry_run
 
 
+def _fmt(v: object) -> str:
+    """A value as ``--set`` takes it (YAML flow style without spaces)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt(u) for u in v) + "]"
+    return str(v)
+
+
+def docs() -> str:
+    """Per experiment: the ``--set`` line equivalent to ``--config paper`` and the table key / value / source
+    (the comment of each line of the packaged YAML: "paper", "thesis" or "our choice", with its note)."""
+    import yaml
+
+    from nnteleport.lab.experiments.config import paper_config_path
+
+    out = []
+    for name in EXPERIMENTS:
+        text = paper_config_path(name).read_text()
+        data = yaml.safe_load(text)
+        notes = {}
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and "#" in line:
+                notes[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
+        rows = []
+        for key, value in data.items():
+            if key == "model_kwargs":
+                for model, opts in value.items():
+                    rows += [(f"model_kwargs.{model}.{o}", _fmt(v), notes[model]) for o, v in opts.items()]
+            else:
+                rows.append((key, _fmt(value), notes[key]))
+        sets = " \\\n    ".join(f"--set {k}={v}" for k, v, _ in rows)
+        out.append(
+            f"### `{name}`\n\n`nnteleport experiment {name} --config paper` is\n\n```bash\n"
+            f"nnteleport experiment {name} \\\n    {sets}\n```\n\n| key | value | source |\n|---|---|---|"
+        )
+        out += [f"| `{k}` | `{v}` | {n.replace('|', '/')} |" for k, v, n in rows]
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per network (default 3)")
     ap.add_argument("--batch", type=int, default=None, help="time at this batch size and scale (default: the config's)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--docs", action="store_true", help="print the paper-configuration tables and stop")
     args = ap.parse_args(argv)
+    if args.docs:
+        print(docs())
+        return 0
     rows, t0 = [], time.perf_counter()
     for name in EXPERIMENTS:
         cfg = load_config(name, "paper", {"device": args.device}, check_files=False)

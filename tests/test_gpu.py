@@ -241,7 +241,7 @@ def test_cuda_distance_penalty_value_and_gradient_match_cpu(invariant):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_train_runs_on_the_device_and_tracks_cpu():
-    hc, mc = _digits_run(device="cpu", dtype=torch.float64)
+    hc, _ = _digits_run(device="cpu", dtype=torch.float64)
     hg, mg = _digits_run(device="cuda", dtype=torch.float64)
     assert all(p.is_cuda for p in mg.parameters())
     assert len(hg.iter_loss) == len(hc.iter_loss) and hg.teleports[0]["epoch"] == 1

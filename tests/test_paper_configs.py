@@ -87,3 +87,12 @@ def test_docs_list_the_paper_choices_of_every_experiment():
     section = text.split("## Paper configurations", 1)[1].split("\n## ", 1)[0]
     for name in NAMES:
         assert f"### `{name}`" in section, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_documented_set_line_is_the_paper_config(name):
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    block = text.split("## Paper configurations", 1)[1].split(f"### `{name}`", 1)[1].split("```bash", 1)[1]
+    block = block.split("```", 1)[0]
+    items = re.findall(r"--set (\S+)", block)
+    assert items and load_config(name, None, items, check_files=False) == load_config(name, "paper", check_files=False)

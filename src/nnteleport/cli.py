@@ -1,7 +1,9 @@
 """Command line: ``nnteleport experiment | demo | teleport``. The CLI only parses and calls the library.
 
 ``nnteleport experiment NAME [--config FILE.yaml|paper] [--set key=value ...] [--out DIR] [--workers N]
-[--device auto|cpu|cuda|cuda:N] [--dry-run] [--no-progress]`` runs one experiment of :data:`nnteleport.lab.experiments.EXPERIMENTS`;
+[--device auto|cpu|cuda|cuda:N] [--dry-run] [--no-progress]`` runs one experiment of
+:data:`nnteleport.lab.experiments.EXPERIMENTS` (``--config paper``: its packaged paper configuration;
+``--dry-run``: print what would run and its estimated device-hours, run nothing);
 ``nnteleport experiment list`` lists them; ``nnteleport experiment NAME --help`` shows its description and
 defaults. ``nnteleport demo [--out DIR]`` writes the demo report. ``nnteleport teleport`` teleports a model of the
 zoo on an example input and prints the engine's report and the function-preservation error.
@@ -80,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("name", nargs="?", metavar="NAME", help="experiment name, or `list`")
     exp.add_argument("-h", "--help", action="store_true", help="show this help (with NAME: its defaults)")
-    exp.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML mapping of keys to change; `paper`: the "
-                     "packaged configuration of the paper's protocol (full-size models and data)")
+    exp.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="YAML mapping of keys to change; `paper`: the "
+        "packaged configuration of the paper's protocol (full-size models and data)",
+    )
     exp.add_argument(
         "--set",
         action="append",
@@ -92,10 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: results/NAME)")
     exp.add_argument("--workers", type=int, metavar="N", help="parallel worker processes (sets key `workers`)")
-    exp.add_argument("--device", metavar="DEV", help="auto (CUDA when present, the default), cpu, cuda or cuda:N "
-                     "(sets key `device`)")
-    exp.add_argument("--dry-run", action="store_true", help="print the runs, epochs, datasets (present?) and an "
-                     "estimate of the device-hours from a few timed iterations; run nothing")
+    exp.add_argument(
+        "--device", metavar="DEV", help="auto (CUDA when present, the default), cpu, cuda or cuda:N (sets key `device`)"
+    )
+    exp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, epochs, datasets (present?) and an "
+        "estimate of the device-hours from a few timed iterations; run nothing",
+    )
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     demo = sub.add_parser(

@@ -49,9 +49,9 @@ from nnteleport.errors import InvalidValueError, MissingFileError
 __all__ = [
     "PAPER",
     "RULES",
+    "dataset_names",
     "format_defaults",
     "load_config",
-    "dataset_names",
     "merge_config",
     "paper_config_path",
     "parse_overrides",
