@@ -162,8 +162,10 @@ def _measure_plan(name: str, cfg: Mapping[str, Any]) -> tuple[int, int, list[Net
                 _add(nets, net, 1, 0, 3 * n + t * n + int(cfg["train_mode_teleports"]) * n, t)
                 runs += 1
     elif name == "micro-teleport":
+        real = [d for d in cfg["datasets"] if d != "random"]
         for m in cfg["models"]:
             for d in cfg["datasets"]:
+                d = real[0] if d == "random" and real else d  # random data takes the first dataset's shape
                 for bs in cfg["batch_sizes"]:
                     s = int(cfg["num_samples"])
                     _add(nets, Network(m, _kw(cfg, m), d, int(bs), cfg["dtype"]), 1, s, 0, s)
