@@ -3,6 +3,7 @@
 * ``experiment``: :func:`experiment_names`, :func:`experiment_list`, :func:`experiment_help` (texts),
   :func:`load_experiment` (checks a name), :func:`run_experiment` (config, output folder, lock, run),
   :func:`sweep_backend` (``--backend``, ``--ray-address``, ``--gpus-per-run``);
+  :func:`dry_run_experiment` (``--dry-run``: what would run, and the estimate of its device time);
 * ``demo``: :func:`run_demo`;
 * ``teleport``: :func:`teleport_check` (build a zoo model, teleport it in float64, measure) and
   :func:`format_teleport_check` (what the command prints);
@@ -30,6 +31,7 @@ __all__ = [
     "FILE_ERRORS",
     "UsageError",
     "default_sigpipe",
+    "dry_run_experiment",
     "exit_status",
     "experiment_help",
     "experiment_list",
@@ -139,6 +141,51 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
+def _experiment_config(
+    name: str,
+    config_file: Path | None,
+    overrides: Sequence[str],
+    workers: int | None,
+    device: str | None,
+    *,
+    check_files: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """The module and the checked configuration of experiment ``name`` (``--workers`` and ``--device`` set their
+    keys, refused for an experiment without the key)."""
+    from nnteleport.lab.experiments.config import load_config
+
+    module = load_experiment(name)
+    overrides = list(overrides)
+    if workers is not None:
+        if workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {workers}")
+        if "workers" not in getattr(module, "DEFAULTS", {}):
+            raise UsageError(f"experiment {name!r} has no parallel runs (no `workers` key); drop --workers")
+        overrides.append(f"workers={workers}")
+    if device is not None:
+        if "device" not in getattr(module, "DEFAULTS", {}):
+            raise UsageError(f"experiment {name!r} has no `device` key; drop --device")
+        overrides.append(f"device={device!s}")
+    return module, load_config(name, config_file, overrides, check_files=check_files)
+
+
+def dry_run_experiment(
+    name: str,
+    *,
+    config_file: Path | None = None,
+    overrides: Sequence[str] = (),
+    workers: int | None = None,
+    device: str | None = None,
+) -> str:
+    """``--dry-run``: the runs, epochs, datasets (present or not) and the estimated device-hours of experiment
+    ``name`` with this configuration (:mod:`nnteleport.lab.experiments.dry_run`); nothing is trained or written.
+    Every input error but missing dataset files is raised as for a run."""
+    from nnteleport.lab.experiments.dry_run import dry_run, format_dry_run, options_from_env
+
+    _, config = _experiment_config(name, config_file, overrides, workers, device, check_files=False)
+    return format_dry_run(dry_run(name, config, **options_from_env()))
+
+
 def run_experiment(
     name: str,
     *,
@@ -147,31 +194,23 @@ def run_experiment(
     workers: int | None = None,
     out: Path | None = None,
     progress: bool = True,
+    device: str | None = None,
     backend: str | None = None,
     ray_address: str | None = None,
     gpus_per_run: float | None = None,
 ) -> Path:
     """Run experiment ``name`` with its defaults changed by ``config_file`` and ``overrides`` (``KEY=VALUE``).
 
-    ``workers`` sets the key ``workers`` (refused for experiments without one); ``backend``, ``ray_address`` and
-    ``gpus_per_run`` choose where its sweeps run (:func:`sweep_backend`). Every input error is raised before the
-    run starts. The results go to ``out`` (default ``results/NAME``), locked against a second process. Returns
-    the output folder.
+    ``workers`` and ``device`` set the keys ``workers`` and ``device`` (refused for experiments without them);
+    ``config_file="paper"`` is the packaged paper configuration; ``backend``, ``ray_address`` and ``gpus_per_run``
+    choose where its sweeps run (:func:`sweep_backend`). Every input error is raised before the run starts. The
+    results go to ``out`` (default ``results/NAME``), locked against a second process. Returns the output folder.
     """
     from nnteleport.lab.experiments.backends import use_backend
-    from nnteleport.lab.experiments.config import load_config
     from nnteleport.lab.experiments.workers import out_lock
 
-    module = load_experiment(name)
-    chosen = sweep_backend(name, module, backend, ray_address, gpus_per_run)
-    overrides = list(overrides)
-    if workers is not None:
-        if workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {workers}")
-        if "workers" not in getattr(module, "DEFAULTS", {}):
-            raise UsageError(f"experiment {name!r} has no parallel runs (no `workers` key); drop --workers")
-        overrides.append(f"workers={workers}")
-    config = load_config(name, config_file, overrides)
+    chosen = sweep_backend(name, load_experiment(name), backend, ray_address, gpus_per_run)
+    module, config = _experiment_config(name, config_file, overrides, workers, device)
     out = out if out is not None else Path("results") / name
     _check_out(out)
     with out_lock(out), use_backend(chosen):

@@ -1,7 +1,9 @@
 """Command line: ``nnteleport experiment | demo | teleport``. The CLI only parses and calls the library.
 
-``nnteleport experiment NAME [--config FILE.yaml] [--set key=value ...] [--out DIR] [--workers N]
-[--no-progress]`` runs one experiment of :data:`nnteleport.lab.experiments.EXPERIMENTS`;
+``nnteleport experiment NAME [--config FILE.yaml|paper] [--set key=value ...] [--out DIR] [--workers N]
+[--device auto|cpu|cuda|cuda:N] [--dry-run] [--no-progress]`` runs one experiment of
+:data:`nnteleport.lab.experiments.EXPERIMENTS` (``--config paper``: its packaged paper configuration;
+``--dry-run``: print what would run and its estimated device-hours, run nothing);
 ``nnteleport experiment list`` lists them; ``nnteleport experiment NAME --help`` shows its description and
 defaults. ``nnteleport demo [--out DIR]`` writes the demo report. ``nnteleport teleport`` teleports a model of the
 zoo on an example input and prints the engine's report and the function-preservation error.
@@ -73,14 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment",
         help="run one experiment of the papers (`experiment list` lists them)",
         description="Run one experiment; it writes OUT/results.json, CSVs of its curves and PNG plots.",
-        usage=f"{PROG} experiment NAME [--config FILE.yaml] [--set KEY=VALUE ...] [--out DIR] [--workers N] "
-        "[--no-progress]\n       " + f"{PROG} experiment list",
+        usage=f"{PROG} experiment NAME [--config FILE.yaml|paper] [--set KEY=VALUE ...] [--out DIR] [--workers N] "
+        "[--device DEV] [--dry-run] [--no-progress]\n       " + f"{PROG} experiment list",
         add_help=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     exp.add_argument("name", nargs="?", metavar="NAME", help="experiment name, or `list`")
     exp.add_argument("-h", "--help", action="store_true", help="show this help (with NAME: its defaults)")
-    exp.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML mapping of keys to change")
+    exp.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="YAML mapping of keys to change; `paper`: the "
+        "packaged configuration of the paper's protocol (full-size models and data)",
+    )
     exp.add_argument(
         "--set",
         action="append",
@@ -91,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: results/NAME)")
     exp.add_argument("--workers", type=int, metavar="N", help="parallel worker processes (sets key `workers`)")
+    exp.add_argument(
+        "--device", metavar="DEV", help="auto (CUDA when present, the default), cpu, cuda or cuda:N (sets key `device`)"
+    )
+    exp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, epochs, datasets (present?) and an "
+        "estimate of the device-hours from a few timed iterations; run nothing",
+    )
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
     # where the runs of a sweep execute (nnteleport.lab.experiments.backends)
     exp.add_argument("--backend", choices=["local", "ray"], help="where the runs of a sweep execute: local worker "
@@ -154,16 +171,18 @@ def _cmd_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.help:
         print(commands.experiment_help(args.name, exp_parser.format_usage(), exp_parser.format_help()))
         return 0
+    common = {"config_file": args.config, "overrides": args.overrides, "workers": args.workers, "device": args.device}
+    if args.dry_run:
+        print(commands.dry_run_experiment(args.name, **common))
+        return 0
     out = commands.run_experiment(
         args.name,
-        config_file=args.config,
-        overrides=args.overrides,
-        workers=args.workers,
         out=args.out,
         progress=not args.no_progress,
         backend=args.backend,
         ray_address=args.ray_address,
         gpus_per_run=args.gpus_per_run,
+        **common,
     )
     print(f"{args.name}: results in {out}/ (results.json, CSVs, PNGs)")
     return 0

@@ -140,18 +140,19 @@ class ImageDataset(Dataset):
         return img
 
     def _augment_batch(self, imgs: torch.Tensor) -> torch.Tensor:
-        # the same random crop + flip as _augment, drawn for a whole batch at once (one gather)
+        # the same random crop + flip as _augment, drawn for a whole batch at once (one gather), on the images'
+        # device; the random numbers come from the CPU generator on every device (the same crops everywhere)
         b, c, h, w = imgs.shape
-        p = self.pad
+        p, dev = self.pad, imgs.device
         if p > 0:
-            padded = torch.zeros((b, c, h + 2 * p, w + 2 * p), dtype=imgs.dtype)
+            padded = torch.zeros((b, c, h + 2 * p, w + 2 * p), dtype=imgs.dtype, device=dev)
             padded[:, :, p : p + h, p : p + w] = imgs
-            off = torch.randint(0, 2 * p + 1, (2, b))
-            rows = (off[0][:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * p)
+            off = torch.randint(0, 2 * p + 1, (2, b)).to(dev)
+            rows = (off[0][:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * p)
             imgs = padded.gather(2, rows)
-            cols = (off[1][:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(b, c, h, w)
+            cols = (off[1][:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :].expand(b, c, h, w)
             imgs = imgs.gather(3, cols)
-        flip = torch.rand(b) < 0.5
+        flip = (torch.rand(b) < 0.5).to(dev)
         return torch.where(flip[:, None, None, None], imgs.flip(-1), imgs)
 
     def _normalise(self, img: torch.Tensor) -> torch.Tensor:
@@ -163,12 +164,18 @@ class ImageDataset(Dataset):
             img = self._augment(img)
         return self._normalise(img), self.labels[i]
 
-    def get_batch(self, indices: Sequence[int], *, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Examples ``indices`` stacked; ``augment=None`` follows the dataset's setting."""
+    def get_batch(
+        self, indices: Sequence[int] | torch.Tensor, *, augment: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples ``indices`` stacked, on the images' device; ``augment=None`` follows the dataset's setting."""
         aug = self.augment if augment is None else augment
-        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        dev = self.images.device
+        if isinstance(indices, torch.Tensor):
+            idx = indices.to(device=dev, dtype=torch.int64)
+        else:
+            idx = torch.as_tensor(list(indices), dtype=torch.int64, device=dev)
         imgs = self.images[idx]
         if aug:
             imgs = self._augment_batch(imgs)
-        x = (imgs.to(torch.float32) / 255.0 - self.mean) / self.std
+        x = (imgs.to(torch.float32) / 255.0 - self.mean.to(dev)) / self.std.to(dev)
         return x, self.labels[idx]

@@ -20,6 +20,15 @@ any work): the ranges of the keys the experiments share (``epochs >= 1``, ``0 < 
 finite and ``> 0``, non-empty lists, ...; see :data:`RULES`), every number finite, the module's own
 ``validate(config)`` if it has one, and that the files of a dataset read from disk are there.
 
+Every experiment has the key ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, default ``auto``:
+:mod:`nnteleport.lab.devices`), checked here like any other value: a CUDA device on a machine without one is
+refused before anything runs.
+
+``config_file="paper"`` (``--config paper``) is the configuration packaged with nnteleport that reproduces the
+paper's (or thesis') protocol of the experiment (``configs/paper/NAME.yaml`` beside this module; values the
+source leaves open are marked ``# our choice`` there and listed in docs/experiments.md); it goes through the
+same checks as any YAML file. :func:`paper_config_path` gives its path.
+
 Errors are :class:`~nnteleport.errors.InvalidValueError` (a ``ValueError``) naming the key, the bad value,
 and the allowed keys or values, in one line; YAML errors name the file, line and column; a key given twice in a
 YAML mapping is an error (not "the last one wins").
@@ -37,7 +46,38 @@ import yaml
 
 from nnteleport.errors import InvalidValueError, MissingFileError
 
-__all__ = ["RULES", "format_defaults", "load_config", "merge_config", "parse_overrides", "validate_config"]
+__all__ = [
+    "PAPER",
+    "RULES",
+    "dataset_names",
+    "format_defaults",
+    "load_config",
+    "merge_config",
+    "paper_config_path",
+    "parse_overrides",
+    "validate_config",
+]
+
+#: The name of the packaged paper configuration (``--config paper``).
+PAPER = "paper"
+_PAPER_DIR = Path(__file__).resolve().parent / "configs" / "paper"
+
+
+def paper_config_path(name: str) -> Path:
+    """The packaged YAML file of experiment ``name`` that reproduces its paper's protocol (``--config paper``).
+
+    Raises
+    ------
+    InvalidValueError
+        Unknown experiment, or an experiment without a packaged paper configuration.
+    """
+    from nnteleport.lab.experiments import get_experiment
+
+    get_experiment(name)  # unknown names: the registry's error
+    path = _PAPER_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise InvalidValueError(f"experiment {name!r} has no packaged paper configuration ({path.name} is missing)")
+    return path
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -219,6 +259,8 @@ def load_config(
     name: str,
     config_file: str | Path | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    check_files: bool = True,
 ) -> dict[str, Any]:
     """The configuration of experiment ``name``: ``DEFAULTS`` <- YAML file <- overrides.
 
@@ -227,9 +269,13 @@ def load_config(
     name : str
         Experiment name (see ``nnteleport.lab.experiments.EXPERIMENTS``).
     config_file : path, optional
-        YAML file holding a mapping of keys to change.
+        YAML file holding a mapping of keys to change; ``"paper"``: the packaged paper configuration
+        (:func:`paper_config_path`).
     overrides : sequence of "KEY=VALUE" or mapping
         ``--set`` items (dotted keys, YAML values) or an already nested mapping.
+    check_files : bool
+        Check that the files of the datasets read from disk are there (``False``: every other check only;
+        what ``--dry-run`` uses, which reports missing data instead of failing).
 
     Raises
     ------
@@ -246,7 +292,7 @@ def load_config(
         raise InvalidValueError(f"experiment {name!r} ({module.__name__}) defines no DEFAULTS dict")
     config = copy.deepcopy(dict(defaults))
     if config_file is not None:
-        path = Path(config_file)
+        path = paper_config_path(name) if str(config_file) == PAPER else Path(config_file)
         if not path.is_file():
             raise MissingFileError(f"config file {str(path)!r} not found")
         try:
@@ -267,7 +313,7 @@ def load_config(
     else:
         upd = parse_overrides(list(overrides))
     config = merge_config(config, upd, source="--set")
-    validate_config(name, config)
+    validate_config(name, config, check_files=check_files)
     return config
 
 
@@ -368,8 +414,10 @@ def _non_finite(v: Any, path: str) -> str | None:
     return None
 
 
-def validate_config(name: str, config: Mapping[str, Any]) -> None:
+def validate_config(name: str, config: Mapping[str, Any], *, check_files: bool = True) -> None:
     """Check the values of experiment ``name``'s merged ``config`` before anything runs.
+
+    ``check_files=False`` skips only the check that the dataset files are there (see :func:`load_config`).
 
     Raises
     ------
@@ -395,6 +443,10 @@ def validate_config(name: str, config: Mapping[str, Any]) -> None:
     for key in NON_EMPTY:
         if key in config and isinstance(config[key], (list, tuple)) and len(config[key]) == 0:
             raise InvalidValueError(f"{source}: {key}=[] is empty; give at least one value")
+    if "device" in config:
+        from nnteleport.lab.devices import resolve_device
+
+        resolve_device(config["device"], what=f"{source}: device")
     from nnteleport.lab.experiments import EXPERIMENTS, get_experiment
 
     if name in EXPERIMENTS:
@@ -404,13 +456,18 @@ def validate_config(name: str, config: Mapping[str, Any]) -> None:
         hook = getattr(get_experiment(name), "validate", None)
         if callable(hook):
             hook(config)
-    names = [config["dataset"]] if isinstance(config.get("dataset"), str) else []
-    names += [d for d in config.get("datasets", []) or [] if isinstance(d, str)]
-    if names:
+    if check_files:
         from nnteleport.lab.data import check_available
 
-        for ds in dict.fromkeys(names):
+        for ds in dataset_names(config):
             check_available(ds, config.get("data_root"))
+
+
+def dataset_names(config: Mapping[str, Any]) -> list[str]:
+    """The datasets a configuration reads (its ``dataset`` and ``datasets`` keys), each once, in order."""
+    names = [config["dataset"]] if isinstance(config.get("dataset"), str) else []
+    names += [d for d in config.get("datasets", []) or [] if isinstance(d, str)]
+    return list(dict.fromkeys(names))
 
 
 def format_defaults(name: str) -> str:

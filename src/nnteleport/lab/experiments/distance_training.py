@@ -33,6 +33,7 @@ from torch import nn
 from nnteleport.distance import CheckpointDistance, CheckpointSchedule, Kernel
 from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_scheduler, sgdr_snapshot_epochs
 from nnteleport.lab.data import DatasetName, load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.sweep import run_sweep
 from nnteleport.lab.models import MODELS, build_model
@@ -83,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "overhead_reps": 5,
     "threads": 1,  # torch CPU threads of every run, whatever `workers` (the numbers do not depend on workers)
     "workers": 2,  # parallel runs (one process each); finished runs are read back, interrupted ones resume
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices); not part of a run's identity
 }
 
 _VARIANTS = ("baseline", "distance", "distance_invariant", "sgdr")
@@ -203,8 +205,9 @@ def _overhead(
 def _run_one(cfg: dict[str, Any], data, model_name: str, variant: str, seed: int, progress: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     kw = {"width": float(cfg["width"])} if model_name in ("vgg", "resnet18", "mobilenetv2") else {}
-    model = build_model(model_name, in_shape=data.input_shape, num_classes=data.num_classes, **kw)
-    x_ex, y_ex = _stack(data.train, cfg["batch_size"])
+    device = resolve_device(cfg.get("device", "auto"))
+    model = build_model(model_name, in_shape=data.input_shape, num_classes=data.num_classes, **kw).to(device)
+    x_ex, y_ex = (t.to(device) for t in _stack(data.train, cfg["batch_size"]))
     epochs = int(cfg["epochs"])
     schedule = CheckpointSchedule(int(cfg["warmup_epochs"]), int(cfg["checkpoint_every"]))
     ckpt_epochs = [e for e in schedule.checkpoint_epochs(epochs) if e < epochs]
@@ -261,7 +264,7 @@ def _run_one(cfg: dict[str, Any], data, model_name: str, variant: str, seed: int
         max_iters_per_epoch=max_iters,
     )
     seconds = time.perf_counter() - t0
-    x_val, y_val = _stack(data.val)
+    x_val, y_val = (t.to(device) for t in _stack(data.val))
     probs = ensemble.member_probs(x_val, batch_size=512)
     report = diversity_report(probs, y_val)
     result = {
@@ -425,6 +428,7 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     """Run the experiment with ``config`` (keys of :data:`DEFAULTS`), writing results, CSVs and plots to ``out``."""
     cfg = merge_config(DEFAULTS, config or {}, source="distance-training")
     validate_config("distance-training", cfg)
+    resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # a run's config: the shared settings and its own model, variant and seed (not the lists of the grid, so
@@ -438,7 +442,7 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
         for variant in cfg["variants"]
     ]  # fmt: skip
     done = run_sweep(_sweep_run, tasks, out, workers=int(cfg["workers"]), threads=int(cfg["threads"]),
-                     progress=progress, desc="distance-training")  # fmt: skip
+                     progress=progress, desc="distance-training", ignore_keys=("device",))  # fmt: skip
     runs = [done[t["id"]] for t in tasks]
     results = to_jsonable({"config": cfg, "runs": runs, "summary": _summary(runs)})  # NaN -> None, as in the file
     write_json(out / "results.json", results, indent=1)

@@ -25,6 +25,7 @@ import torch
 import nnteleport
 from nnteleport.errors import InvalidValueError
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
@@ -65,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "num_images": 2,
     "num_channels": 8,
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 CHOICES: dict[str, list] = {
@@ -98,6 +100,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
 
     cfg = merge_config(DEFAULTS, config or {}, source="feature-maps")
     validate_config("feature-maps", cfg)
+    device = resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
@@ -106,10 +109,12 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     per_act: dict[str, Any] = {}
     channel_rows: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {"images": x_val.numpy()}
+    x_val, x_example = x_val.to(device), x_example.to(device)
     for act in cfg["activations"]:
         torch.manual_seed(cfg["seed"])
         kwargs = {**cfg["model_kwargs"].get(cfg["model"], {}), "activation": act}
         model = build_model(cfg["model"], in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
+        model = model.to(device)
         features(model, cfg["layer"], x_val)  # fails early, naming the modules, when the layer does not exist
         train(
             model,
@@ -158,8 +163,8 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             "max_residual_of_scalar_fit": resid[live].max().item() if live.any() else float("nan"),
         }
         k = min(cfg["num_channels"], f_w.shape[1])
-        arrays[f"{act}_original"] = f_w[:, :k].numpy()
-        arrays[f"{act}_teleported"] = f_v[:, :k].numpy()
+        arrays[f"{act}_original"] = f_w[:, :k].cpu().numpy()
+        arrays[f"{act}_teleported"] = f_v[:, :k].cpu().numpy()
     np.savez_compressed(out / "maps.npz", **arrays)
     write_csv(out / "channels.csv", channel_rows)
     results = {

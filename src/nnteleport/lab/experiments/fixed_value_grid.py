@@ -23,6 +23,7 @@ import torch
 
 from nnteleport.errors import InvalidValueError
 from nnteleport.gspace.fixing import fix_weights
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.gspace_lr_grid import set_fixed_to_sign, set_thesis_init, train_grid
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 3,
     "batch_size": 64,
     "threads": 1,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 MODES = ("set", "set-thesis", "rescale")
@@ -86,6 +88,7 @@ def _builder(value: float, lr: float, mode: str, opt_cls: type[torch.optim.Optim
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
     cfg = merge_config(DEFAULTS, config or {}, source="fixed-value-grid")
     validate_config("fixed-value-grid", cfg)
+    resolve_device(cfg["device"])  # train_grid puts the data and the networks there
     if cfg["mode"] not in MODES:
         raise InvalidValueError(f"mode={cfg['mode']!r}; choose one of: {', '.join(MODES)}")
     if cfg["optimizer"] not in OPTIMIZERS:

@@ -37,6 +37,7 @@ import torch
 import nnteleport
 from nnteleport.engine.cob import expected_squared_ratio
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.level_curves import parse_dtype
 from nnteleport.lab.experiments.micro_teleport import flat_grad
@@ -83,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "inter",
     "dtype": "float32",
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 
@@ -114,12 +116,13 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, two CSVs and a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="gradient-scale")
     validate_config("gradient-scale", cfg)
+    device = resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
     x, y = data.example_batch(cfg["batch_size"], split="train")
-    x = x.to(dtype)
+    x, y = x.to(device=device, dtype=dtype), y.to(device)
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     per_model: dict[str, Any] = {}
@@ -127,7 +130,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
         torch.manual_seed(cfg["seed"])
         kwargs = dict(cfg["model_kwargs"].get(name, {}))
         model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
-        model = model.to(dtype).train()
+        model = model.to(device=device, dtype=dtype).train()
         w_norm = torch.cat([p.detach().flatten() for p in model.parameters()]).double().norm().item()
         dw_norm = flat_grad(model, x, y).double().norm().item()
         gen = torch.Generator().manual_seed(cfg["seed"])

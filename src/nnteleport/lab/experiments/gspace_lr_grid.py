@@ -52,6 +52,7 @@ from torch import nn
 from nnteleport.errors import InvalidValueError
 from nnteleport.gspace import GSpace, GSpaceOptimizer
 from nnteleport.gspace.fixing import fix_weights
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, progress, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
@@ -124,6 +125,7 @@ DEFAULTS: dict[str, Any] = {
     "skeleton": "greedy",  # G-space skeleton selection: "greedy" (invariant, well conditioned) or "diagonal"
     "best_definition": "epochs",  # which best validation loss chooses best / good rates: "epochs" or "incl_init"
     "threads": 1,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 
@@ -263,15 +265,21 @@ def train_run(
     batch_size: int,
     *,
     build: Any = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train one network; validation loss / accuracy after every epoch (``inf`` / NaN after divergence) and
     before training (``val_loss_init``, after the method's initialisation: the thesis' first evaluation).
 
     ``build(model) -> (optimizer, handle)`` overrides :func:`make_optimizer` (used by fixed-value-grid).
+    ``device``: where the network is trained (default: the data's device); the data must be there already.
+    On the CPU a non-finite mini-batch loss ends the epoch at once; on an accelerator the check waits until the
+    epoch's end (no synchronisation per step) and gives the same record: the NaN has reached the weights, so
+    the epoch's validation loss is not finite either.
     """
     xt, yt, xv, yv, classes = data
     torch.manual_seed(seed)
-    model = thesis_mlp(xt.shape[1], hidden, classes, bias)
+    model = thesis_mlp(xt.shape[1], hidden, classes, bias).to(xt.device if device is None else device)
+    sync_each_step = xt.device.type == "cpu"
     opt, handle = build(model) if build is not None else make_optimizer(method, model, lr)
     init_loss = evaluate(model, xv, yv)[0]
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -280,16 +288,22 @@ def train_run(
     diverged = False
     try:
         for _ in range(epochs):
-            perm = torch.randperm(len(xt), generator=gen)
+            perm = torch.randperm(len(xt), generator=gen).to(xt.device)
+            finite = torch.ones((), dtype=torch.bool, device=xt.device)
             for i in range(0, len(xt), batch_size):
                 idx = perm[i : i + batch_size]
                 opt.zero_grad()
                 loss = F.cross_entropy(model(xt[idx]), yt[idx])
-                if not torch.isfinite(loss):
-                    diverged = True
-                    break
+                if sync_each_step:
+                    if not torch.isfinite(loss):
+                        diverged = True
+                        break
+                else:
+                    finite &= torch.isfinite(loss)
                 loss.backward()
                 opt.step()
+            if not sync_each_step and not bool(finite):
+                diverged = True
             vl, va = evaluate(model, xv, yv) if not diverged else (math.inf, math.nan)
             if not math.isfinite(vl):
                 diverged = True
@@ -319,6 +333,7 @@ def _mean(values: list[float]) -> float:
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
     cfg = merge_config(DEFAULTS, config or {}, source="gspace-lr-grid")
     validate_config("gspace-lr-grid", cfg)
+    resolve_device(cfg["device"])
     for m in cfg["methods"]:
         if m not in METHODS:
             raise InvalidValueError(f"unknown method {m!r} in 'methods'; choose from {', '.join(METHODS)}")
@@ -353,7 +368,9 @@ def train_grid(
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg["threads"]))
     try:
-        data = load_tensors(cfg)
+        device = resolve_device(cfg.get("device", "auto"))
+        xt, yt, xv, yv, classes = load_tensors(cfg)
+        data = (xt.to(device), yt.to(device), xv.to(device), yv.to(device), classes)  # resident: they are small
         runs = []
         for job in progress(jobs, enabled=progress_bar, desc=desc, total=len(jobs)):
             method, lr, seed, build, record = spec(job)

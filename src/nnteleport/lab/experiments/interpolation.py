@@ -45,6 +45,7 @@ import torch
 
 import nnteleport
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import COLORS, new_figure, progress, save_figure, summary, write_csv, write_json
@@ -94,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_examples": 1024,  # examples of each split the profiles are evaluated on (None: all)
     "seeds": 3,  # an integer n (seeds seed, ..., seed + n - 1) or a list of seeds
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128, 128, 128, 128, 128]  # paper: 5 hidden layers (of 500)
 
@@ -180,6 +182,7 @@ def _train_pair(cfg: dict, data: Any, seed: int, train_eval: Any, show: bool) ->
     common = {
         "optimizer": cfg["optimizer"], "lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "lr_decay_epochs": (),
         "init": None if cfg["init"] == "default" else cfg["init"], "seed": seed, "progress": show,
+        "device": resolve_device(cfg["device"]),
     }  # fmt: skip
     bs_a, bs_b = (int(b) for b in cfg["batch_sizes"])
     torch.manual_seed(seed)
@@ -235,7 +238,7 @@ def _one_seed(cfg: dict, data: Any, seed: int, show: bool) -> tuple[list, dict, 
     train_eval = _subset(data.train, cfg["eval_examples"])
     val_eval = _subset(data.val, cfg["eval_examples"])
     nets, histories, record = _train_pair(cfg, data, seed, train_eval, show)
-    x_example, _ = data.example_batch(64)
+    x_example = data.example_batch(64)[0].to(resolve_device(cfg["device"]))
     gen = torch.Generator().manual_seed(seed)
     pairs: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {"original": (nets[0], nets[1])}
     for s in cfg["cob_ranges"]:
@@ -266,6 +269,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``profiles.csv`` and a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="interpolation")
     validate_config("interpolation", cfg)
+    resolve_device(cfg["device"])
     if len(cfg["batch_sizes"]) != 2:
         raise ValueError(f"interpolation: batch_sizes must be two sizes [A, B], got {cfg['batch_sizes']!r}")
     out = Path(out)

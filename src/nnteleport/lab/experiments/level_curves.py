@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import nnteleport
 from nnteleport.errors import InvalidValueError
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import (
@@ -75,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "inter",
     "dtypes": ["float32", "float64"],
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 CHOICES: dict[str, list] = {
@@ -123,6 +125,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``teleports.csv``, a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="level-curves")
     validate_config("level-curves", cfg)
+    device = resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
@@ -137,8 +140,8 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             torch.manual_seed(cfg["seed"])
             kwargs = dict(cfg["model_kwargs"].get(name, {}))
             model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
-            model = model.to(dtype).eval()
-            x, y = x_all.to(dtype), y_all
+            model = model.to(device=device, dtype=dtype).eval()
+            x, y = x_all.to(device=device, dtype=dtype), y_all.to(device)
             if cfg["calibrate_bn"]:
                 calibrate_bn(model, x)
             w = torch.cat([p.detach().flatten() for p in model.parameters()]).to(torch.float64)

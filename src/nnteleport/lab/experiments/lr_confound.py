@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nnteleport.engine.cob import expected_squared_ratio
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import COLORS, new_figure, save_figure, summary, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section
@@ -77,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float64",  # the equivalence check is at float64 round-off
     "max_iters_per_epoch": None,
     "workers": 1,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices); not part of a run's identity
 }
 
 CHOICES: dict[str, list] = {
@@ -119,7 +121,7 @@ def arms(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def tasks(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """One run per arm and seed."""
     keys = ("dataset", "data_root", "hidden", "activation", "init", "epochs", "batch_size", "weight_decay",
-            "cob_range", "sampling", "dtype", "max_iters_per_epoch")  # fmt: skip
+            "cob_range", "sampling", "dtype", "max_iters_per_epoch", "device")  # fmt: skip
     out = []
     for seed in range(int(cfg["seeds"])):
         for a in arms(cfg):
@@ -169,13 +171,14 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     data = _data(task["dataset"], task["data_root"])
     dtype = getattr(torch, task["dtype"])
+    device = resolve_device(task.get("device", "auto"))
     torch.manual_seed(task["seed"])
     model = build_model("mlp", in_shape=data.input_shape, num_classes=data.num_classes,
-                        hidden=list(task["hidden"]), activation=task["activation"]).to(dtype)  # fmt: skip
+                        hidden=list(task["hidden"]), activation=task["activation"]).to(device, dtype)  # fmt: skip
     optimizer: Any = task["family"]
     weight_decay = task["weight_decay"]
     if task["kind"] in ("precond", "exact"):
-        x = example_batch(data.train, task["batch_size"]).to(dtype)
+        x = example_batch(data.train, task["batch_size"]).to(device=device, dtype=dtype)
         optimizer, weight_decay = _precond_factory(task, x), 0.0  # the decay is the optimizer's
     history = train(
         model, data, epochs=task["epochs"], batch_size=task["batch_size"], optimizer=optimizer, lr=task["lr"],
@@ -317,10 +320,12 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
 
     cfg = merge_config(DEFAULTS, config or {}, source="lr-confound")
     validate_config("lr-confound", cfg)
+    resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ts = tasks(cfg)
-    res = run_sweep(train_one, ts, out, workers=max(1, int(cfg["workers"])), progress=progress, desc="lr-confound")
+    res = run_sweep(train_one, ts, out, workers=max(1, int(cfg["workers"])), progress=progress, desc="lr-confound",
+                    ignore_keys=("device",))  # fmt: skip
     by_arm: dict[str, list[dict]] = {}
     for t in ts:
         by_arm.setdefault(t["arm"], []).append(res[t["id"]]["history"])

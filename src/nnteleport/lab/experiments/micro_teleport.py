@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import nnteleport
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.level_curves import parse_dtype
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "sampling": "intra",
     "dtype": "float64",
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128]  # the paper's MLP here: one hidden layer of 128 neurons
@@ -122,6 +124,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, ``angles.csv`` and PNGs."""
     cfg = merge_config(DEFAULTS, config or {}, source="micro-teleport")
     validate_config("micro-teleport", cfg)
+    device = resolve_device(cfg["device"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(cfg["dtype"])
@@ -133,7 +136,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
             torch.manual_seed(cfg["seed"])
             kwargs = dict(cfg["model_kwargs"].get(name, {}))
             model = build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
-            model = model.to(dtype).train()
+            model = model.to(device=device, dtype=dtype).train()
             dim = sum(p.numel() for p in model.parameters())
             for bs in cfg["batch_sizes"]:
                 gen = torch.Generator().manual_seed(cfg["seed"] + 7919 * bs)
@@ -141,13 +144,13 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
                 for i in _bar(cfg, progress, name, ds_name, bs):
                     idx = torch.randperm(len(data.train), generator=gen)[:bs].tolist()  # type: ignore[arg-type]
                     x, y = _batch(data.train, idx)
-                    x = x.to(dtype)
+                    x, y = x.to(device=device, dtype=dtype), y.to(device)
                     grad = flat_grad(model, x, y)
                     micro = nnteleport.micro_teleport(
                         model, x, cob_range=cfg["cob_range"], sampling=cfg["sampling"], generator=gen
                     )
-                    r1 = torch.randn(dim, generator=gen, dtype=torch.float64)
-                    r2 = torch.randn(dim, generator=gen, dtype=torch.float64)
+                    r1 = torch.randn(dim, generator=gen, dtype=torch.float64).to(device)
+                    r2 = torch.randn(dim, generator=gen, dtype=torch.float64).to(device)
                     row = {
                         "model": name,
                         "dataset": ds_name,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.plotting import new_figure, save_figure, write_csv, write_json
 from nnteleport.lab.report_html import Figure, Headline, Section, sci
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "fixed_w1": [0.0, 0.5, 1.0, 2.0, 4.0],
     "arrows": 9,
     "invariant_levels": [0.5, 1.0, 2.0, 4.0],
+    "device": "auto",  # accepted like every experiment's; these surfaces are NumPy arrays (nothing runs on it)
 }
 
 
@@ -94,6 +96,7 @@ def surfaces(cfg: dict[str, Any]) -> dict[str, Any]:
 def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str, Any]:
     cfg = merge_config(DEFAULTS, config or {}, source="toy-surfaces")
     validate_config("toy-surfaces", cfg)
+    resolve_device(cfg["device"])  # checked like everywhere; the surfaces are computed with NumPy
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.paired import (
     GROUP_KEYS,
@@ -108,6 +109,7 @@ DEFAULTS: dict[str, Any] = {
     "max_iters_per_epoch": None,
     "workers": 2,
     "tensorboard": True,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices); not part of a run's identity
 }
 DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128, 128, 128, 128, 128]  # paper: 5 x 500
 
@@ -169,6 +171,7 @@ def grid_tasks(cfg: dict[str, Any], arms: Sequence[dict[str, Any]]) -> list[dict
             "max_iters_per_epoch": cfg["max_iters_per_epoch"],
             "tensorboard": bool(cfg["tensorboard"]),
             "reset_optimizer_at": resets,
+            "device": cfg.get("device", "auto"),
             **a,
         }
         task["id"] = run_id(task)
@@ -242,6 +245,7 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         optimizer_state_on_teleport="reset",
         reset_optimizer_at=task.get("reset_optimizer_at", ()),
         seed=task["seed"],
+        device=resolve_device(task.get("device", "auto")),
         checkpoint_dir=run_dir,
         tensorboard_dir=tb_dir,
         progress=False,
@@ -260,9 +264,10 @@ def run_grid(
     ``workers`` processes (finished runs are read back, not re-trained); returns ``[{"task", "history"}]``."""
     from nnteleport.lab.experiments.sweep import run_sweep
 
-    # TensorBoard files do not change the numbers: switching them on or off reuses the finished runs
+    # TensorBoard files do not change the numbers, nor (beyond round-off) the device: switching them reuses the
+    # finished runs
     results = run_sweep(train_one, tasks, out, workers=max(1, int(workers)), progress=progress_bar, desc=desc,
-                        ignore_keys=("tensorboard",))  # fmt: skip
+                        ignore_keys=("tensorboard", "device"))  # fmt: skip
     return [{"task": t, "history": results[t["id"]]["history"]} for t in tasks]
 
 
@@ -385,6 +390,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs, PNGs and ``runs/``."""
     cfg = merge_config(DEFAULTS, config or {}, source="training")
     validate_config("training", cfg)
+    resolve_device(cfg["device"])  # the runs resolve it in their processes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [arm("none"), arm("teleport", teleport_at=0, cob_range=cfg["cob_range"], sampling=cfg["sampling"])]

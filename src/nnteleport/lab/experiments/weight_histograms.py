@@ -18,6 +18,7 @@ import torch
 import nnteleport
 from nnteleport.errors import InvalidValueError
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.models import MODELS, build_model, default_kwargs
 from nnteleport.lab.plotting import COLORS, new_figure, save_figure, write_csv, write_json
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "parameters": "weights",  # "weights": tensors with >= 2 dims (no biases / BatchNorm); "all"
     "bins": 101,
     "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices)
 }
 
 DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [500, 500, 500, 500, 500]  # the paper's training MLP: 5 x 500
@@ -79,19 +81,20 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
     """Run the experiment (see the module docstring); writes ``results.json``, CSVs and a PNG."""
     cfg = merge_config(DEFAULTS, config or {}, source="weight-histograms")
     validate_config("weight-histograms", cfg)
+    device = resolve_device(cfg["device"])
     if cfg["parameters"] not in ("weights", "all"):
         raise InvalidValueError(f"weight-histograms: parameters must be 'weights' or 'all', got {cfg['parameters']!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["data_root"], seed=cfg["seed"])
-    x, _ = data.example_batch(16)
+    x = data.example_batch(16)[0].to(device)
     torch.manual_seed(cfg["seed"])
     model = build_model(
         cfg["model"],
         in_shape=data.input_shape,
         num_classes=data.num_classes,
         **cfg["model_kwargs"].get(cfg["model"], {}),
-    )
+    ).to(device)
     gen = torch.Generator().manual_seed(cfg["seed"])
     tele = nnteleport.teleport(model, x, cob_range=cfg["cob_range"], sampling=cfg["sampling"], generator=gen)
 
@@ -99,8 +102,8 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
         return {n: p.detach() for n, p in m.named_parameters() if cfg["parameters"] == "all" or p.dim() >= 2}
 
     before, after = chosen(model), chosen(tele)
-    all_before = torch.cat([p.flatten() for p in before.values()]).double()
-    all_after = torch.cat([p.flatten() for p in after.values()]).double()
+    all_before = torch.cat([p.flatten() for p in before.values()]).double().cpu()
+    all_after = torch.cat([p.flatten() for p in after.values()]).double().cpu()
     init_range = max(p.abs().max().item() for p in before.values())
     full_range = max(init_range, all_after.abs().max().item())
     hist_rows = []

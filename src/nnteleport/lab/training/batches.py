@@ -1,7 +1,20 @@
-"""Mini-batches of a dataset on the model's device, and :func:`evaluate` (mean loss and accuracy)."""
+"""Mini-batches of a dataset on the model's device, and :func:`evaluate` (mean loss and accuracy).
+
+Data on an accelerator (:func:`on_device`): a :class:`~nnteleport.lab.data.TensorPairDataset` or
+:class:`~nnteleport.lab.data.ImageDataset` (every dataset of :mod:`nnteleport.lab.data`) whose tensors take at
+most :data:`RESIDENT_FRACTION` of the device's free memory is copied there once and stays there: a mini-batch
+is then an index into device memory (and CIFAR's crop and flip run on the device too), with no host work and
+no transfer per step. A larger one stays on the host and each batch is put in pinned memory and copied
+asynchronously (``non_blocking``), so the copy overlaps the previous step's kernels. Other datasets are
+collated on the host (``default_collate``) and copied the same way. On the CPU nothing is copied.
+
+The order of the batches and every random number of the augmentation are drawn on the CPU generators, on any
+device: the same batches and crops as on the CPU.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -11,7 +24,67 @@ from torch.utils.data import Dataset, default_collate
 
 from nnteleport.lab.data import ImageDataset, TensorPairDataset
 
-__all__ = ["batches", "correct_count", "evaluate", "example_batch", "model_device_dtype", "to_device"]
+__all__ = [
+    "RESIDENT_FRACTION",
+    "batches",
+    "correct_count",
+    "evaluate",
+    "example_batch",
+    "model_device_dtype",
+    "on_device",
+    "to_device",
+]
+
+#: A dataset whose tensors need at most this fraction of the accelerator's free memory is kept there.
+RESIDENT_FRACTION = 0.5
+
+# dataset -> {device: its copy on that device}; the copies live as long as the dataset does
+_RESIDENT: weakref.WeakKeyDictionary[Dataset, dict[str, Dataset]] = weakref.WeakKeyDictionary()
+
+
+def _nbytes(ds: Dataset) -> int | None:
+    if isinstance(ds, TensorPairDataset):
+        return ds.x.nbytes + ds.y.nbytes
+    if isinstance(ds, ImageDataset):
+        return ds.images.nbytes + ds.labels.nbytes
+    return None
+
+
+def on_device(ds: Dataset, device: torch.device | str) -> Dataset:
+    """``ds`` with its tensors on ``device`` when they fit (see the module docstring), else ``ds`` itself.
+
+    The copy is made once per dataset and device (cached while ``ds`` lives); on the CPU, for a dataset that
+    is not a tensor or image dataset, and for one that does not fit, ``ds`` is returned as it is.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return ds
+    size = _nbytes(ds)
+    if size is None:
+        return ds
+    cached = _RESIDENT.get(ds, {}).get(str(device))
+    if cached is not None:
+        return cached
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if size > RESIDENT_FRACTION * free:
+            return ds
+    if isinstance(ds, TensorPairDataset):
+        copy: Dataset = TensorPairDataset(ds.x.to(device), ds.y.to(device))
+    else:
+        assert isinstance(ds, ImageDataset)
+        copy = ImageDataset(ds.images.to(device), ds.labels.to(device), ds.mean.flatten().tolist(),
+                            ds.std.flatten().tolist(), augment=ds.augment, pad=ds.pad)  # fmt: skip
+    _RESIDENT.setdefault(ds, {})[str(device)] = copy
+    return copy
+
+
+def _data_device(ds: Dataset) -> torch.device:
+    if isinstance(ds, TensorPairDataset):
+        return ds.x.device
+    if isinstance(ds, ImageDataset):
+        return ds.images.device
+    return torch.device("cpu")
 
 
 def batches(
@@ -21,16 +94,18 @@ def batches(
 
     The order is ``torch.randperm(len(ds), generator=generator)`` (drawn at the first ``next``), cut into
     consecutive slices of ``batch_size`` (the last one may be smaller). Image datasets augment with their own
-    (global-RNG) transform unless ``augment=False``.
+    (global-RNG) transform unless ``augment=False``. The batches are on the dataset's device (the order is
+    drawn on the CPU and copied there once).
     """
     n = len(ds)  # type: ignore[arg-type]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(_data_device(ds))
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if isinstance(ds, TensorPairDataset):
             yield ds.x[idx], ds.y[idx]
         elif isinstance(ds, ImageDataset):
-            yield ds.get_batch(idx.tolist(), augment=None if augment else False)
+            yield ds.get_batch(idx, augment=None if augment else False)
         else:
             yield default_collate([ds[i] for i in idx.tolist()])
 
@@ -46,7 +121,16 @@ def example_batch(ds: Dataset, n: int) -> torch.Tensor:
 
 
 def to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` on ``device``; floating tensors also cast to ``dtype`` (integer labels keep theirs)."""
+    """``x`` on ``device``; floating tensors also cast to ``dtype`` (integer labels keep theirs).
+
+    A host tensor going to a CUDA device is pinned first and copied asynchronously (``non_blocking``).
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+        if x.is_floating_point():
+            return x.to(device=device, non_blocking=True).to(dtype)
+        return x.to(device=device, non_blocking=True)
     if x.is_floating_point():
         return x.to(device=device, dtype=dtype)
     return x.to(device=device)
@@ -60,11 +144,6 @@ def correct_count(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
     if out.ndim == 2 and not y.is_floating_point() and y.ndim == 1:
         return (out.argmax(1) == y).sum()
     return None
-
-
-def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
-    c = correct_count(out, y)
-    return float("nan") if c is None else float(c)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -86,22 +165,29 @@ def evaluate(
 
     ``loss_fn(out, y)`` must return the mean over the batch (default: cross-entropy); the result is the mean
     over all examples (never augmented). Accuracy is ``mean(argmax(out) == y)`` (NaN for non-classification
-    outputs). The model's train/eval mode is restored afterwards.
+    outputs). The model's train/eval mode is restored afterwards. The sums stay on the device (float64 losses,
+    integer counts: the same numbers as summing on the host) and are read once, at the end.
     """
     loss_fn = loss_fn or F.cross_entropy
     device, dtype = model_device_dtype(model)
     was_training = model.training
     model.eval()
-    total, loss_sum, correct = 0, 0.0, 0.0
+    total, classification = 0, True
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     try:
-        for x, y in batches(dataset, batch_size, None, shuffle=False, augment=False):
+        for x, y in batches(on_device(dataset, device), batch_size, None, shuffle=False, augment=False):
             x, y = to_device(x, device, dtype), to_device(y, device, dtype)
             out = model(x)
-            loss_sum += float(loss_fn(out, y)) * len(x)
-            correct += _accuracy(out, y)
+            loss_sum += loss_fn(out, y).detach().double() * len(x)
+            c = correct_count(out, y)
+            if c is None:
+                classification = False
+            else:
+                correct += c
             total += len(x)
     finally:
         model.train(was_training)
     if total == 0:
         return float("nan"), float("nan")
-    return loss_sum / total, correct / total
+    return float(loss_sum) / total, (float(correct) / total if classification else float("nan"))

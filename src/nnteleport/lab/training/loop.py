@@ -10,6 +10,10 @@ One epoch of ``Trainer.fit``::
         on_step_end(trainer, Step(x, y, out, L))  # recording, progress
     on_epoch_end(trainer)                        # history, evaluation, logging, checkpoint (last)
 
+Nothing in a step waits for the device: the loss and the other per-step values stay tensors (the recording
+callbacks read them at the epoch's end), and the training data is copied to the model's device once per
+:meth:`Trainer.fit` when it fits (:func:`~nnteleport.lab.training.batches.on_device`).
+
 ``on_train_start`` runs once before the first epoch and ``on_train_end`` once after the last (also when a hook
 or a step raises). A callback is any object with some of these methods (:class:`Callback` has them all as
 no-ops); its ``state_dict()`` (when it returns something other than ``None``) is part of
@@ -30,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nnteleport.errors import InvalidValueError
-from nnteleport.lab.training.batches import batches, model_device_dtype, to_device
+from nnteleport.lab.training.batches import batches, model_device_dtype, on_device, to_device
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.rng import derived_seed, rng_state, set_rng_state
 
@@ -187,6 +191,7 @@ class Trainer:
         self.epoch_started = math.nan
         self.device, self.dtype = model_device_dtype(model)
         self._step_hooks: dict[str, list[Callable[..., Any]]] = {}
+        self._batches_from: Dataset = train_data  # train_data, or its copy on the model's device (fit)
 
     @property
     def iters_per_epoch(self) -> int:
@@ -271,6 +276,7 @@ class Trainer:
             self.reset_optimizer()
         self.epochs = epochs
         self.device, self.dtype = model_device_dtype(self.model)
+        self._batches_from = on_device(self.train_data, self.device)
         self._step_hooks = {
             name: [getattr(cb, name) for cb in self.callbacks if _overrides(cb, name)]
             for name in ("loss_term", "on_step_end")
@@ -289,7 +295,7 @@ class Trainer:
         self._fire("on_epoch_start")
         self.model.train()
         limit, n = self.iters_per_epoch, 0
-        for x, y in batches(self.train_data, self.batch_size, self.loader_generator, shuffle=True):
+        for x, y in batches(self._batches_from, self.batch_size, self.loader_generator, shuffle=True):
             if n >= limit:
                 break
             step = self._step(to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype))

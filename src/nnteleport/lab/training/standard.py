@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from nnteleport.errors import ConfigMismatchError, InvalidValueError
 from nnteleport.lab.data import DataBundle
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.training.batches import example_batch, model_device_dtype, to_device
 from nnteleport.lab.training.callbacks import EpochTimer, Evaluation, FunctionCallback, Penalty, RecordHistory
 from nnteleport.lab.training.checkpoint import (
@@ -130,7 +131,10 @@ def train(
     seed : int
         Seeds python, numpy and torch, the data order and the teleports.
     device, dtype
-        Where and in which floating dtype to train (default: the model's).
+        Where and in which floating dtype to train (default: the model's). ``device``: a ``torch.device`` or
+        ``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` (:func:`nnteleport.lab.devices.resolve_device`;
+        a CUDA device on a machine without one is refused). The training data stays on the device for the
+        whole run when it fits (:func:`~nnteleport.lab.training.batches.on_device`).
     checkpoint_dir : path, optional
         Write ``checkpoint_dir/checkpoint.pt`` at the end of every epoch (atomically) and resume from it when
         it exists (an already finished run returns its history without training).
@@ -159,6 +163,8 @@ def train(
     """
     s = _Settings(**{k: v for k, v in locals().items() if k not in ("model", "data")})  # validated here
     train_ds, val_ds = _splits(data)
+    if device is not None:
+        device = resolve_device(device, what="train: device")
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     seed_all(seed)
