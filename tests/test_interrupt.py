@@ -62,7 +62,8 @@ def _histories(out: Path) -> dict[str, dict]:
     res = {}
     for p in _finished(out):
         h = json.loads(p.read_text())["result"]["history"]
-        h.pop("seconds")  # wall time differs between identical runs
+        h.pop("seconds")  # wall times differ between identical runs
+        h.pop("timing")
         res[p.parent.name] = h
     return res
 

@@ -172,7 +172,7 @@ def _histories(out: Path) -> dict[str, dict]:
     res = {}
     for p in sorted(out.glob("runs/*/result.json")):
         h = json.loads(p.read_text())["result"]["history"]
-        h.pop("seconds")  # wall time
+        h.pop("seconds"), h.pop("timing")  # wall times
         res[p.parent.name] = h
     return res
 

@@ -163,10 +163,7 @@ def train(
     """
     s = _Settings(**{k: v for k, v in locals().items() if k not in ("model", "data")})  # validated here
     train_ds, val_ds = _splits(data)
-    if device is not None:
-        device = resolve_device(device, what="train: device")
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
+    _place(model, device, dtype)
     seed_all(seed)
     if init is not None:
         from nnteleport.lab.init import initialize
@@ -177,17 +174,35 @@ def train(
     if s.teleport_epochs or teleport_every is not None:
         x_tp, y_tp = (to_device(t, device_, dtype_) for t in _example_pair(train_ds, teleport_batch_size or batch_size))
     fingerprint = s.fingerprint(model, train_ds, val_ds)
-    ckpt_path = ckpt = None
-    if checkpoint_dir is not None:
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.is_file():
-            ckpt = load_checkpoint(ckpt_path)
-            _check_resumable(ckpt, fingerprint, ckpt_path, epochs=epochs, eval_every=eval_every)
+    ckpt_path, ckpt = _checkpoint(checkpoint_dir, fingerprint, epochs, eval_every)
     trainer = Trainer(model, train_ds, optimizer=s.make_optimizer, batch_size=batch_size, loss_fn=loss_fn,
                       callbacks=s.standard_callbacks((x_tp, y_tp), val_ds, ckpt_path, fingerprint), seed=seed,
                       max_iters_per_epoch=max_iters_per_epoch)  # fmt: skip
     return trainer.fit(epochs, resume=ckpt)
+
+
+def _place(model: nn.Module, device: str | torch.device | None, dtype: torch.dtype | None) -> None:
+    """Move ``model`` to ``device`` (``"auto"`` etc. resolved) and ``dtype`` when given."""
+    if device is not None:
+        device = resolve_device(device, what="train: device")
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+
+
+def _checkpoint(
+    checkpoint_dir: str | Path | None, fingerprint: dict[str, Any], epochs: int, eval_every: int
+) -> tuple[Path | None, Any]:
+    """The checkpoint path (folder created) and the checkpoint to resume from (``None`` if there is none),
+    refused when it was written by a run with other settings."""
+    if checkpoint_dir is None:
+        return None, None
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    if not ckpt_path.is_file():
+        return ckpt_path, None
+    ckpt = load_checkpoint(ckpt_path)
+    _check_resumable(ckpt, fingerprint, ckpt_path, epochs=epochs, eval_every=eval_every)
+    return ckpt_path, ckpt
 
 
 @dataclass
