@@ -391,3 +391,175 @@ def test_forward_replaced_on_the_instance_falls_back():
     with pytest.warns(UserWarning, match="replaced on the instance"):
         v = teleport(m, x)
     assert type(v) is Issue
+
+
+# ---------------------------------------------------------------------------------- only forward is rewritten
+def _act(h):
+    return F.gelu(h)  # a module-level helper: its call runs in the code of whoever calls it
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return x + self.b(F.gelu(self.a(x)))
+
+
+class Staged(nn.Module):
+    """timm-like: ``forward`` = ``forward_head(forward_features(x))``; the features run inlined submodules
+    (``block1``, the ``stages`` Sequential) whose code calls ``F.gelu``, and root code calls ``tanh``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block1 = nn.Linear(3, 4), Block()
+        self.stages = nn.Sequential(Block(), Block())
+        self.mid, self.head, self.act = nn.Linear(4, 5), nn.Linear(5, 2), nn.GELU()
+
+    def embed(self, x):
+        return torch.tanh(self.inp(x))
+
+    def forward_features(self, x):
+        return self.stages(self.block1(self.embed(x)))
+
+    def forward_head(self, h):
+        return self.head(_act(self.mid(h)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def predict(self, x):  # calls the network: the teleported forward runs
+        return self(x).argmax(-1)
+
+    def scores(self, x):
+        return 2 * self.forward(x)
+
+    def activate(self, h):  # an activation module: a leaf of the graph, teleported as a module
+        return self.act(h)
+
+
+def _staged() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    m = Staged().double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    return m, teleport(m, x), x
+
+
+def _refuses_partial_calls(v: nn.Module, x: torch.Tensor) -> None:
+    h = torch.randn(6, 4, dtype=x.dtype)
+    for call, who in [
+        (lambda: v.block1(h), "'block1'"),
+        (lambda: v.stages(h), "'stages'"),
+        (lambda: v.stages[1](h), r"'stages\.1'"),
+        (lambda: v.forward_features(x), "'block1'|embed"),
+        (lambda: v.embed(x), "embed"),
+        (lambda: v.forward_head(h), "forward_head"),
+    ]:
+        with pytest.raises(UnsupportedModelError, match=who):
+            call()
+
+
+def test_submodules_and_methods_whose_code_the_graph_rewrote_refuse_to_run_unwrapped():
+    """Before: ``v.block1(h)``, ``v.forward_features(x)`` ran the user's code without the wrappers of its calls on
+    weights rescaled as if they were there -- neither the original nor the teleported function, silently."""
+    m, v, x = _staged()
+    same_function(m, v, (3,))
+    assert isinstance(v.block1, Block) and isinstance(v.stages, nn.Sequential)
+    assert type(v.block1) is not Block and type(v.stages[0]) is type(v.block1)
+    _refuses_partial_calls(v, x)
+    assert type(v.inp) is nn.Linear and type(v.head) is nn.Linear  # leaves run their own forward
+    assert torch.equal(m.predict(x), v.predict(x)) and rel_err(m.scores(x), v.scores(x)) < 1e6 * EPS64
+    h = torch.randn(6, 5, dtype=torch.float64)
+    assert rel_err(v.act(h), v.activate(h)) == 0  # a module call from a method is the module's own forward
+    assert list(v.state_dict()) == list(copy.deepcopy(v).state_dict())
+
+
+def test_the_guards_survive_copies_pickles_conversions_and_a_second_teleport():
+    m, v, x = _staged()
+    buf = io.BytesIO()
+    torch.save(v, buf)
+    buf.seek(0)
+    for w in (copy.deepcopy(v), pickle.loads(pickle.dumps(v)), torch.load(buf, weights_only=False)):
+        assert type(w.block1) is type(v.block1) and type(w) is type(v)
+        same_function(m, w, (3,))
+        _refuses_partial_calls(w, x)
+    w = copy.deepcopy(v).float()
+    assert type(w.stages[0]) is type(v.stages[0]) and rel_err(m(x).float(), w(x.float())) < 1e-4
+    _refuses_partial_calls(w, x.float())
+    fresh = copy.deepcopy(v)  # a new object: analysed afresh, its traced graph is the rewritten forward
+    w = teleport(fresh, x, generator=torch.Generator().manual_seed(7))
+    same_function(m, w, (3,), tol=2e6 * EPS64)
+    _refuses_partial_calls(w, x)
+    u = teleport(v, x, inplace=True, generator=torch.Generator().manual_seed(8))
+    same_function(m, u, (3,), tol=2e6 * EPS64)
+    _refuses_partial_calls(u, x)
+
+
+def test_no_guard_without_a_wrapped_call():
+    """ReLU-like calls under ``tau > 0`` need no wrapper: the plain classes, every submodule callable."""
+
+    class ReluBlock(Block):
+        def forward(self, x):
+            return x + self.b(F.relu(self.a(x)))
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.block, self.out = nn.Linear(3, 4), ReluBlock(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.block(F.relu(self.inp(x))))
+
+    torch.manual_seed(0)
+    m, x = M().double(), torch.randn(5, 3, dtype=torch.float64)
+    v = teleport(m, x, sampling="intra")
+    assert type(v) is M and type(v.block) is ReluBlock
+    same_function(m, v, (3,))
+
+
+class ShapeConstants(nn.Module):
+    """Tensors built in forward: from the input's shape (a graph node: right at every length), constant ones (a
+    tensor constant the class holds), and one whose dtype is read from a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (batch, length, 4)
+        h = F.gelu(self.a(x)) * torch.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
+        scale = torch.linspace(0.5, 1.0, 4, dtype=next(self.parameters()).dtype)
+        return self.b(F.gelu(h * scale))
+
+
+def test_tensors_built_in_forward_are_exact_at_other_lengths_and_refused_after_a_dtype_change():
+    torch.manual_seed(0)
+    m, x = ShapeConstants().double(), torch.randn(2, 5, 4, dtype=torch.float64)
+    v = teleport(m, x)
+    assert type(v) is not ShapeConstants and list(type(v)._nnteleport_spec.constants)  # the linspace is frozen
+    for length in (1, 3, 9):
+        same_function(m, v, (length, 4))
+    w = copy.deepcopy(v).float()  # forward would build a float32 linspace, the graph holds the float64 one
+    with pytest.raises(UnsupportedModelError, match="tensor constants"):
+        w(x.float())
+    back = w.double()  # the traced dtype again: it runs (the parameters went through float32)
+    assert rel_err(m(x), back(x)) < 1e-5
+
+
+class RandomInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        noise = 1 + 0.1 * torch.rand(4, dtype=torch.float64)  # no input in it: tracing draws it once
+        return self.b(F.gelu(self.a(x)) * noise)  # a new draw every call
+
+
+def test_random_tensor_built_in_forward_is_not_frozen():
+    torch.manual_seed(0)
+    m, x = RandomInForward().double(), torch.randn(3, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="fell back to 'constrain'"):
+        v = teleport(m, x)
+    assert type(v) is RandomInForward
+    same_function(m, v, (4,))

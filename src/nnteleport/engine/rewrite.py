@@ -24,9 +24,18 @@ submodules changed on the modules whose code the graph inlines, and mixed train/
 graph depends on the mode. Loading the teleported ``state_dict`` into a fresh instance of the user's class fails with
 ``strict=True`` (unexpected ``teleport_functional.*.tau`` keys): the wrappers are part of the function.
 
-Only ``forward`` is rewritten: other methods of the user's class and the ``forward`` of submodules whose code the
-graph inlines still run the user's code, which computes the teleported network without the wrappers of the calls
-it makes.
+Only ``forward`` is rewritten; the rest of the user's code that makes a wrapped call would compute without its
+wrapper on the rescaled parameters, so it refuses to run (:mod:`nnteleport.engine.rewrite_guards`): a submodule
+whose code the graph inlines and holds a functional call site (``model.block1(h)``, ``model.stages(h)``) gets a
+generated subclass ``Teleported<Name>`` of its class whose ``forward`` raises, naming the module; a method of the
+user's classes other than ``forward`` (``forward_features``, ``embed``) raises when its own code (directly or
+through plain functions, not inside a submodule's forward) calls a wrapped target. Methods that call the model
+(``self(x)``) and leaf modules run as usual. Tensor constants that ``forward`` built from no input
+(``torch.linspace(...)``, a frozen ``_tensor_constantN`` of the class) are what the graph holds: a random one is
+caught by the comparison with the forward (fallback), tensors built from the input's shape are graph nodes (right
+at every shape), and after a dtype conversion of the model the rewritten forward refuses to run with floating
+constants (forward may build them from the dtype). ``optimize_cob`` and ``select_cob`` analyse with
+``"constrain"`` (the user's forward runs there).
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from nnteleport.engine import inspection
+from nnteleport.engine import inspection, rewrite_guards
 from nnteleport.engine.activation import FunctionalOp, TeleportedActivation
 from nnteleport.errors import UnsupportedModelError
 
@@ -270,12 +279,14 @@ def install(model: nn.Module, plan: Any, rewrites: list[tuple[str, Tensor]], dty
         holder = nn.Module()
         model.add_module(WRAPPERS, holder)
     names: dict[str, str] = {}
+    targets: list[str] = []
     for key, tau in rewrites:
         k0, n0 = info.site_nodes[key][0]
         node = next(n for n in info.graphs[k0].nodes if n.name == n0)
         wname, i = n0, 1
         while wname in holder._modules:
             wname, i = f"{n0}_w{i}", i + 1
+        targets.append(rewrite_guards.target_name(node.op, node.target) or "")
         fn = FunctionalOp(node.op, node.target, node.args[1:], node.kwargs)
         holder.add_module(wname, TeleportedActivation(fn, tau.to(device, dtype)))
         names[key] = wname
@@ -294,9 +305,10 @@ def install(model: nn.Module, plan: Any, rewrites: list[tuple[str, Tensor]], dty
                 g.erase_node(node)
         g.lint()
         graphs.append(g)
-    spec = _Spec(tuple(graphs), tuple(sorted(info.modes.items())), dict(info.constants))
+    refusal = _guard_parts(model, info, targets)
+    spec = _Spec(tuple(graphs), tuple(sorted(info.modes.items())), dict(info.constants), refusal)
     model.__class__ = teleported_class(base, spec)
-    vars(model)["_nnteleport_guard"] = _Guard(model, graphs, len(set(info.modes.values())) > 1)
+    vars(model)["_nnteleport_guard"] = _Guard(model, graphs, len(set(info.modes.values())) > 1, info.constants)
     wrapped = [s for s in plan.functional_sites if s.path in names]
     info2 = RewriteInfo(graphs, dict(info.modes), dict(info.constants),
                         {k: v for k, v in info.site_nodes.items() if k not in names})  # fmt: skip
@@ -308,14 +320,42 @@ def install(model: nn.Module, plan: Any, rewrites: list[tuple[str, Tensor]], dty
     )
 
 
+def _guard_parts(model: nn.Module, info: RewriteInfo, targets: list[str]) -> rewrite_guards.Refusal:
+    """Give the submodules whose code holds a functional call site of the graphs (every site, wrapped or not: a
+    later teleport may wrap it, from a graph traced anew without module stacks), and those guarded by an earlier
+    teleport, their refusing class (:func:`~nnteleport.engine.rewrite_guards.guard_class`); the refused targets are
+    those of ``targets`` and of earlier teleports. Returns the :class:`~nnteleport.engine.rewrite_guards.Refusal`."""
+    prev = getattr(type(model), "_nnteleport_spec", None)
+    names = [*(prev.refusal.names if prev is not None else ()), *(t for t in targets if t)]
+    nodes = {(k, n.name): n for k, g in enumerate(info.graphs) for n in g.nodes}
+    paths = rewrite_guards.site_modules([nodes[kn] for kns in info.site_nodes.values() for kn in kns if kn in nodes])
+    paths += [p for p, m in model.named_modules() if p and hasattr(type(m), "_nnteleport_refusal")]
+    parts = []
+    for path in dict.fromkeys(paths):
+        if path == WRAPPERS or path.startswith(WRAPPERS + "."):
+            continue
+        try:
+            parts.append((path, model.get_submodule(path)))
+        except AttributeError:
+            continue
+    refusal = rewrite_guards.Refusal(tuple(names), (base_class(model), *(base_class(m) for _, m in parts)))
+    root = f"Teleported{base_class(model).__name__}"
+    for path, m in parts:
+        vars(m)["_nnteleport_part"] = (root, path)
+        m.__class__ = rewrite_guards.guard_class(base_class(m), refusal)
+    return refusal
+
+
 # ---------------------------------------------------------------------------------------------- the class
 class _Spec:
-    """The rewritten graphs of a generated class (immutable; shared, not copied, by ``copy.deepcopy``)."""
+    """The rewritten graphs of a generated class and what its guards refuse (immutable; shared, not copied, by
+    ``copy.deepcopy``)."""
 
-    def __init__(self, graphs: tuple[fx.Graph, ...], modes: tuple, constants: dict[str, Tensor]) -> None:
+    def __init__(self, graphs: tuple[fx.Graph, ...], modes: tuple, constants: dict[str, Tensor],
+                 refusal: rewrite_guards.Refusal) -> None:  # fmt: skip
         from nnteleport.engine.trace import _tensor_identity
 
-        self.graphs, self.modes, self.constants = graphs, modes, constants
+        self.graphs, self.modes, self.constants, self.refusal = graphs, modes, constants, refusal
         self.code = [g.python_code(root_module="self") for g in graphs]
         self.mode_index = dict(modes)
         self.key = (
@@ -323,10 +363,11 @@ class _Spec:
             tuple(tuple(sorted((k, id(v)) for k, v in c.globals.items())) for c in self.code),
             modes,
             tuple((k, _tensor_identity(v)) for k, v in sorted(constants.items())),
+            refusal.key,
         )
 
     def __reduce__(self) -> Any:
-        return _Spec, (self.graphs, self.modes, self.constants)
+        return _Spec, (self.graphs, self.modes, self.constants, self.refusal)
 
     def __deepcopy__(self, memo: dict) -> _Spec:
         return self
@@ -347,6 +388,7 @@ def teleported_class(base: type, spec: _Spec) -> type:
         exec(compile(code.src, f"<nnteleport Teleported{base.__name__}>", "exec"), namespace)
         fns.append(namespace["forward"])
     ns: dict[str, Any] = {
+        **rewrite_guards.guarded_methods(base, f"Teleported{base.__name__}"),
         "forward": _forward(base, spec, fns),
         "__reduce_ex__": _reduce_ex,
         "__module__": base.__module__,
@@ -355,6 +397,7 @@ def teleported_class(base: type, spec: _Spec) -> type:
         f"activations wrapped as tau * f(x / tau) (see nnteleport.engine.rewrite).",
         "_nnteleport_base": base,
         "_nnteleport_spec": spec,
+        "_nnteleport_refusal": spec.refusal,
         **spec.constants,
     }
     try:
@@ -462,7 +505,7 @@ class _Guard:
     that is not called as a graph node, nor inside one): their plain attributes, hooks, replaced methods and
     submodules, and -- when the graph depends on the mode -- that they share the root's train/eval mode."""
 
-    def __init__(self, model: nn.Module, graphs: list[fx.Graph], by_mode: bool) -> None:
+    def __init__(self, model: nn.Module, graphs: list[fx.Graph], by_mode: bool, constants: dict[str, Tensor]) -> None:
         called = {str(n.target) for g in graphs for n in g.nodes if n.op == "call_module"}
         inlined = []
         for path, m in model.named_modules():
@@ -471,8 +514,22 @@ class _Guard:
             inlined.append((path, m))
         self.entries = [(p, m, _fingerprint(m, not p), tuple(m._modules.items())) for p, m in inlined]
         self.by_mode = by_mode
+        floats = [(k, t.dtype) for k, t in constants.items() if t.is_floating_point() or t.is_complex()]
+        probe = next(((m, n, p.dtype) for m in model.modules() for n, p in m.named_parameters(recurse=False)
+                      if p.is_floating_point()), None) if floats else None  # fmt: skip
+        self.probe = (*probe, floats) if probe is not None else None  # a float parameter, its dtype, the constants
 
     def check(self, model: nn.Module) -> None:
+        if self.probe is not None:
+            m, n, dtype, floats = self.probe
+            now = getattr(m, n, None)
+            if isinstance(now, Tensor) and now.dtype != dtype:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__}.forward runs the graph traced when the model was {dtype}, which holds "
+                    f"tensor constants that forward built ({', '.join(f'{k}: {d}' for k, d in floats)}); forward "
+                    f"may build them otherwise now that the model is {now.dtype}: teleport after converting the "
+                    "model, or teleport with functional='constrain'"
+                )
         for path, m, fp, children in self.entries:
             now = tuple(m._modules.items())
             if (
