@@ -563,3 +563,26 @@ def test_random_tensor_built_in_forward_is_not_frozen():
         v = teleport(m, x)
     assert type(v) is RandomInForward
     same_function(m, v, (4,))
+
+
+def test_missing_module_stacks_fail_loudly(monkeypatch):
+    """The submodule guards read ``nn_module_stack`` from the traced nodes: a torch that stops recording it must
+    make the rewrite refuse, never leave the inlined submodules unguarded."""
+    from nnteleport.engine import rewrite_guards
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    tp = nt.teleport(Staged().double(), x, cob_range=0.5, sampling="inter")
+    with pytest.raises(UnsupportedModelError, match="block1"):
+        tp.block1(torch.randn(2, 4, dtype=torch.float64))  # guarded while the stacks are recorded
+
+    real = rewrite_guards.check_module_stacks
+
+    def stripped(nodes):
+        for n in nodes:
+            n.meta.pop("nn_module_stack", None)
+        return real(nodes)
+
+    monkeypatch.setattr(rewrite_guards, "check_module_stacks", stripped)
+    with pytest.raises(UnsupportedModelError, match="nn_module_stack"):
+        nt.teleport(Staged().double(), x, cob_range=0.5, sampling="inter")

@@ -328,6 +328,7 @@ def _guard_parts(model: nn.Module, info: RewriteInfo, targets: list[str]) -> rew
     prev = getattr(type(model), "_nnteleport_spec", None)
     names = [*(prev.refusal.names if prev is not None else ()), *(t for t in targets if t)]
     nodes = {(k, n.name): n for k, g in enumerate(info.graphs) for n in g.nodes}
+    rewrite_guards.check_module_stacks(list(nodes.values()))
     paths = rewrite_guards.site_modules([nodes[kn] for kns in info.site_nodes.values() for kn in kns if kn in nodes])
     paths += [p for p, m in model.named_modules() if p and hasattr(type(m), "_nnteleport_refusal")]
     parts = []

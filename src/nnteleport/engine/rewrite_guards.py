@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from nnteleport.errors import UnsupportedModelError
 
-__all__ = ["Refusal", "guard_class", "guarded_methods", "site_modules", "target_name"]
+__all__ = ["Refusal", "check_module_stacks", "guard_class", "guarded_methods", "site_modules", "target_name"]
 
 _NAMESPACES = (torch, torch.Tensor, F, torch.special)
 
@@ -50,6 +50,18 @@ def target_name(op: str, target: Any) -> str | None:
     if op == "call_method":
         return str(target)
     return getattr(target, "__name__", None)
+
+
+def check_module_stacks(nodes: list[Any]) -> None:
+    """The guards read which submodules' code holds a call from ``node.meta["nn_module_stack"]``, which
+    ``torch.fx`` records on every node traced inside a module call (``call_module`` nodes included): if a torch
+    release stops recording it, fail loudly instead of guarding nothing."""
+    bare = [n.name for n in nodes if n.op == "call_module" and "nn_module_stack" not in n.meta]
+    if bare:
+        raise UnsupportedModelError(
+            f"functional='rewrite': torch.fx recorded no nn_module_stack on node {bare[0]!r} (torch "
+            f"{torch.__version__}), which the rewritten model's guards need; use functional='constrain'"
+        )
 
 
 def site_modules(nodes: list[Any]) -> list[str]:
