@@ -50,6 +50,7 @@ time of the whole stacked epoch, the same for every member.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,7 +74,7 @@ from nnteleport.lab.training.rng import derived_seed, seed_all
 from nnteleport.lab.training.standard import _Settings, _splits
 from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
 
-__all__ = ["train_stacked"]
+__all__ = ["check_stackable", "train_stacked"]
 
 # Adam's defaults in torch.optim.Adam (train() uses them)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
@@ -394,6 +395,36 @@ def _per_member(value: Any, k: int, name: str, scalar: Callable[[Any], bool]) ->
     if len(values) != k:
         raise InvalidValueError(f"train_stacked: {name} has {len(values)} entries for {k} models; give one per model")
     return values
+
+
+def check_stackable(model: nn.Module, x: torch.Tensor, *, optimizer: Any = "sgd") -> None:
+    """Refuse now what :func:`train_stacked` would refuse about ``model``'s forward pass and ``optimizer``.
+
+    Runs one vmapped forward pass of two copies of ``model`` (train mode, no gradients) on ``x`` (an input batch
+    ``(B, *input_shape)``, cast to the model's device and dtype); ``model`` itself is not changed. Random
+    operations (dropout in train mode) and forwards ``vmap`` cannot batch raise here as they would at the first
+    step of :func:`train_stacked`. Refusals that depend on a teleport (a wrapped activation with parameters) are
+    not probed.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The forward pass cannot be stacked (see the module docstring).
+    InvalidValueError
+        ``optimizer`` is not one of ``"sgd"``, ``"momentum"``, ``"adam"`` (a callable optimizer cannot be
+        vectorised).
+    """
+    if not isinstance(optimizer, str):
+        raise InvalidValueError(
+            f"train_stacked: optimizer must be one of sgd, momentum, adam (a callable optimizer such as G-space "
+            f"cannot be vectorised; use train()), got {optimizer!r}"
+        )
+    OptimizerName.parse(optimizer)
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    stack = _Stack(copies)
+    stack.base.train()
+    with torch.no_grad():
+        stack.forward(to_device(x, *model_device_dtype(stack.base)), x_batched=False)
 
 
 def train_stacked(
