@@ -75,8 +75,9 @@ def setting_tasks(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for t in tasks:
         shared = {k: v for k, v in t.items() if k not in _MEMBER_KEYS and k not in IGNORE_KEYS}
         sid = _setting_id(t)
-        g = groups.setdefault(sid, {"id": sid, "vectorize": True, "shared": shared, "members": [],
-                                    "device": t.get("device", "auto"), "tensorboard": bool(t.get("tensorboard"))})  # fmt: skip
+        new = {"id": sid, "vectorize": True, "shared": shared, "members": [], "device": t.get("device", "auto"),
+               "tensorboard": bool(t.get("tensorboard"))}  # fmt: skip
+        g = groups.setdefault(sid, new)
         if json.dumps(g["shared"], sort_keys=True) != json.dumps(shared, sort_keys=True):
             raise InvalidValueError(f"vectorize: runs {g['members'][0]['id']} and {t['id']} would share the stack "
                                     f"{sid} but differ in more than the seed and the arm")  # fmt: skip
@@ -221,7 +222,7 @@ def run_stacked_grid(
     settings = setting_tasks(tasks)
     with out_lock(out):  # the sequential mode locks out; this one out/stacked as well
         results = run_sweep(train_setting, settings, out / STACKED_DIR, workers=max(1, int(workers)),
-                            progress=progress_bar, desc=f"{desc} (stacked settings)", ignore_keys=IGNORE_KEYS)  # fmt: skip
+                            progress=progress_bar, desc=f"{desc} (stacked)", ignore_keys=IGNORE_KEYS)  # fmt: skip
         seconds = {}
         for s in settings:
             rec = read_result(out / STACKED_DIR, s["id"])

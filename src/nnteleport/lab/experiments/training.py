@@ -24,10 +24,11 @@ all settings, how many have a positive median gap. Every arm resets its optimize
 comparison (:func:`grid_tasks`).
 
 The grid runs in ``workers`` processes; each run keeps its own folder (``runs/<id>/``: checkpoint, history,
-TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. With ``vectorize: true``
-all seeds and both arms of a setting are trained side by side in one process
+TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. With
+``vectorize: true`` all seeds and both arms of a setting are trained side by side in one process
 (:mod:`nnteleport.lab.experiments.stacked_grid`: equal to the sequential runs to round-off, not bit-identical;
-their own run identities ``runs/<id>_vec/``; models that cannot be stacked, such as dropout, refused before any run). The same machinery
+their own run identities ``runs/<id>_vec/``; models that cannot be stacked, such as dropout, refused before any
+run). The same machinery
 (:func:`run_grid`, :func:`aggregate`, :func:`paired_gaps`, :func:`plot_curves`) drives the pseudo-teleport and
 mid-training experiments.
 """

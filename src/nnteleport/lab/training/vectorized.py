@@ -66,13 +66,18 @@ from torch.utils.data import Dataset
 from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.errors import InvalidValueError, UnsupportedModelError
 from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
-from nnteleport.lab.training.batches import batches, example_batch, model_device_dtype, to_device
+from nnteleport.lab.training.batches import batches, model_device_dtype, to_device
 from nnteleport.lab.training.checkpoint import data_fingerprint
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.optim import OptimizerName, StepDecay
 from nnteleport.lab.training.rng import derived_seed, seed_all
-from nnteleport.lab.training.standard import _Settings, _splits
-from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
+from nnteleport.lab.training.standard import _example_pair, _Settings, _splits
+from nnteleport.lab.training.teleport import (
+    OptimizerStateOnTeleport,
+    PseudoTeleport,
+    Teleport,
+    _loss_and_grad_norm,
+)
 
 __all__ = ["check_stackable", "train_stacked"]
 
@@ -538,9 +543,10 @@ def train_stacked(
 
             initialize(m, init)
         if s.teleport_epochs:
-            x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), *model_device_dtype(m))
+            x_tp, y_tp = (to_device(t, *model_device_dtype(m)) for t in
+                          _example_pair(train_ds, teleport_batch_size or batch_size))  # fmt: skip
             kind = PseudoTeleport if s.pseudo_teleport else Teleport
-            movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling)
+            movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling, y=y_tp)
         if generic:  # train() reads the first examples for its checkpoint fingerprint: the same draws
             data_fingerprint(train_ds, val_ds)
         rngs.capture()
@@ -582,7 +588,7 @@ def _fit(
         started = time.perf_counter()
         for i, mover in enumerate(movers):
             if mover is not None and epoch in mover.epochs:
-                _teleport_member(stack, wrappers, models, mover, i, epoch, histories[i])
+                _teleport_member(stack, wrappers, models, mover, i, epoch, histories[i], loss_fn)
                 if reset:
                     opt.reset([i])
         if epoch in resets:
@@ -623,6 +629,11 @@ def _fit(
     for i, m in enumerate(models):
         stack.write_to(i, m)
         wrappers.unpad(i)
+    for h, mover in zip(histories, movers):  # Teleport.on_train_end
+        if mover is not None:
+            total, wall = float(sum(h.timing.get(f"{mover.kind}_seconds", []))), sum(h.seconds)
+            h.timing[f"{mover.kind}_seconds_total"] = total
+            h.timing[f"{mover.kind}_time_share"] = total / wall if wall > 0 else float("nan")
     return histories
 
 
@@ -634,14 +645,23 @@ def _teleport_member(
     i: int,
     epoch: int,
     history: History,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
     """Teleport member ``i`` as :class:`~.teleport.Teleport` does in ``train`` (on its own module, with the
     structure ``train`` would have, then back into the stack; re-stacked if it gained activation wrappers) and
-    record it."""
+    record it as ``train`` does (the loss and squared gradient norm on the teleport batch before and after, in
+    eval mode; the wall times in ``history.timing``)."""
     model = models[i]
     stack.write_to(i, model)
     wrappers.unpad(i)
+    measured = time.perf_counter()
+    loss0, g0 = _loss_and_grad_norm(model, mover.x, mover.y, loss_fn)
+    started = time.perf_counter()
     distance, weight_norm = mover.move(model, epoch)
+    seconds = time.perf_counter() - started  # train() also counts its optimizer reset (microseconds)
+    loss1, g1 = _loss_and_grad_norm(model, mover.x, mover.y, loss_fn)
+    history.timing.setdefault(f"{mover.kind}_seconds", []).append(seconds)
+    history.timing.setdefault("measure_seconds", []).append(time.perf_counter() - measured - seconds)
     new_sites = any(
         isinstance(mod, TeleportedActivation) and ("buffer", f"{path}.tau") not in {s[:2] for s in stack.signature}
         for path, mod in model.named_modules()
@@ -659,11 +679,18 @@ def _teleport_member(
     history.teleports.append(
         {
             "epoch": epoch,
+            "step": int(sum(history.iters_per_epoch)),  # steps done before it
+            "at": "epoch",
             "kind": mover.kind,
+            "cob": str(mover.cob),
             "cob_range": float(mover.cob_range),
             "sampling": str(mover.sampling),
             "distance": distance,
             "weight_norm": weight_norm,
+            "loss_before": loss0,
+            "loss_after": loss1,
+            "grad_norm_sq_before": g0,
+            "grad_norm_sq_after": g1,
         }
     )
 
