@@ -402,29 +402,21 @@ def _per_member(value: Any, k: int, name: str, scalar: Callable[[Any], bool]) ->
     return values
 
 
-def check_stackable(model: nn.Module, x: torch.Tensor, *, optimizer: Any = "sgd") -> None:
-    """Refuse now what :func:`train_stacked` would refuse about ``model``'s forward pass and ``optimizer``.
-
-    Runs one vmapped forward pass of two copies of ``model`` (train mode, no gradients) on ``x`` (an input batch
-    ``(B, *input_shape)``, cast to the model's device and dtype); ``model`` itself is not changed. Random
-    operations (dropout in train mode) and forwards ``vmap`` cannot batch raise here as they would at the first
-    step of :func:`train_stacked`. Refusals that depend on a teleport (a wrapped activation with parameters) are
-    not probed.
-
-    Raises
-    ------
-    UnsupportedModelError
-        The forward pass cannot be stacked (see the module docstring).
-    InvalidValueError
-        ``optimizer`` is not one of ``"sgd"``, ``"momentum"``, ``"adam"`` (a callable optimizer cannot be
-        vectorised).
-    """
+def _check_optimizer(optimizer: Any) -> OptimizerName:
     if not isinstance(optimizer, str):
         raise InvalidValueError(
             f"train_stacked: optimizer must be one of sgd, momentum, adam (a callable optimizer such as G-space "
             f"cannot be vectorised; use train()), got {optimizer!r}"
         )
-    OptimizerName.parse(optimizer)
+    return OptimizerName.parse(optimizer)
+
+
+def check_stackable(model: nn.Module, x: torch.Tensor, *, optimizer: Any = "sgd") -> None:
+    """Raise now what :func:`train_stacked` would raise about ``model``'s forward pass (:class:`UnsupportedModelError`:
+    random operations such as dropout, forwards vmap cannot batch) and ``optimizer`` (:class:`InvalidValueError`:
+    not sgd / momentum / adam), from one vmapped forward pass of two copies of ``model`` (train mode, no gradients;
+    ``model`` unchanged) on the input batch ``x`` ``(B, *input_shape)``. Teleport-time refusals are not probed."""
+    _check_optimizer(optimizer)
     copies = [copy.deepcopy(model) for _ in range(2)]
     stack = _Stack(copies)
     stack.base.train()
@@ -505,11 +497,7 @@ def train_stacked(
         raise InvalidValueError("train_stacked: models is empty; give at least one model")
     if len({id(m) for m in models}) != k:
         raise InvalidValueError("train_stacked: the same model object appears twice; give each member its own model")
-    if not isinstance(optimizer, str):
-        raise InvalidValueError(
-            f"train_stacked: optimizer must be one of sgd, momentum, adam (a callable optimizer such as G-space "
-            f"cannot be vectorised; use train()), got {optimizer!r}"
-        )
+    opt_name = _check_optimizer(optimizer)
     policy = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport)
     if policy is OptimizerStateOnTeleport.TRANSFORM:
         raise InvalidValueError(
@@ -553,7 +541,7 @@ def train_stacked(
     wrappers = _Wrappers(models)
     wrappers.pad()  # members given already teleported
     stack = _Stack(models)
-    return _fit(stack, wrappers, models, settings, movers, rngs, train_ds, val_ds, OptimizerName.parse(optimizer),
+    return _fit(stack, wrappers, models, settings, movers, rngs, train_ds, val_ds, opt_name,
                 reset=policy is OptimizerStateOnTeleport.RESET, loss_fn=loss_fn or F.cross_entropy)  # fmt: skip
 
 
@@ -629,11 +617,14 @@ def _fit(
     for i, m in enumerate(models):
         stack.write_to(i, m)
         wrappers.unpad(i)
-    for h, mover in zip(histories, movers):  # Teleport.on_train_end
-        if mover is not None:
-            total, wall = float(sum(h.timing.get(f"{mover.kind}_seconds", []))), sum(h.seconds)
-            h.timing[f"{mover.kind}_seconds_total"] = total
-            h.timing[f"{mover.kind}_time_share"] = total / wall if wall > 0 else float("nan")
+    for h, mover in ((h, m) for h, m in zip(histories, movers) if m is not None):  # Teleport.on_train_end
+        total, wall = float(sum(h.timing.get(f"{mover.kind}_seconds", []))), sum(h.seconds)
+        h.timing.update(
+            {
+                f"{mover.kind}_seconds_total": total,
+                f"{mover.kind}_time_share": total / wall if wall > 0 else float("nan"),
+            }
+        )
     return histories
 
 
@@ -676,23 +667,12 @@ def _teleport_member(
         wrappers.pad()
         stack.check(model, f"member {i} after its teleport at epoch {epoch}")
         stack.read_from(i, model)
-    history.teleports.append(
-        {
-            "epoch": epoch,
-            "step": int(sum(history.iters_per_epoch)),  # steps done before it
-            "at": "epoch",
-            "kind": mover.kind,
-            "cob": str(mover.cob),
-            "cob_range": float(mover.cob_range),
-            "sampling": str(mover.sampling),
-            "distance": distance,
-            "weight_norm": weight_norm,
-            "loss_before": loss0,
-            "loss_after": loss1,
-            "grad_norm_sq_before": g0,
-            "grad_norm_sq_after": g1,
-        }
-    )
+    history.teleports.append({  # Teleport's record (step: the steps done before it)
+        "epoch": epoch, "step": int(sum(history.iters_per_epoch)), "at": "epoch", "kind": mover.kind,
+        "cob": str(mover.cob), "cob_range": float(mover.cob_range), "sampling": str(mover.sampling),
+        "distance": distance, "weight_norm": weight_norm, "loss_before": loss0, "loss_after": loss1,
+        "grad_norm_sq_before": g0, "grad_norm_sq_after": g1,
+    })  # fmt: skip
 
 
 def _record_epoch(
