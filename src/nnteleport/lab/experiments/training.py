@@ -24,7 +24,11 @@ all settings, how many have a positive median gap. Every arm resets its optimize
 comparison (:func:`grid_tasks`).
 
 The grid runs in ``workers`` processes; each run keeps its own folder (``runs/<id>/``: checkpoint, history,
-TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. The same machinery
+TensorBoard events), so an interrupted experiment resumes and finished runs are skipped. With
+``vectorize: true`` all seeds and both arms of a setting are trained side by side in one process
+(:mod:`nnteleport.lab.experiments.stacked_grid`: equal to the sequential runs to round-off, not bit-identical;
+their own run identities ``runs/<id>_vec/``; models that cannot be stacked, such as dropout, refused before any
+run). The same machinery
 (:func:`run_grid`, :func:`aggregate`, :func:`paired_gaps`, :func:`plot_curves`) drives the pseudo-teleport and
 mid-training experiments.
 """
@@ -39,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnteleport.errors import InvalidValueError
 from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.paired import (
@@ -110,6 +115,9 @@ DEFAULTS: dict[str, Any] = {
     "workers": 2,
     "tensorboard": True,
     "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices); not part of a run's identity
+    # all seeds and arms of a setting in one process (train_stacked): equal to round-off, not bit-identical, so
+    # off by default; its runs have their own identities (runs/<id>_vec/); see stacked_grid
+    "vectorize": False,
 }
 DEFAULTS["model_kwargs"]["mlp"]["hidden"] = [128, 128, 128, 128, 128]  # paper: 5 x 500
 
@@ -174,6 +182,8 @@ def grid_tasks(cfg: dict[str, Any], arms: Sequence[dict[str, Any]]) -> list[dict
             "device": cfg.get("device", "auto"),
             **a,
         }
+        if cfg.get("vectorize"):  # only when set: the identities of the sequential runs stay as they were
+            task["vectorize"] = True
         task["id"] = run_id(task)
         tasks.append(task)
     return tasks
@@ -190,6 +200,7 @@ def run_id(task: dict[str, Any]) -> str:
         f"lr{task['lr']:g}",
         f"seed{task['seed']}",
         task["arm"],
+        *(["vec"] if task.get("vectorize") else []),
     ]
     return re.sub(r"[^A-Za-z0-9_.,=+\-]", "-", "_".join(str(p) for p in parts))
 
@@ -261,8 +272,20 @@ def run_grid(
     tasks: Sequence[dict[str, Any]], out: Path, *, workers: int = 1, progress_bar: bool = True, desc: str = "runs"
 ) -> list[dict[str, Any]]:
     """Run ``tasks`` with :func:`train_one` through :func:`~nnteleport.lab.experiments.sweep.run_sweep` in
-    ``workers`` processes (finished runs are read back, not re-trained); returns ``[{"task", "history"}]``."""
+    ``workers`` processes (finished runs are read back, not re-trained); returns ``[{"task", "history"}]``.
+
+    Runs with ``"vectorize": True`` (all or none) go to
+    :func:`~nnteleport.lab.experiments.stacked_grid.run_stacked_grid` instead: one task per setting, all its
+    seeds and arms trained side by side by ``train_stacked``."""
     from nnteleport.lab.experiments.sweep import run_sweep
+
+    modes = {bool(t.get("vectorize")) for t in tasks}
+    if len(modes) > 1:
+        raise InvalidValueError("run_grid: some tasks have vectorize true and others not; run them separately")
+    if modes == {True}:
+        from nnteleport.lab.experiments.stacked_grid import run_stacked_grid
+
+        return run_stacked_grid(tasks, out, workers=workers, progress_bar=progress_bar, desc=desc)
 
     # TensorBoard files do not change the numbers, nor (beyond round-off) the device: switching them reuses the
     # finished runs

@@ -50,6 +50,7 @@ time of the whole stacked epoch, the same for every member.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -65,15 +66,20 @@ from torch.utils.data import Dataset
 from nnteleport.engine.activation import TeleportedActivation
 from nnteleport.errors import InvalidValueError, UnsupportedModelError
 from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
-from nnteleport.lab.training.batches import batches, example_batch, model_device_dtype, to_device
+from nnteleport.lab.training.batches import batches, model_device_dtype, to_device
 from nnteleport.lab.training.checkpoint import data_fingerprint
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.optim import OptimizerName, StepDecay
 from nnteleport.lab.training.rng import derived_seed, seed_all
-from nnteleport.lab.training.standard import _Settings, _splits
-from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, Teleport
+from nnteleport.lab.training.standard import _example_pair, _Settings, _splits
+from nnteleport.lab.training.teleport import (
+    OptimizerStateOnTeleport,
+    PseudoTeleport,
+    Teleport,
+    _loss_and_grad_norm,
+)
 
-__all__ = ["train_stacked"]
+__all__ = ["check_stackable", "train_stacked"]
 
 # Adam's defaults in torch.optim.Adam (train() uses them)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
@@ -396,6 +402,28 @@ def _per_member(value: Any, k: int, name: str, scalar: Callable[[Any], bool]) ->
     return values
 
 
+def _check_optimizer(optimizer: Any) -> OptimizerName:
+    if not isinstance(optimizer, str):
+        raise InvalidValueError(
+            f"train_stacked: optimizer must be one of sgd, momentum, adam (a callable optimizer such as G-space "
+            f"cannot be vectorised; use train()), got {optimizer!r}"
+        )
+    return OptimizerName.parse(optimizer)
+
+
+def check_stackable(model: nn.Module, x: torch.Tensor, *, optimizer: Any = "sgd") -> None:
+    """Raise now what :func:`train_stacked` would raise about ``model``'s forward pass (:class:`UnsupportedModelError`:
+    random operations such as dropout, forwards vmap cannot batch) and ``optimizer`` (:class:`InvalidValueError`:
+    not sgd / momentum / adam), from one vmapped forward pass of two copies of ``model`` (train mode, no gradients;
+    ``model`` unchanged) on the input batch ``x`` ``(B, *input_shape)``. Teleport-time refusals are not probed."""
+    _check_optimizer(optimizer)
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    stack = _Stack(copies)
+    stack.base.train()
+    with torch.no_grad():
+        stack.forward(to_device(x, *model_device_dtype(stack.base)), x_batched=False)
+
+
 def train_stacked(
     models: Sequence[nn.Module],
     data: DataBundle | tuple[Dataset, Dataset | None],
@@ -469,11 +497,7 @@ def train_stacked(
         raise InvalidValueError("train_stacked: models is empty; give at least one model")
     if len({id(m) for m in models}) != k:
         raise InvalidValueError("train_stacked: the same model object appears twice; give each member its own model")
-    if not isinstance(optimizer, str):
-        raise InvalidValueError(
-            f"train_stacked: optimizer must be one of sgd, momentum, adam (a callable optimizer such as G-space "
-            f"cannot be vectorised; use train()), got {optimizer!r}"
-        )
+    opt_name = _check_optimizer(optimizer)
     policy = OptimizerStateOnTeleport.parse(optimizer_state_on_teleport)
     if policy is OptimizerStateOnTeleport.TRANSFORM:
         raise InvalidValueError(
@@ -507,16 +531,17 @@ def train_stacked(
 
             initialize(m, init)
         if s.teleport_epochs:
-            x_tp = to_device(example_batch(train_ds, teleport_batch_size or batch_size), *model_device_dtype(m))
+            x_tp, y_tp = (to_device(t, *model_device_dtype(m)) for t in
+                          _example_pair(train_ds, teleport_batch_size or batch_size))  # fmt: skip
             kind = PseudoTeleport if s.pseudo_teleport else Teleport
-            movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling)
+            movers[i] = kind(x_tp, s.teleport_epochs, seed=s.seed, cob_range=cob_range, sampling=sampling, y=y_tp)
         if generic:  # train() reads the first examples for its checkpoint fingerprint: the same draws
             data_fingerprint(train_ds, val_ds)
         rngs.capture()
     wrappers = _Wrappers(models)
     wrappers.pad()  # members given already teleported
     stack = _Stack(models)
-    return _fit(stack, wrappers, models, settings, movers, rngs, train_ds, val_ds, OptimizerName.parse(optimizer),
+    return _fit(stack, wrappers, models, settings, movers, rngs, train_ds, val_ds, opt_name,
                 reset=policy is OptimizerStateOnTeleport.RESET, loss_fn=loss_fn or F.cross_entropy)  # fmt: skip
 
 
@@ -551,7 +576,7 @@ def _fit(
         started = time.perf_counter()
         for i, mover in enumerate(movers):
             if mover is not None and epoch in mover.epochs:
-                _teleport_member(stack, wrappers, models, mover, i, epoch, histories[i])
+                _teleport_member(stack, wrappers, models, mover, i, epoch, histories[i], loss_fn)
                 if reset:
                     opt.reset([i])
         if epoch in resets:
@@ -592,6 +617,14 @@ def _fit(
     for i, m in enumerate(models):
         stack.write_to(i, m)
         wrappers.unpad(i)
+    for h, mover in ((h, m) for h, m in zip(histories, movers) if m is not None):  # Teleport.on_train_end
+        total, wall = float(sum(h.timing.get(f"{mover.kind}_seconds", []))), sum(h.seconds)
+        h.timing.update(
+            {
+                f"{mover.kind}_seconds_total": total,
+                f"{mover.kind}_time_share": total / wall if wall > 0 else float("nan"),
+            }
+        )
     return histories
 
 
@@ -603,14 +636,23 @@ def _teleport_member(
     i: int,
     epoch: int,
     history: History,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
     """Teleport member ``i`` as :class:`~.teleport.Teleport` does in ``train`` (on its own module, with the
     structure ``train`` would have, then back into the stack; re-stacked if it gained activation wrappers) and
-    record it."""
+    record it as ``train`` does (the loss and squared gradient norm on the teleport batch before and after, in
+    eval mode; the wall times in ``history.timing``)."""
     model = models[i]
     stack.write_to(i, model)
     wrappers.unpad(i)
+    measured = time.perf_counter()
+    loss0, g0 = _loss_and_grad_norm(model, mover.x, mover.y, loss_fn)
+    started = time.perf_counter()
     distance, weight_norm = mover.move(model, epoch)
+    seconds = time.perf_counter() - started  # train() also counts its optimizer reset (microseconds)
+    loss1, g1 = _loss_and_grad_norm(model, mover.x, mover.y, loss_fn)
+    history.timing.setdefault(f"{mover.kind}_seconds", []).append(seconds)
+    history.timing.setdefault("measure_seconds", []).append(time.perf_counter() - measured - seconds)
     new_sites = any(
         isinstance(mod, TeleportedActivation) and ("buffer", f"{path}.tau") not in {s[:2] for s in stack.signature}
         for path, mod in model.named_modules()
@@ -625,16 +667,12 @@ def _teleport_member(
         wrappers.pad()
         stack.check(model, f"member {i} after its teleport at epoch {epoch}")
         stack.read_from(i, model)
-    history.teleports.append(
-        {
-            "epoch": epoch,
-            "kind": mover.kind,
-            "cob_range": float(mover.cob_range),
-            "sampling": str(mover.sampling),
-            "distance": distance,
-            "weight_norm": weight_norm,
-        }
-    )
+    history.teleports.append({  # Teleport's record (step: the steps done before it)
+        "epoch": epoch, "step": int(sum(history.iters_per_epoch)), "at": "epoch", "kind": mover.kind,
+        "cob": str(mover.cob), "cob_range": float(mover.cob_range), "sampling": str(mover.sampling),
+        "distance": distance, "weight_norm": weight_norm, "loss_before": loss0, "loss_after": loss1,
+        "grad_norm_sq_before": g0, "grad_norm_sq_after": g1,
+    })  # fmt: skip
 
 
 def _record_epoch(
