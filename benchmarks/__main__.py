@@ -24,6 +24,7 @@ BENCHMARKS = [
     "bench_training",
     "bench_analysis",
     "bench_vmap",
+    "bench_training_vectorize",
 ]
 
 

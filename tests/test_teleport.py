@@ -475,3 +475,38 @@ def test_cached_layout_follows_replaced_parameters():
     nt.teleport(m, x, cob, inplace=True)
     torch.testing.assert_close(m[0].weight.detach(), cob["0"].view(6, 1) * w0)
     assert rel_err(before, m(x)) < rel_tol(0.5)
+
+
+class _EvalCache(nn.Module):
+    """timm LeViT's pattern: in eval mode a tensor computed from the module's state is cached in a dict
+    attribute (``self.cache[key] = ...``) and reused by later calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 6))  # a parameter: traced as a proxy
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def scales(self) -> torch.Tensor:
+        if self.training:
+            return self.scale * 2
+        if "s" not in self.cache:
+            self.cache["s"] = self.scale * 2
+        return self.cache["s"]
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) * self.scales())
+
+
+def test_a_cache_filled_while_tracing_does_not_leak_into_the_next_trace():
+    """Each mode is traced from the same Python state: a proxy one trace stored in ``self.cache`` was reused by
+    the next trace's graph (``KeyError`` / "referenced nonexistent value" on timm levit_128s)."""
+    torch.manual_seed(0)
+    m = _EvalCache().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    plan = nt.analyze(m, x)
+    assert m.cache == {}  # restored
+    assert plan.report.hidden_neurons == 6  # (multiplied by a parameter, the neurons are pinned)
+    tp = nt.teleport(m, x, cob_range=0.5)
+    y = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(tp(y), m(y), rtol=1e-12, atol=1e-12)

@@ -242,6 +242,24 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
         if not k.startswith("_") and type(v) in (dict, list)
     ]  # fmt: skip
     guard = _ParameterWriteGuard(list(params.values()))
+
+    def restore_python_state(final: bool = False) -> None:
+        """Module attributes and filled containers as they were: also between two traces, so that nothing one
+        trace stored (a proxy cached in ``self.cache[key]``) leaks into the next one's graph; the tensor constants
+        torch.fx stores (``_tensor_constantN``, read by the walks of the graphs) are removed at the end only."""
+        for live, saved in containers:
+            if _changed(live, saved):
+                live.clear()
+                live.update(saved) if isinstance(live, dict) else live.extend(saved)
+        for m, before in attrs.items():
+            now = vars(m)
+            for k in [k for k in now if k not in before and (final or not k.startswith("_tensor_constant"))]:
+                del now[k]
+            for k, v in before.items():  # (the train/eval flags are the analysis' to set between traces)
+                if (now.get(k, v) is not v or k not in now) and (final or k != "training"):
+                    now[k] = v
+
+    guard.restore_python_state = restore_python_state
     cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
     with torch.random.fork_rng(devices=cuda, enabled=True), torch.no_grad():
         try:
@@ -255,17 +273,7 @@ def _preserved(model: nn.Module, devices: list[torch.device]) -> Any:
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
-            for live, saved in containers:
-                if _changed(live, saved):
-                    live.clear()
-                    live.update(saved) if isinstance(live, dict) else live.extend(saved)
-            for m, before in attrs.items():
-                now = vars(m)
-                for k in [k for k in now if k not in before]:
-                    del now[k]
-                for k, v in before.items():
-                    if now.get(k, v) is not v or k not in now:
-                        now[k] = v
+            restore_python_state(final=True)
     unseen = [k for k, p in params.items() if p._version != versions[k] and id(p) not in guard.saved]
     if unseen:
         raise UnsupportedModelError(
@@ -442,6 +450,7 @@ def _trace_modes(
                     graph = _trace(model, leaf_types, leaf_names, inputs, names, plain=not specialized)
                 if before is not None:
                     effects += [e for e in rewrite.side_effects(model, before) if e not in effects]
+                guard.restore_python_state()  # the next trace starts from the same Python state
                 specialized = specialized or bool(specializations(graph))
                 _specialization_check(model, graph, mode, effects)
                 code = _graph_key(graph, model)
@@ -559,6 +568,7 @@ def _walk_variants(
                 try:
                     with torch.set_grad_enabled(grad), guard:
                         graph = _trace(model, *leaves, variant, names, plain=False)
+                    guard.restore_python_state()
                     code = _graph_key(graph, model)
                     if code not in codes:
                         codes.add(code)
