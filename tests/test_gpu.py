@@ -277,3 +277,44 @@ def test_cuda_experiment_at_a_tiny_config(tmp_path):
     cpu = training.run({**cfg, "device": "cpu"}, tmp_path / "cpu", progress=False)
     for g, c in zip(res["gaps"], cpu["gaps"]):  # float32 on another device: round-off apart
         assert g["gap_first_epoch"]["median"] == pytest.approx(c["gap_first_epoch"]["median"], abs=1e-4)
+
+
+def _schedule_task(cob: str, device: str | None, tmp_path) -> dict:
+    from nnteleport.lab.experiments import teleport_schedule
+    from nnteleport.lab.experiments.config import merge_config
+
+    cfg = merge_config(teleport_schedule.DEFAULTS, {
+        "dataset": "random", "models": ["mlp"], "model_kwargs": {"mlp": {"hidden": [16, 16]}}, "optimizers": ["adam"],
+        "seeds": 1, "epochs": 1, "max_iters_per_epoch": 6, "every_steps": 2, "cobs": [cob], "schedules": ["every"],
+        "lr_multipliers": [], "optimize_steps": 3, "dtype": "float64", "resnet_if_cifar": False})  # fmt: skip
+    (task,) = [t for t in teleport_schedule.tasks(cfg) if t["cob"] == cob]
+    if device is None:
+        task.pop("device")
+    else:
+        task["device"] = device
+    return teleport_schedule.train_one(task, tmp_path)["history"]
+
+
+def _without_timing(h: dict) -> dict:
+    """A history without its clock readings (``timing``, ``seconds``): what must not depend on the machine."""
+    return {k: v for k, v in h.items() if k not in ("timing", "seconds")}
+
+
+@pytest.mark.parametrize("cob", ["random", "optimized"])
+def test_teleport_schedule_device_cpu_is_the_default_run(cob, tmp_path, monkeypatch):
+    _no_cuda(monkeypatch)
+    a, b = _schedule_task(cob, None, tmp_path), _schedule_task(cob, "cpu", tmp_path)
+    assert len(a["teleports"]) == 2 and _without_timing(a) == _without_timing(b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("cob", ["random", "optimized", "balanced"])
+def test_cuda_teleport_schedule_run_tracks_cpu(cob, tmp_path):
+    """Every-K teleports with a CoB choice on CUDA: the float64 losses and teleport records of the CPU run."""
+    hc, hg = _schedule_task(cob, "cpu", tmp_path), _schedule_task(cob, "cuda", tmp_path)
+    torch.testing.assert_close(torch.tensor(hg["iter_loss"]), torch.tensor(hc["iter_loss"]), rtol=1e-8, atol=1e-10)
+    assert len(hg["teleports"]) == len(hc["teleports"]) == 2
+    for rg, rc in zip(hg["teleports"], hc["teleports"]):
+        assert rg["grad_norm_sq_after"] == pytest.approx(rc["grad_norm_sq_after"], rel=1e-7)
+    assert all(s > 0 for s in hg["timing"]["step_seconds"]) and len(hg["timing"]["step_seconds"]) == 6

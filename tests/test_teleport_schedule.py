@@ -357,7 +357,7 @@ def test_cli_configuration_and_the_resnet_when_cifar_is_present(monkeypatch):
         raise MissingFileError(f"{name} is not there")
 
     monkeypatch.setattr(data_mod, "check_available", absent)
-    groups, notes = teleport_schedule._groups(cfg)
+    groups, notes = teleport_schedule.model_groups(cfg)
     assert groups == [("mlp", "digits"), ("cnn", "digits")] and "skipped" in notes[0]
     monkeypatch.setattr(data_mod, "check_available", lambda name, root=None: None)
     ids = [t["id"] for t in teleport_schedule.tasks(cfg)]

@@ -9,7 +9,8 @@ teleports. :func:`dry_run` adds whether the dataset files are there and, unless 
   SGD step, after one untimed warm-up; the device is synchronised before each clock reading) on random data of
   the dataset's input shape, at the config's batch size (or at ``batch`` when given: the time is then scaled
   linearly to the config's batch size, which over-estimates a GPU, whose time per example falls with the
-  batch); a network that teleports is also teleported twice, the second call timed;
+  batch); a network that teleports is also teleported twice, the second call timed, with its CoB choice (random,
+  or best-of-n / optimized / balanced / pathcond: the choice's search is part of the teleport's time);
 * device-seconds = sum over networks of runs x (iterations x s/iteration + examples evaluated x s/iteration /
   (3 x batch) + teleports x s/teleport): an evaluation forward pass is taken as a third of a training
   iteration per example. Not counted: data loading (resident on a GPU), checkpoints and logs, the distance
@@ -63,11 +64,18 @@ class Network:
     iterations: int = 0
     examples_evaluated: int = 0
     teleports: int = 0
+    teleport_cob: str = "random"
+    teleport_options: dict[str, Any] = field(default_factory=dict)
+    teleport_batch: int | None = None
     seconds_per_iteration: float = math.nan
     seconds_per_teleport: float = math.nan
 
     def key(self) -> tuple:
         return (self.model, repr(sorted(self.model_kwargs.items())), self.dataset, self.batch_size, self.dtype)
+
+    def teleport_key(self) -> tuple:
+        """What a teleport's time depends on besides the network: the CoB choice, its options, its batch."""
+        return (self.teleport_cob, repr(sorted(self.teleport_options.items())), self.teleport_batch)
 
     def device_seconds(self) -> float:
         it = self.seconds_per_iteration
@@ -115,7 +123,7 @@ def _iters_per_epoch(n_train: int, batch_size: int, cap: Any) -> int:
 def _add(nets: dict[tuple, Network], net: Network, runs: int, iterations: int, evaluated: int, teleports: int) -> None:
     """Add ``runs`` runs of ``net`` (merged with an identical network and workload already there)."""
     net.iterations, net.examples_evaluated, net.teleports = iterations, evaluated, teleports
-    key = (*net.key(), iterations, evaluated, teleports)
+    key = (*net.key(), *(net.teleport_key() if teleports else ()), iterations, evaluated, teleports)
     if key in nets:
         nets[key].runs += runs
     else:
@@ -182,7 +190,7 @@ def _measure_plan(name: str, cfg: Mapping[str, Any]) -> tuple[int, int, list[Net
     return runs, 0, list(nets.values())
 
 
-def _other_plan(name: str, cfg: Mapping[str, Any]) -> tuple[int, int, list[Network]]:
+def _other_plan(name: str, cfg: Mapping[str, Any], assume_data: bool = False) -> tuple[int, int, list[Network]]:
     nets: dict[tuple, Network] = {}
     if name == "interpolation":
         from nnteleport.lab.experiments.interpolation import seed_list
@@ -237,9 +245,35 @@ def _other_plan(name: str, cfg: Mapping[str, Any]) -> tuple[int, int, list[Netwo
         net = Network("thesis-mlp", kw, cfg["dataset"], int(cfg["batch_size"]))
         _add(nets, net, runs, int(cfg["epochs"]) * ipe, (int(cfg["epochs"]) + 1) * n_val, 0)
         return runs, int(cfg["epochs"]), list(nets.values())
+    if name == "teleport-schedule":
+        return _schedule_plan(cfg, assume_data)
     if name == "toy-surfaces":
         return 0, 0, []
     raise InvalidValueError(f"--dry-run: experiment {name!r} has no work plan (add one to {__name__})")
+
+
+def _schedule_plan(cfg: Mapping[str, Any], assume_data: bool = False) -> tuple[int, int, list[Network]]:
+    """teleport-schedule: the tasks of ``teleport_schedule.tasks`` (the ResNet-18 when CIFAR-10 is there, or with
+    ``assume_data``);
+    a run evaluates at the start and the end (``eval_every = epochs``); ``once`` teleports once, ``every`` after
+    every ``every_steps``-th step but the last; each CoB choice is timed as itself."""
+    from nnteleport.lab.experiments.teleport_schedule import model_spec, tasks
+
+    ts = tasks(dict(cfg), assume_cifar=assume_data)
+    nets: dict[tuple, Network] = {}
+    for t in ts:
+        n_train, n_val = DATASETS[t["dataset"]][2:]
+        if t["dataset"].startswith("cifar"):
+            n_train = min(n_train, int(t["cifar_train_size"]))
+        steps = int(t["epochs"]) * _iters_per_epoch(n_train, int(t["batch_size"]), t["max_iters_per_epoch"])
+        teleports = {"once": 1, "every": (steps - 1) // int(t["every_steps"])}.get(t["schedule"], 0)
+        model, kw = model_spec(t["model"], t["model_kw"])
+        net = Network(model, kw, t["dataset"], int(t["batch_size"]), t["dtype"], teleport_cob=t["cob"] or "random",
+                      teleport_options={"n": t["best_of_n"], "steps": t["optimize_steps"], "lr": t["optimize_lr"]}
+                      if t["cob"] in ("best-of-n", "optimized") else {},
+                      teleport_batch=int(t["batch_size"]) * int(t["teleport_batches"]))  # fmt: skip
+        _add(nets, net, 1, steps, 2 * n_val, teleports if t["cob"] else 0)
+    return len(ts), int(cfg["epochs"]), list(nets.values())
 
 
 _NOTES = {
@@ -247,11 +281,16 @@ _NOTES = {
     "gspace-lr-grid": "the G-space optimizers' chart updates are not in the estimate (a lower bound)",
     "interpolation": "network B is counted at its step cap (max_steps); it stops earlier when it reaches A's loss",
     "toy-surfaces": "NumPy surfaces only: nothing runs on the device (seconds)",
+    "teleport-schedule": "not in the estimate: the loss and gradient norm measured around each teleport and the "
+    "optimizer-state transform (both small next to a CoB search)",
 }
 
 
-def plan(name: str, cfg: Mapping[str, Any]) -> Plan:
-    """The work of experiment ``name`` with the merged configuration ``cfg`` (counts only; see the module)."""
+def plan(name: str, cfg: Mapping[str, Any], *, assume_data: bool = False) -> Plan:
+    """The work of experiment ``name`` with the merged configuration ``cfg`` (counts only; see the module).
+
+    Work that an experiment skips when an optional dataset is absent (teleport-schedule's ResNet-18 on CIFAR-10)
+    is counted only when the files are there, or with ``assume_data`` (the estimate of a whole protocol)."""
     from nnteleport.lab.experiments.config import dataset_names
 
     if name in ("training", "pseudo-teleport", "mid-training"):
@@ -259,10 +298,18 @@ def plan(name: str, cfg: Mapping[str, Any]) -> Plan:
     elif name in ("level-curves", "micro-teleport", "gradient-scale", "weight-histograms"):
         runs, epochs, nets = _measure_plan(name, cfg)
     else:
-        runs, epochs, nets = _other_plan(name, cfg)
+        runs, epochs, nets = _other_plan(name, cfg, assume_data)
     p = Plan(name, runs, epochs, nets, notes=[_NOTES[name]] if name in _NOTES else [])
     for ds in dataset_names(cfg):
         p.datasets[ds] = _missing(ds, cfg.get("data_root"))
+    if name == "teleport-schedule" and cfg["resnet_if_cifar"]:  # optional: runs only when its files are there
+        from nnteleport.lab.experiments.teleport_schedule import model_groups
+
+        p.datasets["cifar10"] = missing = _missing("cifar10", cfg.get("data_root"))
+        if missing is None or not assume_data:
+            p.notes += model_groups(dict(cfg))[1]
+        else:
+            p.notes.append("resnet18 on cifar10 counted as if its files were there (a run without them skips it)")
     return p
 
 
@@ -300,19 +347,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_network(net: Network, device: torch.device, *, iters: int = 3, batch: int | None = None) -> None:
-    """Fill ``net.seconds_per_iteration`` (and ``seconds_per_teleport`` if it teleports) by timing it on
-    ``device`` (see the module docstring); ``batch`` times at that batch size and scales linearly."""
-    import nnteleport
-
+def time_network(
+    net: Network,
+    device: torch.device,
+    *,
+    iters: int = 3,
+    batch: int | None = None,
+    iteration: bool = True,
+    teleport: bool = True,
+) -> None:
+    """Fill ``net.seconds_per_iteration`` (with ``iteration``) and, if it teleports, ``seconds_per_teleport``
+    (with ``teleport``) by timing it on ``device`` (see the module docstring); ``batch`` times at that batch
+    size and scales linearly. A teleport is the CoB choice ``net.teleport_cob`` (:func:`~nnteleport.lab.training.
+    teleport.choose_cob`) and the move, on ``net.teleport_batch`` examples (default ``min(batch size, 64)``; the
+    objectives of best-of-n and optimized are timed at ``<= batch`` examples and scaled linearly)."""
     torch.manual_seed(0)
     model, shape, classes = _build(net, device)
     bs = net.batch_size if batch is None else min(batch, net.batch_size)
     dtype = getattr(torch, net.dtype)
     x = torch.randn((bs, *shape), dtype=dtype, device=device)
     y = torch.randint(0, classes, (bs,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    if net.iterations or net.examples_evaluated:
+    if iteration and (net.iterations or net.examples_evaluated):
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6)
 
         def step() -> None:
             opt.zero_grad()
@@ -326,16 +382,39 @@ def time_network(net: Network, device: torch.device, *, iters: int = 3, batch: i
             step()
         _sync(device)
         net.seconds_per_iteration = (time.perf_counter() - t0) / iters * (net.batch_size / bs)
-    else:
+    elif iteration:
         net.seconds_per_iteration = 0.0
-    if net.teleports:
-        xt = x[: min(bs, 64)]
-        nnteleport.teleport(model, xt, cob_range=0.5)
+    if teleport and net.teleports:
+        net.seconds_per_teleport = _time_teleport(net, model, shape, classes, device, batch)
+
+
+def _time_teleport(
+    net: Network, model: torch.nn.Module, shape: tuple[int, ...], classes: int, device: torch.device, batch: int | None
+) -> float:
+    """Seconds of one teleport of ``net`` (the second of two calls; see :func:`time_network`)."""
+    import nnteleport
+    from nnteleport.lab.training.teleport import choose_cob
+
+    full = net.teleport_batch or min(net.batch_size, 64)
+    n = full if batch is None else min(full, batch)
+    dtype = getattr(torch, net.dtype)
+    g = torch.Generator().manual_seed(0)
+    xt = torch.randn((n, *shape), generator=g, dtype=dtype).to(device)
+    yt = torch.randint(0, classes, (n,), generator=g).to(device)
+    seconds = math.nan
+    for _ in range(2):
         _sync(device)
         t0 = time.perf_counter()
-        nnteleport.teleport(model, xt, cob_range=0.5)
+        if net.teleport_cob == "random":
+            nnteleport.teleport(model, xt, cob_range=0.5)
+        else:
+            cob, _ = choose_cob(net.teleport_cob, model, xt, yt, torch.nn.functional.cross_entropy, cob_range=0.5,
+                                sampling="inter", generator=g, options=net.teleport_options)  # fmt: skip
+            nnteleport.teleport(model, xt, cob=cob, inplace=True)
         _sync(device)
-        net.seconds_per_teleport = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+    scale = full / n if net.teleport_cob in ("best-of-n", "optimized") else 1.0  # objectives: forward/backward on n
+    return seconds * scale
 
 
 def dry_run(
@@ -345,28 +424,35 @@ def dry_run(
     timing: bool = True,
     iters: int = 3,
     batch: int | None = None,
+    assume_data: bool = False,
 ) -> Plan:
-    """:func:`plan` with the dataset files checked and, with ``timing``, every network timed on the config's
-    device (``cfg["device"]``; see the module docstring for the estimate)."""
+    """:func:`plan` (``assume_data`` as there) with the dataset files checked and, with ``timing``, every network
+    timed on the config's device (``cfg["device"]``; see the module docstring for the estimate)."""
     from nnteleport.lab.devices import resolve_device
 
     if iters < 1:
         raise InvalidValueError(f"--dry-run: timed iterations must be >= 1, got {iters}")
     if batch is not None and batch < 1:
         raise InvalidValueError(f"--dry-run: timing batch must be >= 1, got {batch}")
-    p = plan(name, cfg)
+    p = plan(name, cfg, assume_data=assume_data)
     device = resolve_device(cfg.get("device", "auto"), what=f"experiment {name!r}: device")
     p.device = str(device)
-    if timing:
-        done: dict[tuple, Network] = {}  # the arms of a comparison share their network: timed once
-        for net in sorted(p.networks, key=lambda n: not n.teleports):  # those that teleport first
-            twin = done.get(net.key())
-            if twin is None or (net.teleports and not twin.teleports):
-                time_network(net, device, iters=iters, batch=batch)
-                done[net.key()] = net
-            else:
-                net.seconds_per_iteration = twin.seconds_per_iteration
-                net.seconds_per_teleport = twin.seconds_per_teleport if net.teleports else math.nan
+    if timing:  # the arms of a comparison share their network (and a CoB choice its teleports): timed once
+        per_iteration: dict[tuple, float] = {}
+        per_teleport: dict[tuple, float] = {}
+        for net in p.networks:
+            works = bool(net.iterations or net.examples_evaluated)
+            need_it = works and net.key() not in per_iteration
+            tkey = (net.key(), net.teleport_key())
+            need_tp = bool(net.teleports) and tkey not in per_teleport
+            if need_it or need_tp:
+                time_network(net, device, iters=iters, batch=batch, iteration=need_it, teleport=need_tp)
+            if need_it:
+                per_iteration[net.key()] = net.seconds_per_iteration
+            net.seconds_per_iteration = per_iteration[net.key()] if works else 0.0
+            if need_tp:
+                per_teleport[tkey] = net.seconds_per_teleport
+            net.seconds_per_teleport = per_teleport[tkey] if net.teleports else math.nan
         p.timed = f"{iters} timed iteration(s) per network" + (f" at batch <= {batch}, scaled" if batch else "")
     return p
 
@@ -404,13 +490,15 @@ def format_dry_run(p: Plan) -> str:
     for ds, missing in p.datasets.items():
         lines.append(f"  dataset {ds}: " + ("present" if missing is None else f"MISSING ({missing})"))
     if p.networks:
+        cobs = any(n.teleports and n.teleport_cob != "random" for n in p.networks)  # a column for the CoB choice
         lines.append("  model         dataset        batch  dtype     runs  iters/run  evals/run  teleports  "
-                     "s/iter     s/teleport  device-h")  # fmt: skip
+                     + ("cob         " if cobs else "") + "s/iter     s/teleport  device-h")  # fmt: skip
         for n in p.networks:
             hours = n.device_seconds() / 3600.0
+            cob = f"{n.teleport_cob if n.teleports else '-':<10}  " if cobs else ""
             lines.append(
                 f"  {n.model:<13} {n.dataset:<14} {n.batch_size:>5}  {n.dtype:<8} {n.runs:>5}  {n.iterations:>9}  "
-                f"{n.examples_evaluated:>9}  {n.teleports:>9}  {_fmt_seconds(n.seconds_per_iteration):<9}  "
+                f"{n.examples_evaluated:>9}  {n.teleports:>9}  {cob}{_fmt_seconds(n.seconds_per_iteration):<9}  "
                 f"{_fmt_seconds(n.seconds_per_teleport) if n.teleports else '-':<10}  "
                 + ("-" if math.isnan(hours) else f"{hours:.3g}")
             )

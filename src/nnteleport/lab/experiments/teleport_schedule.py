@@ -30,6 +30,11 @@ machine: they are noisy, the step counts are not.
 Models: an MLP and a small CNN (VGG-style, ``cnn`` in ``model_kwargs``) on ``dataset``; with
 ``resnet_if_cifar`` and CIFAR-10 under ``data_root``, also a narrow ResNet-18 on a subset of CIFAR-10 (skipped and
 recorded as such when the files are absent).
+
+Device: ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, :mod:`nnteleport.lab.devices`) is where every run
+trains: the model (built from the CPU generator, then moved), its data, the teleport batch and the CoBs. It is not
+part of a run's identity (finished runs are reused on another device). On CUDA the step and teleport timers
+synchronise the device, so the wall-clock numbers are compute times, not kernel-launch times.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
 from nnteleport.lab.experiments.lr_confound import arm_summary, run_stats
 from nnteleport.lab.plotting import COLORS, new_figure, save_figure, summary, write_csv, write_json
@@ -54,6 +60,8 @@ __all__ = [
     "DESCRIPTION",
     "TITLE",
     "arms",
+    "model_groups",
+    "model_spec",
     "report_section",
     "run",
     "tasks",
@@ -100,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
     "max_iters_per_epoch": None,
     "smooth": 5,
     "workers": 2,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (nnteleport.lab.devices); not part of a run's identity
 }
 
 CHOICES: dict[str, list] = {
@@ -151,11 +160,14 @@ def arms(cfg: dict[str, Any], optimizer: str) -> list[dict[str, Any]]:
     return out
 
 
-def _groups(cfg: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(model, dataset)`` pairs to run, and notes on what was skipped."""
+def model_groups(cfg: dict[str, Any], *, assume_cifar: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(model, dataset)`` pairs to run, and notes on what was skipped; ``assume_cifar`` counts the ResNet-18
+    group as if the CIFAR-10 files were there (for estimates of the whole protocol: ``--dry-run``)."""
     groups = [(m, cfg["dataset"]) for m in cfg["models"]]
     notes = []
-    if cfg["resnet_if_cifar"]:
+    if cfg["resnet_if_cifar"] and assume_cifar:
+        groups.append(("resnet18", "cifar10"))
+    elif cfg["resnet_if_cifar"]:
         from nnteleport.errors import MissingFileError
         from nnteleport.lab.data import check_available
 
@@ -169,13 +181,13 @@ def _groups(cfg: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
     return groups, notes
 
 
-def tasks(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One run per (model, optimizer, arm, seed)."""
+def tasks(cfg: dict[str, Any], *, assume_cifar: bool = False) -> list[dict[str, Any]]:
+    """One run per (model, optimizer, arm, seed) of :func:`model_groups`."""
     keys = ("data_root", "epochs", "batch_size", "cob_range", "sampling", "dtype", "max_iters_per_epoch", "init",
             "teleport_epoch", "every_steps", "teleport_batches", "best_of_n", "optimize_steps", "optimize_lr",
-            "optimizer_state", "cifar_train_size")  # fmt: skip
+            "optimizer_state", "cifar_train_size", "device")  # fmt: skip
     out = []
-    for model, dataset in _groups(cfg)[0]:
+    for model, dataset in model_groups(cfg, assume_cifar=assume_cifar)[0]:
         mkw = dict(cfg["model_kwargs"].get(model, {}))
         for opt in cfg["optimizers"]:
             for a in arms(cfg, opt):
@@ -194,15 +206,21 @@ def _data(name: str, root: str | None, train_size: int | None):
     return load_dataset(name, root, seed=0, train_size=train_size, augment=False)
 
 
+def model_spec(model: str, model_kw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The :func:`~nnteleport.lab.models.build_model` name and options of ``model`` with its ``model_kwargs``:
+    ``cnn`` is VGG-style, a 3x3 conv (+ BN) + activation + 2x2 max-pool per entry of ``channels``."""
+    kw = dict(model_kw)
+    if model == "cnn":
+        config = [item for c in kw.pop("channels") for item in (int(c), "M")]
+        return "vgg", {"config": config, "width": 1.0, **kw}
+    return model, kw
+
+
 def _build(task: dict[str, Any], data: Any) -> Any:
     from nnteleport.lab.models import build_model
 
-    kw = dict(task["model_kw"])
-    if task["model"] == "cnn":  # VGG-style: 3x3 conv (+ BN) + activation + 2x2 max-pool per entry of channels
-        config = [item for c in kw.pop("channels") for item in (int(c), "M")]
-        return build_model("vgg", in_shape=data.input_shape, num_classes=data.num_classes, config=config, width=1.0,
-                           **kw)  # fmt: skip
-    return build_model(task["model"], in_shape=data.input_shape, num_classes=data.num_classes, **kw)
+    name, kw = model_spec(task["model"], task["model_kw"])
+    return build_model(name, in_shape=data.input_shape, num_classes=data.num_classes, **kw)
 
 
 def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -213,8 +231,9 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     cifar = task["dataset"].startswith("cifar")
     data = _data(task["dataset"], task["data_root"], task["cifar_train_size"] if cifar else None)
-    torch.manual_seed(task["seed"])
-    model = _build(task, data).to(getattr(torch, task["dtype"]))
+    device = resolve_device(task.get("device", "auto"))
+    torch.manual_seed(task["seed"])  # built on the CPU from the CPU generator, then moved: the same weights anywhere
+    model = _build(task, data).to(device, getattr(torch, task["dtype"]))
     cob, sched, k = task["cob"], task["schedule"], int(task["every_steps"])
     tele: dict[str, Any] = {}
     if cob is not None:
@@ -230,7 +249,8 @@ def train_one(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         lr=task["lr"], momentum=0.9, lr_decay_epochs=(), init=None if task["init"] == "default" else task["init"],
         cob_range=task["cob_range"], sampling=task["sampling"], optimizer_state_on_teleport=task["optimizer_state"],
         reset_optimizer_every=k if sched == "reset-every" else None, seed=task["seed"], progress=False,
-        eval_every=task["epochs"], max_iters_per_epoch=task["max_iters_per_epoch"], callbacks=[StepTimer()], **tele,
+        eval_every=task["epochs"], max_iters_per_epoch=task["max_iters_per_epoch"], callbacks=[StepTimer()],
+        device=device, **tele,
     )  # fmt: skip
     return {"history": history.to_dict()}
 
@@ -395,11 +415,12 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
 
     cfg = merge_config(DEFAULTS, config or {}, source="teleport-schedule")
     validate_config("teleport-schedule", cfg)
+    resolve_device(cfg["device"])  # the runs resolve it in their processes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ts = tasks(cfg)
     res = run_sweep(train_one, ts, out, workers=max(1, int(cfg["workers"])), progress=progress,
-                    desc="teleport-schedule")  # fmt: skip
+                    desc="teleport-schedule", ignore_keys=("device",))  # fmt: skip
     by: dict[tuple, dict[str, list[dict]]] = {}
     tasks_of: dict[tuple, dict] = {}
     for t in ts:
@@ -430,7 +451,7 @@ def run(config: dict, out: Path, *, progress: bool = True) -> dict:
         "experiment": "teleport-schedule",
         "config": cfg,
         "num_runs": len(ts),
-        "skipped": _groups(cfg)[1],
+        "skipped": model_groups(cfg)[1],
         "groups": groups,
         "files": {"csv": ["comparisons.csv", "curves_steps.csv", "curves_wall.csv"], "runs": "runs/"},
     }

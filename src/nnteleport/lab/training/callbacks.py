@@ -181,6 +181,10 @@ class StepTimer(Callback):
     where its record says (``step``: the steps done before it). Place it among the user callbacks (after the
     teleport). A run's training wall-clock after step ``k`` (0-based) is then
     ``sum(step_seconds[:k + 1])`` plus the teleports with ``step <= k``.
+
+    On CUDA it synchronises the device at every step's end (kernels run asynchronously: without it a step's
+    time would be its launch time, and its compute would be charged to whatever synchronises next); the timer is
+    opt-in, the host synchronisation is the price of per-step times.
     """
 
     state_key = "step_timer"
@@ -196,6 +200,8 @@ class StepTimer(Callback):
         self._ref, self._done = time.perf_counter(), self._spent(trainer)
 
     def on_step_end(self, trainer: Trainer, step: Step) -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
         now, done = time.perf_counter(), self._spent(trainer)
         trainer.history.timing.setdefault("step_seconds", []).append(now - self._ref - (done - self._done))
         self._ref, self._done = now, done

@@ -319,6 +319,8 @@ class Teleport(Callback):
 
     def _apply(self, trainer: Trainer, *, after_step: bool) -> None:
         loss_fn = trainer.loss_fn
+        if trainer.device.type == "cuda":  # the step's queued kernels are the step's time, not the teleport's
+            torch.cuda.synchronize(trainer.device)
         measured = time.perf_counter()
         loss0, g0 = _loss_and_grad_norm(trainer.model, self.x, self.y, loss_fn)
         started = time.perf_counter()
