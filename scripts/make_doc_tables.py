@@ -461,6 +461,22 @@ def experiment_numbers(res: dict[str, Any], file: str, experiment: str) -> str:
 
 
 #: Table generators: name -> f(results, file) -> the block's body.
+def bench_vmap(res: dict[str, Any], file: str) -> str:
+    """Runs per minute of ``train_stacked`` (k members in one process) against k sequential ``train`` runs."""
+    r, cfg = res["results"], res["config"]
+    header = ["model", "k", "sequential runs/min", "stacked runs/min", "speed-up"]
+    rows = [[c["model"], str(c["k"]), f"{c['seq_runs_per_min']:.1f}", f"{c['vec_runs_per_min']:.1f}",
+             _x(c["speedup"])] for c in r]  # fmt: skip
+    best = max((c["speedup"] for c in r if c["model"] == "mlp"), default=math.nan)
+    legend = (
+        f"Digits, {cfg['epochs']} epochs per run, half baselines and half teleported at initialisation, momentum "
+        f"SGD; medians of {cfg['reps']} interleaved repetitions, the speed-up being the median per-repetition ratio. "
+        f"Target (issue 17: at least 3x on the MLP): best MLP speed-up in this run {_x(best)}"
+        f"{' (met)' if best >= 3 else ' (not met)'}."
+    )
+    return _bench_body(res, file, markdown(header, rows), legend)
+
+
 TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gspace-lr-grid": lambda r, f: gspace_lr_grid(r, f, "epochs"),
     "gspace-lr-grid-incl-init": lambda r, f: gspace_lr_grid(r, f, "incl_init"),
@@ -472,6 +488,7 @@ TABLES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "bench-distance": bench_distance,
     "bench-canonicalize": bench_canonicalize,
     "bench-teleport": bench_teleport,
+    "bench-vmap": bench_vmap,
 }
 
 

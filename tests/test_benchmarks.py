@@ -86,6 +86,7 @@ SMALL = {
     "bench_distance": (["--width", "0.125", "--reps", "1", "--checkpoints", "1,2", "--invariant"], "bench-distance"),
     "bench_canonicalize": (["--depths", "3,6", "--reps", "1", "--gs-max-depth", "6"], "bench-canonicalize"),
     "bench_teleport": (["--quick", "--reps", "1", "--threads", "1"], "bench-teleport"),
+    "bench_vmap": (["--models", "mlp", "--ks", "2", "--reps", "1", "--epochs", "1"], "bench-vmap"),
 }
 
 
@@ -98,7 +99,8 @@ def test_benchmark_json_feeds_its_doc_table(name, tmp_path, monkeypatch):
         monkeypatch.setattr(bench_teleport, "build_model", _tiny_model(bench_teleport.build_model))
     path = tmp_path / "docs" / "data" / f"{name}.json"
     module = {"bench_gspace": bench_gspace, "bench_fixing": bench_fixing, "bench_distance": bench_distance,
-              "bench_canonicalize": bench_canonicalize, "bench_teleport": bench_teleport}[name]  # fmt: skip
+              "bench_canonicalize": bench_canonicalize, "bench_teleport": bench_teleport,
+              "bench_vmap": bench_vmap}[name]  # fmt: skip
     module.main([*argv, "--json", str(path)])
     doc = json.loads(path.read_text())
     assert doc["benchmark"] == name and doc["command"].startswith(f"python -m benchmarks.{name} ")
