@@ -401,16 +401,7 @@ def teleported_class(base: type, spec: _Spec) -> type:
         "_nnteleport_refusal": spec.refusal,
         **spec.constants,
     }
-    try:
-        cls = type(base)(f"Teleported{base.__name__}", (base,), ns)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"cannot subclass {base.__name__} for the teleported model ({type(exc).__name__}: {exc}); use "
-            "functional='constrain'"
-        ) from exc
-    if len(_CLASSES) < 1024:
-        _CLASSES[key] = cls
-    return cls
+    return rewrite_guards.generated_subclass(base, ns, _CLASSES, key)
 
 
 def _rebuild(base: type, spec: _Spec) -> nn.Module:

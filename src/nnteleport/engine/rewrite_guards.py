@@ -40,7 +40,15 @@ from torch.overrides import TorchFunctionMode
 
 from nnteleport.errors import UnsupportedModelError
 
-__all__ = ["Refusal", "check_module_stacks", "guard_class", "guarded_methods", "site_modules", "target_name"]
+__all__ = [
+    "Refusal",
+    "check_module_stacks",
+    "generated_subclass",
+    "guard_class",
+    "guarded_methods",
+    "site_modules",
+    "target_name",
+]
 
 _NAMESPACES = (torch, torch.Tensor, F, torch.special)
 
@@ -247,6 +255,12 @@ def guard_class(base: type, refusal: Refusal) -> type:
         "_nnteleport_base": base,
         "_nnteleport_refusal": refusal,
     }
+    return generated_subclass(base, ns, _CLASSES, key)
+
+
+def generated_subclass(base: type, ns: dict[str, Any], cache: dict[tuple, type], key: tuple) -> type:
+    """``Teleported<Base>(base)`` with namespace ``ns``, kept in ``cache[key]`` (up to 1024 classes); a class that
+    cannot be subclassed is an :class:`~nnteleport.errors.UnsupportedModelError`."""
     try:
         cls = type(base)(f"Teleported{base.__name__}", (base,), ns)
     except Exception as exc:
@@ -254,8 +268,8 @@ def guard_class(base: type, refusal: Refusal) -> type:
             f"cannot subclass {base.__name__} for the teleported model ({type(exc).__name__}: {exc}); use "
             "functional='constrain'"
         ) from exc
-    if len(_CLASSES) < 1024:
-        _CLASSES[key] = cls
+    if len(cache) < 1024:
+        cache[key] = cls
     return cls
 
 
