@@ -145,6 +145,15 @@ def apply_cob(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> nn.Module:
     ``torch._foreach_mul_`` and one ``torch._foreach_div_`` per device and dtype (see :class:`_Layout`); then the
     activation wrappers. Returns ``model``.
     """
+    _rescale(model, plan, flat)
+    if plan.sites:
+        _apply_sites(model, plan, flat)
+    return model
+
+
+@torch.no_grad()
+def _rescale(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
+    """The parameter part of :func:`apply_cob`."""
     params = dict(model.named_parameters())
     devices = {params[n].device for n in plan.param_scale_indices if n in params}
     for device in devices:
@@ -161,14 +170,14 @@ def apply_cob(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> nn.Module:
             if prep.in_targets:
                 torch.index_select(t, 0, layout.in_all, out=prep.in_buf)
                 torch._foreach_div_(prep.in_targets, prep.in_factors)
-    if plan.sites:
-        _apply_sites(model, plan, flat)
-    return model
 
 
-def _apply_sites(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
+def _apply_sites(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> bool:
+    """Apply the activation sites' factors; whether a module was replaced by a wrapper (the module structure, part
+    of the plan cache's key, changed)."""
     dtype = _model_dtype(model)
     t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
+    wrapped = False
     for site in plan.sites:
         tau = t[site.index]
         module = model.get_submodule(site.path)
@@ -187,6 +196,8 @@ def _apply_sites(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> None:
         places = [(p, a) for p in model.modules() for a, c in p._modules.items() if c is module]
         for parent, attr in places:
             setattr(parent, attr, wrapper)
+        wrapped = True
+    return wrapped
 
 
 def teleport(
@@ -253,8 +264,8 @@ def teleport(
             "GraphModule; use inplace=False (or functional='rewrite', the default, which keeps the model object)"
         )
     target = model if inplace else _deepcopy(model)
-    wraps = _new_wrappers(target, plan, flat)
-    apply_cob(target, plan, flat)
+    _rescale(target, plan, flat)
+    wraps = bool(plan.sites) and _apply_sites(target, plan, flat)  # new wrappers change the module structure
     if rewrites and plan.rewrite is not None:
         device = next((p.device for p in target.parameters()), torch.device("cpu"))
         plan = rewrite.install(target, plan, rewrites, _model_dtype(target), device)
@@ -265,23 +276,6 @@ def teleport(
     if target is not model or wraps:
         _register(target, x, plan, leaf_modules, functional)  # a copy or new wrappers: the same analysis
     return target
-
-
-def _new_wrappers(model: nn.Module, plan: TeleportPlan, flat: Tensor) -> bool:
-    """Whether :func:`_apply_sites` will replace an activation module by a wrapper (the module structure, part of
-    the plan cache's key, changes; an in-place teleport that only rescales keeps its cache entry valid)."""
-    if not plan.sites:
-        return False
-    t = torch.cat([torch.ones(1, dtype=torch.float64), flat.to(torch.float64)])
-    for site in plan.sites:
-        if isinstance(model.get_submodule(site.path), TeleportedActivation):
-            continue
-        tau = t[site.index]
-        if site.kind is Kind.POSITIVE and not bool((tau < 0).any()):
-            continue
-        if not bool((tau == 1).all()):
-            return True
-    return False
 
 
 def _deepcopy(model: nn.Module) -> nn.Module:
