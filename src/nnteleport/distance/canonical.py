@@ -258,7 +258,8 @@ class Balancer:
         u = torch.zeros(self.num, dtype=dtype, device=device) if u0 is None else u0.to(dtype).clone()
         step_max = 0.0
         for sweep in range(1, max_iter + 1):
-            step_max = 0.0
+            # the largest step of the sweep stays on the device and is read once per sweep (one host sync)
+            largest = torch.zeros((), dtype=dtype, device=device)
             for entries, pos, coupled in self.classes:
                 inc, outg, f0 = self._io(masses, u, entries)
                 i_g, o_g = inc[pos], outg[pos]
@@ -274,7 +275,8 @@ class Balancer:
                         alpha *= 0.5
                 u[pos] += alpha * step
                 if pos.numel():
-                    step_max = max(step_max, float((alpha * step).abs().max()))
+                    largest = torch.maximum(largest, (alpha * step).abs().max())
+            step_max = float(largest)
             if step_max <= tol or self.exact_in_one_sweep:
                 return u, sweep, step_max
         return u, max_iter, step_max

@@ -80,11 +80,26 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
             "teleportation changed the parameter names of the model "
             f"(only before: {sorted(set(a) - set(b))[:5]}, only after: {sorted(set(b) - set(a))[:5]})"
         )
-    return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a))
+    return math.sqrt(_host_sum((a[k].double() - b[k].double()).pow(2).sum() for k in a))
 
 
 def _norm(a: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in a.values()))
+    return math.sqrt(_host_sum(v.double().pow(2).sum() for v in a.values()))
+
+
+def _device_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor | None:
+    """The float64 sum of the scalars ``terms``, added in order on their device (``None`` for none): the same
+    IEEE additions as Python's ``sum(float(t) for t in terms)``, so the same number, with no host read."""
+    total: torch.Tensor | None = None
+    for t in terms:
+        total = t.double() if total is None else total + t.double()
+    return total
+
+
+def _host_sum(terms: Iterable[torch.Tensor]) -> float:
+    """``sum(float(t) for t in terms)`` with one host read (see :func:`_device_sum`)."""
+    total = _device_sum(terms)
+    return 0.0 if total is None else float(total)
 
 
 class TeleportCoB(Choice, what="teleport_cob"):
@@ -170,7 +185,11 @@ def _loss_and_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return float(loss.detach()), sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
+    sq = _device_sum(g.double().pow(2).sum() for g in grads if g is not None)
+    if sq is None:
+        return float(loss.detach()), 0.0
+    loss_value, sq_value = torch.stack([loss.detach().double(), sq]).tolist()  # one host read for both
+    return loss_value, sq_value
 
 
 def _clear_optimizer_state(trainer: Trainer) -> None:
