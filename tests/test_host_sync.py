@@ -146,6 +146,22 @@ def test_invariant_distance_reads_once_per_balancing_sweep(data):
     assert {k[1:] for k in _per_step_reads(run)} == {site[1:]}
 
 
+def test_invariant_distance_on_a_batchnorm_net_reads_nothing_per_step(data):
+    """BatchNorm decouples the neurons: one balancing sweep is exact, so no stopping rule is read."""
+
+    def run(steps: int) -> None:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 64, 10))  # fmt: skip
+        dist = nnteleport.CheckpointDistance(model, sigma=2.0, strength=0.1, invariant=True,
+                                             example_input=torch.randn(4, 1, 8, 8))  # fmt: skip
+        assert dist._balancer.exact_in_one_sweep
+        dist.add_checkpoint()
+        train(model, data, epochs=3, max_iters_per_epoch=steps, progress=False, penalty=lambda m: dist())
+
+    assert _per_step_reads(run) == {}
+
+
 def test_teleport_every_reads_only_in_the_teleports(data):
     """Teleports every 2 steps: the reads per step are the teleport's own (the engine's range check, the
     records), none in the step itself, the loop or the recording callbacks."""
@@ -172,3 +188,15 @@ def test_the_counter_sees_a_per_step_read(data):
 
     diff = _per_step_reads(_train(data, penalty=penalty))
     assert [(op, n_few, n_many) for (op, _, _), (n_few, n_many) in diff.items()] == [("__float__", 6, 15)], diff
+
+
+def test_training_experiment_reads_nothing_per_step(tmp_path):
+    """The ``training`` grid (teleported and baseline arms, its recording callbacks) at a tiny config."""
+    from nnteleport.lab.experiments import training
+
+    def run(steps: int) -> None:
+        cfg = {"seeds": 1, "epochs": 2, "lrs": [0.01], "optimizers": ["momentum"], "workers": 1, "tensorboard": False,
+               "max_iters_per_epoch": steps, "device": "cpu"}  # fmt: skip
+        training.run(cfg, tmp_path / f"steps{steps}", progress=False)
+
+    assert _per_step_reads(run) == {}

@@ -157,7 +157,8 @@ class Balancer:
         method: str = "auto",
     ) -> tuple[Tensor, int, float]:
         """Return ``(u, iterations, last_step)``: log-factors of the balanced point, iterations used, and the
-        largest Gauss-Seidel step ``|log(O_k / I_k)| / 4`` left (``<= tol`` when converged).
+        largest Gauss-Seidel step ``|log(O_k / I_k)| / 4`` left (``<= tol`` when converged; ``0`` when
+        one sweep is exact, which then reads nothing from the device).
 
         ``method``: ``"gauss-seidel"`` (block sweeps; cheap per sweep, but on a chain of ``L`` layers a
         perturbation travels one layer per sweep, so a cold start needs ``O(L^2)`` sweeps), ``"newton"``
@@ -276,8 +277,10 @@ class Balancer:
                 u[pos] += alpha * step
                 if pos.numel():
                     largest = torch.maximum(largest, (alpha * step).abs().max())
+            if self.exact_in_one_sweep:  # solved exactly: nothing is left, and nothing needs to be read
+                return u, sweep, 0.0
             step_max = float(largest)
-            if step_max <= tol or self.exact_in_one_sweep:
+            if step_max <= tol:
                 return u, sweep, step_max
         return u, max_iter, step_max
 
