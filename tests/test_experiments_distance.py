@@ -77,3 +77,11 @@ def test_bad_config():
         dt.run({"nope": 1}, None, progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'swa' is not allowed; choose from: baseline"):
         dt.run({"variants": ["swa"]}, None, progress=False)  # type: ignore[arg-type]
+
+
+def test_sgdr_without_a_completed_cycle_is_refused_before_any_run(tmp_path):
+    """epochs < sgdr_cycle: SGDR would end without a snapshot; the config is refused up front (it used to fail
+    each SGDR run after its training, with "SnapshotEnsemble: no snapshots yet")."""
+    with pytest.raises(ValueError, match=r"distance-training: sgdr_cycle=4 .* epochs=3"):
+        dt.run({"epochs": 3, "sgdr_cycle": 4, "variants": ["baseline", "sgdr"]}, tmp_path, progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -32,6 +32,7 @@ from torch import nn
 
 from nnteleport.distance import CheckpointDistance, CheckpointSchedule, Kernel
 from nnteleport.ensembles import SnapshotEnsemble, diversity_report, sgdr_scheduler, sgdr_snapshot_epochs
+from nnteleport.errors import InvalidValueError
 from nnteleport.lab.data import DatasetName, load_dataset
 from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.experiments.config import merge_config, validate_config
@@ -429,6 +430,12 @@ def run(config: dict[str, Any], out: Path, *, progress: bool = True) -> dict[str
     cfg = merge_config(DEFAULTS, config or {}, source="distance-training")
     validate_config("distance-training", cfg)
     resolve_device(cfg["device"])
+    if "sgdr" in cfg["variants"] and not sgdr_snapshot_epochs(int(cfg["sgdr_cycle"]), int(cfg["sgdr_mult"]),
+                                                               int(cfg["epochs"])):  # fmt: skip
+        raise InvalidValueError(
+            f"distance-training: sgdr_cycle={cfg['sgdr_cycle']} is longer than epochs={cfg['epochs']}: SGDR would "
+            "end without a snapshot; use sgdr_cycle <= epochs or drop the 'sgdr' variant"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # a run's config: the shared settings and its own model, variant and seed (not the lists of the grid, so
