@@ -15,7 +15,7 @@ import signal
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from nnteleport.errors import ConfigMismatchError, InvalidValueError
 from nnteleport.lab.data import TensorPairDataset, load_dataset
@@ -43,7 +43,7 @@ class Pairs(Dataset):
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -90,17 +90,20 @@ KW = dict(epochs=2, batch_size=16, optimizer="momentum", lr=0.05, seed=5, progre
 
 
 def test_deterministic_generic_dataset_same_run_with_workers(digits):
-    models, hists, gens = [], [], []
+    models, hists, gens, global_states = [], [], [], []
     for workers in (0, 2):
         model = mlp()
+        torch.manual_seed(1)
         opt = lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)  # noqa: E731
         trainer = Trainer(model, generic(digits)[0], optimizer=opt, batch_size=16, seed=5,
                           loader_workers=workers)  # fmt: skip
         trainer.fit(2)
         models.append(model)
         gens.append(trainer.loader_generator.get_state())
+        global_states.append(torch.get_rng_state())
     assert state_equal(*models)
     assert torch.equal(*gens)  # the same order was drawn, and nothing else from the loader generator
+    assert torch.equal(*global_states)  # the workers' seeds do not come from the global generator
     for workers in (0, 2):
         model = mlp()
         hists.append(train(model, generic(digits), loader_workers=workers, **KW))
@@ -149,7 +152,8 @@ def test_worker_streams_depend_on_seed_and_epoch(digits):
     x1, y1, g1 = run(7)
     x2, y2, g2 = run(7)
     x3, y3, g3 = run(8)
-    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(g1, g2)
+    assert not torch.equal(x1, x3)
     gen0 = torch.Generator().manual_seed(1)
     y0 = torch.cat([y for _, y in batches(ds, 5, gen0, shuffle=True)])
     assert torch.equal(y1, y0) and torch.equal(y3, y0)  # the order of the 0-worker path
@@ -184,8 +188,9 @@ def test_cut_epoch_and_exception_shut_workers_down(digits):
         def on_step_end(self, trainer, step):
             raise RuntimeError("boom")
 
-    with deadline(60), pytest.raises(RuntimeError, match="boom"):
+    with deadline(60), pytest.raises(RuntimeError, match="boom") as raised:
         train(mlp(), generic(digits), callbacks=[Boom()], **{**KW, "loader_workers": 2})
+    assert raised.tb is not None  # the traceback (holding the epoch's frames) is alive, the workers are not
     assert multiprocessing.active_children() == []
 
 
@@ -219,3 +224,19 @@ def test_workers_on_cuda_pinned_batches(digits):
         train(model, generic(digits), loader_workers=workers, device="cuda", **KW)
         models.append(model)
     assert state_equal(*models)
+
+
+class Broken(Pairs):
+    """Example 7 cannot be read in a worker process (the main process reads it, for the fingerprint)."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == 7 and get_worker_info() is not None:
+            raise ValueError("example 7 is broken")
+        return super().__getitem__(i)
+
+
+def test_worker_error_is_raised_and_workers_stop(digits):
+    with deadline(60), pytest.raises(ValueError, match="example 7 is broken") as raised:
+        train(mlp(), (Broken(digits.train.x, digits.train.y), None), **{**KW, "loader_workers": 2})
+    assert raised.tb is not None  # the traceback (holding the loader's iterator) is alive, the workers are not
+    assert multiprocessing.active_children() == []
