@@ -8,6 +8,17 @@ no transfer per step. A larger one stays on the host and each batch is put in pi
 asynchronously (``non_blocking``), so the copy overlaps the previous step's kernels. Other datasets are
 collated on the host (``default_collate``) and copied the same way. On the CPU nothing is copied.
 
+Loader workers (``batches(..., workers=N)``, ``train(..., loader_workers=N)``): a generic dataset (any other
+``Dataset``, whose batch is ``batch_size`` calls of ``__getitem__``) is then read by ``N`` worker processes of a
+``torch.utils.data.DataLoader`` that collate the same index slices as the main process would (the same
+order, drawn in the main process from the same generator), pinned by the loader when the model is on CUDA.
+The workers start with each epoch and stop at its end (also when it is cut short or raises). Each worker's
+generators (torch, python, numpy) are seeded by the loader from ``worker_seed`` (DataLoader's ``generator``)
+plus the worker's index: a random transform in ``__getitem__`` is reproducible per ``worker_seed`` and
+worker count, but draws other numbers than the main process's global generator (no workers). A tensor or
+image dataset of :mod:`nnteleport.lab.data` never uses workers: its batch is one vectorised gather (and one
+batched augmentation) in the main process, faster than any worker could collate it.
+
 The order of the batches and every random number of the augmentation are drawn on the CPU generators, on any
 device: the same batches and crops as on the CPU.
 """
@@ -16,11 +27,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from nnteleport.lab.data import ImageDataset, TensorPairDataset
 
@@ -88,7 +100,15 @@ def _data_device(ds: Dataset) -> torch.device:
 
 
 def batches(
-    ds: Dataset, batch_size: int, generator: torch.Generator | None, *, shuffle: bool, augment: bool = True
+    ds: Dataset,
+    batch_size: int,
+    generator: torch.Generator | None,
+    *,
+    shuffle: bool,
+    augment: bool = True,
+    workers: int = 0,
+    worker_seed: int = 0,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of ``ds`` in a (seeded) random order; tensor datasets are sliced directly (fast path).
 
@@ -96,10 +116,18 @@ def batches(
     consecutive slices of ``batch_size`` (the last one may be smaller). Image datasets augment with their own
     (global-RNG) transform unless ``augment=False``. The batches are on the dataset's device (the order is
     drawn on the CPU and copied there once).
+
+    ``workers > 0``: a generic dataset's slices are collated by that many ``DataLoader`` worker processes,
+    seeded from ``worker_seed`` (their batches pinned when ``pin_memory``); they are shut down when the
+    iteration ends or the generator is closed (see the module docstring). Tensor and image datasets ignore
+    ``workers``, ``worker_seed`` and ``pin_memory``.
     """
     n = len(ds)  # type: ignore[arg-type]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(_data_device(ds))
+    if workers > 0 and not isinstance(ds, (TensorPairDataset, ImageDataset)):
+        yield from _worker_batches(ds, order, batch_size, workers, worker_seed, pin_memory)
+        return
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if isinstance(ds, TensorPairDataset):
@@ -108,6 +136,26 @@ def batches(
             yield ds.get_batch(idx, augment=None if augment else False)
         else:
             yield default_collate([ds[i] for i in idx.tolist()])
+
+
+def _worker_batches(
+    ds: Dataset, order: torch.Tensor, batch_size: int, workers: int, worker_seed: int, pin_memory: bool
+) -> Iterator[Any]:
+    """The slices ``order[k * batch_size : (k + 1) * batch_size]`` of ``ds``, collated by ``workers`` fresh
+    worker processes (base seed drawn from a generator seeded with ``worker_seed``), shut down at the end."""
+    slices = [order[start : start + batch_size].tolist() for start in range(0, len(order), batch_size)]
+    loader = DataLoader(ds, batch_sampler=slices, num_workers=workers, collate_fn=default_collate,
+                        pin_memory=pin_memory, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(worker_seed))  # fmt: skip
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        # Stop the workers now, also when the epoch is cut short (generator closed) or a worker raised (a
+        # traceback then holds the iterator, whose ``__del__`` would stop them only when it is freed).
+        # ``_shutdown_workers`` is what that ``__del__`` calls (torch internal: if it goes, this fails loudly,
+        # and tests/test_loader_workers.py checks that no worker outlives its epoch).
+        it._shutdown_workers()  # type: ignore[attr-defined]
 
 
 def example_batch(ds: Dataset, n: int) -> torch.Tensor:
@@ -123,11 +171,13 @@ def example_batch(ds: Dataset, n: int) -> torch.Tensor:
 def to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``x`` on ``device``; floating tensors also cast to ``dtype`` (integer labels keep theirs).
 
-    A host tensor going to a CUDA device is pinned first and copied asynchronously (``non_blocking``).
+    A host tensor going to a CUDA device is pinned first (unless it already is, e.g. by a loader's workers)
+    and copied asynchronously (``non_blocking``).
     """
     device = torch.device(device)
     if device.type == "cuda" and x.device.type == "cpu":
-        x = x.pin_memory()
+        if not x.is_pinned():
+            x = x.pin_memory()
         if x.is_floating_point():
             return x.to(device=device, non_blocking=True).to(dtype)
         return x.to(device=device, non_blocking=True)

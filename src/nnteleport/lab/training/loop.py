@@ -12,7 +12,9 @@ One epoch of ``Trainer.fit``::
 
 Nothing in a step waits for the device: the loss and the other per-step values stay tensors (the recording
 callbacks read them at the epoch's end), and the training data is copied to the model's device once per
-:meth:`Trainer.fit` when it fits (:func:`~nnteleport.lab.training.batches.on_device`).
+:meth:`Trainer.fit` when it fits (:func:`~nnteleport.lab.training.batches.on_device`). A generic dataset can be
+read by loader worker processes (``loader_workers``; a fresh set per epoch, see
+:mod:`~nnteleport.lab.training.batches`).
 
 ``on_train_start`` runs once before the first epoch and ``on_train_end`` once after the last (also when a hook
 or a step raises). A callback is any object with some of these methods (:class:`Callback` has them all as
@@ -22,6 +24,7 @@ no-ops); its ``state_dict()`` (when it returns something other than ``None``) is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +41,10 @@ from nnteleport.lab.training.batches import batches, model_device_dtype, on_devi
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.rng import derived_seed, rng_state, set_rng_state
 
-__all__ = ["Callback", "Step", "Trainer"]
+__all__ = ["Callback", "Step", "Trainer", "check_loader_workers"]
+
+#: last word of the derived seed of an epoch's loader workers: ``derived_seed(seed, epoch, LOADER_WORKER_WORD)``
+LOADER_WORKER_WORD = 0x10AD
 
 #: keys of :meth:`Trainer.state_dict` that belong to the trainer (callbacks may not use them)
 RESERVED_KEYS = ("format", "epoch", "fingerprint", "model", "optimizer", "history", "rng")
@@ -115,6 +121,12 @@ class Callback:
         """Restore what :meth:`state_dict` returned."""
 
 
+def check_loader_workers(value: Any, what: str) -> None:
+    """Refuse a ``loader_workers`` that is not a non-negative int (one line naming ``what`` and the value)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidValueError(f"{what}: loader_workers must be a non-negative integer, got {value!r}")
+
+
 def _overrides(cb: Any, name: str) -> bool:
     """Whether ``cb`` has a hook ``name`` that is not the no-op of :class:`Callback`."""
     method = getattr(type(cb), name, None)
@@ -146,6 +158,11 @@ class Trainer:
         are the caller's business.
     max_iters_per_epoch : int, optional
         Stop each epoch after this many steps.
+    loader_workers : int
+        Worker processes that read a generic dataset (``0``: the main process does). Epoch ``e``'s workers
+        are seeded from ``derived_seed(seed, e, LOADER_WORKER_WORD)`` and see the same batches (the order
+        drawn from the same generator); nnteleport's tensor and image datasets ignore it (one vectorised
+        gather per batch). See :mod:`~nnteleport.lab.training.batches`.
 
     Attributes
     ----------
@@ -174,7 +191,9 @@ class Trainer:
         callbacks: Sequence[Any] = (),
         seed: int = 0,
         max_iters_per_epoch: int | None = None,
+        loader_workers: int = 0,
     ) -> None:
+        check_loader_workers(loader_workers, "Trainer")
         self.model = model
         self.train_data = train_data
         self.optimizer_factory = optimizer
@@ -182,6 +201,8 @@ class Trainer:
         self.loss_fn = loss_fn or F.cross_entropy
         self.callbacks = list(callbacks)
         self.max_iters_per_epoch = max_iters_per_epoch
+        self.seed = seed
+        self.loader_workers = loader_workers
         self.loader_generator = torch.Generator().manual_seed(derived_seed(seed, 0xDA7A))
         self.optimizer: Any = None
         self.history = History()
@@ -295,13 +316,17 @@ class Trainer:
         self._fire("on_epoch_start")
         self.model.train()
         limit, n = self.iters_per_epoch, 0
-        for x, y in batches(self._batches_from, self.batch_size, self.loader_generator, shuffle=True):
-            if n >= limit:
-                break
-            step = self._step(to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype))
-            n += 1
-            for hook in self._step_hooks["on_step_end"]:
-                hook(self, step)
+        epoch_batches = batches(self._batches_from, self.batch_size, self.loader_generator, shuffle=True,
+                                workers=self.loader_workers, pin_memory=self.device.type == "cuda",
+                                worker_seed=derived_seed(self.seed, self.epoch, LOADER_WORKER_WORD))  # fmt: skip
+        with contextlib.closing(epoch_batches):  # loader workers stop here, also on a cut or an exception
+            for x, y in epoch_batches:
+                if n >= limit:
+                    break
+                step = self._step(to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype))
+                n += 1
+                for hook in self._step_hooks["on_step_end"]:
+                    hook(self, step)
         self.last_epoch = self.epoch
         self._fire("on_epoch_end")
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nnteleport.errors import ConfigMismatchError, InvalidValueError
-from nnteleport.lab.data import DataBundle
+from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
 from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.training.batches import example_batch, model_device_dtype, to_device
 from nnteleport.lab.training.callbacks import EpochTimer, Evaluation, FunctionCallback, Penalty, RecordHistory
@@ -28,7 +28,7 @@ from nnteleport.lab.training.checkpoint import (
 )
 from nnteleport.lab.training.history import History
 from nnteleport.lab.training.logs import ProgressBar, TensorBoard
-from nnteleport.lab.training.loop import HOOK_NAMES, Callback, Trainer
+from nnteleport.lab.training.loop import HOOK_NAMES, Callback, Trainer, check_loader_workers
 from nnteleport.lab.training.optim import OptimizerName, StepDecay, WeightDecay, make_optimizer
 from nnteleport.lab.training.rng import seed_all
 from nnteleport.lab.training.teleport import OptimizerStateOnTeleport, PseudoTeleport, ResetOptimizer, Teleport
@@ -73,6 +73,7 @@ def train(
     eval_every: int = 1,
     eval_batch_size: int = 512,
     max_iters_per_epoch: int | None = None,
+    loader_workers: int = 0,
 ) -> History:
     """Train ``model`` on ``data`` and return its :class:`History` (see the package docstring for the maths).
 
@@ -150,6 +151,10 @@ def train(
         Batch size of the evaluation.
     max_iters_per_epoch : int, optional
         Stop each epoch after this many iterations (small-scale runs).
+    loader_workers : int
+        Worker processes reading a generic training ``Dataset`` (fresh per epoch; :mod:`~.batches`): the same
+        batches as ``0`` (a deterministic dataset: the same run), a random ``__getitem__`` reproducible per
+        seed, epoch and worker count; the datasets of :mod:`nnteleport.lab.data` and evaluation ignore it.
 
     Returns
     -------
@@ -177,7 +182,7 @@ def train(
     ckpt_path, ckpt = _checkpoint(checkpoint_dir, fingerprint, epochs, eval_every)
     trainer = Trainer(model, train_ds, optimizer=s.make_optimizer, batch_size=batch_size, loss_fn=loss_fn,
                       callbacks=s.standard_callbacks((x_tp, y_tp), val_ds, ckpt_path, fingerprint), seed=seed,
-                      max_iters_per_epoch=max_iters_per_epoch)  # fmt: skip
+                      max_iters_per_epoch=max_iters_per_epoch, loader_workers=loader_workers)  # fmt: skip
     return trainer.fit(epochs, resume=ckpt)
 
 
@@ -242,11 +247,13 @@ class _Settings:
     eval_every: int
     eval_batch_size: int
     max_iters_per_epoch: int | None
+    loader_workers: int = 0  # not an option of train_stacked
     teleport_epochs: list[int] = field(init=False)
     reset_optimizer: bool = field(init=False)
     transform_optimizer: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        check_loader_workers(self.loader_workers, "train")
         self.teleport_epochs, policy = self._check()
         self.reset_optimizer = policy is OptimizerStateOnTeleport.RESET
         self.transform_optimizer = policy is OptimizerStateOnTeleport.TRANSFORM
@@ -340,6 +347,13 @@ class _Settings:
                 out[name] = getattr(self, name)
         return out
 
+    def loader_fingerprint(self, train_ds: Dataset) -> dict[str, Any]:
+        """``loader_workers`` when workers read ``train_ds`` (their streams define a random transform's
+        numbers); nothing otherwise (older checkpoints, and nnteleport's own datasets, stay resumable)."""
+        if self.loader_workers and not isinstance(train_ds, (TensorPairDataset, ImageDataset)):
+            return {"loader_workers": self.loader_workers}
+        return {}
+
     def make_optimizer(self, model: nn.Module) -> Any:
         """The optimizer factory of the trainer (:func:`~.optim.make_optimizer` with these options)."""
         return make_optimizer(model, self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
@@ -370,6 +384,7 @@ class _Settings:
             "dtype": str(model_device_dtype(model)[1]),
             "eval_every": self.eval_every,
             "max_iters_per_epoch": self.max_iters_per_epoch,
+            **self.loader_fingerprint(train_ds),
             "architecture": architecture,
             "initial_state_sha256": initial_sha,
             **data_fingerprint(train_ds, val_ds),
