@@ -148,14 +148,21 @@ def _worker_batches(
                         pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(worker_seed))  # fmt: skip
     it = iter(loader)
+    # Stop the workers at the end, also when the epoch is cut short (generator closed) or a worker raised (a
+    # traceback then holds the iterator, whose ``__del__`` would stop them only when it is freed).
+    # ``_shutdown_workers`` is what that ``__del__`` calls: a torch internal, checked before the first batch
+    # (tests/test_loader_workers.py checks that no worker outlives its epoch).
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if not callable(shutdown):
+        del it
+        raise RuntimeError(
+            f"train: loader_workers needs torch's DataLoader iterator to have _shutdown_workers, which torch "
+            f"{torch.__version__} does not; use loader_workers=0"
+        )
     try:
         yield from it
     finally:
-        # Stop the workers now, also when the epoch is cut short (generator closed) or a worker raised (a
-        # traceback then holds the iterator, whose ``__del__`` would stop them only when it is freed).
-        # ``_shutdown_workers`` is what that ``__del__`` calls (torch internal: if it goes, this fails loudly,
-        # and tests/test_loader_workers.py checks that no worker outlives its epoch).
-        it._shutdown_workers()  # type: ignore[attr-defined]
+        shutdown()
 
 
 def example_batch(ds: Dataset, n: int) -> torch.Tensor:
