@@ -4,8 +4,15 @@ runs, measured side by side (interleaved repetitions, medians).
 Members are half baselines, half their teleported arms (teleport at initialisation, CoB range 0.9, inter), as in
 the ``training`` experiment, whose settings are used: momentum SGD, lr 0.01, L2 5e-4, batch 64, Kaiming init,
 the optimizer reset at epoch 0 in both arms, digits (1438 training images, 23 iterations per epoch). Models: the
-experiment's default MLP (64-128x5-10, ReLU) and a small CNN (conv 16 - BN - ReLU - pool - conv 32 - ReLU -
-global pool - linear). Printed per model and k: runs per minute of each and the median per-repetition speed-up.
+experiment's default MLP (64-128x5-10, ReLU), a narrow one (64-32x5-10) and a small CNN (conv 16 - BN - ReLU -
+pool - conv 32 - ReLU - global pool - linear). Printed per model and k: runs per minute of each and the median
+per-repetition speed-up.
+
+The arithmetic floor, measured in the same repetitions: the time of the stacked run's forward and backward passes
+alone (``vmap`` of ``functional_call`` and one backward per step, as many steps as the runs take, on batches of
+the same shape; no optimizer, loop, evaluation or teleport). Every stacked run does at least these passes, so
+``ceiling = sequential time / floor`` bounds the speed-up that any vectorisation doing the same arithmetic could
+reach on this machine (the floor of the sequential runs' own passes is printed too).
 
     python -m benchmarks.bench_vmap                    # 1 thread, k in 4 8 16
     python -m benchmarks.bench_vmap --threads 2        # 2 intra-op threads
@@ -15,18 +22,21 @@ global pool - linear). Printed per model and k: runs per minute of each and the 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from benchmarks._results import Recorder, add_json_option
 from nnteleport.lab.data import load_dataset
 from nnteleport.lab.models import build_model
 from nnteleport.lab.training import train, train_stacked
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "mlp-narrow", "cnn")
 KS = (4, 8, 16)
 SETTINGS = dict(batch_size=64, optimizer="momentum", lr=0.01, weight_decay=5e-4, init="kaiming", reset_optimizer_at=[0])
 
@@ -36,6 +46,8 @@ def make_model(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if name == "mlp":
         return build_model("mlp", in_shape=(1, 8, 8), num_classes=10, hidden=[128] * 5)
+    if name == "mlp-narrow":
+        return build_model("mlp", in_shape=(1, 8, 8), num_classes=10, hidden=[32] * 5)
     if name == "cnn":
         return nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,6 +72,35 @@ def stacked(name: str, k: int, data, **kw) -> None:
                   teleport_at=[at for _, at in runs], **kw)  # fmt: skip
 
 
+def _batch(k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (64,) if k is None else (k, 64)
+    return torch.randn(*shape, 1, 8, 8), torch.randint(0, 10, shape)
+
+
+def floor_stacked(name: str, k: int, steps: int) -> None:
+    """``steps`` forward + backward passes of the ``k`` stacked members (vmap), nothing else."""
+    models = [make_model(name, s) for s, _ in members(k)]
+    params, buffers = stack_module_state(models)
+    base = models[0]
+
+    def loss(p, b, x, y):
+        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+    batched = vmap(loss, randomness="error")
+    x, y = _batch(k)
+    for _ in range(steps):
+        batched(params, buffers, x, y).sum().backward()
+
+
+def floor_sequential(name: str, k: int, steps: int) -> None:
+    """``steps`` forward + backward passes of each of ``k`` models, one after the other, nothing else."""
+    x, y = _batch(None)
+    for seed, _ in members(k):
+        model = make_model(name, seed)
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()
+
+
 def _time(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -76,24 +117,32 @@ def bench(
     warmup: bool = True,
 ) -> list[dict]:
     """Per model and k: median seconds of k sequential and of one stacked run of k members, their runs per
-    minute, and the median over repetitions of the per-repetition ratio (interleaved: seq, vec, seq, vec, ...)."""
+    minute, and the median over repetitions of the per-repetition ratio (interleaved: seq, vec, seq, vec, ...);
+    the floors (forward + backward passes alone, stacked and sequential) and ``ceiling = seq / stacked floor``
+    (median of the per-repetition ratios)."""
     data = load_dataset("digits")
     kw = dict(SETTINGS, epochs=epochs, max_iters_per_epoch=max_iters_per_epoch)
     for name in models if warmup else ():  # warm-up (imports, the engine's first analysis)
         sequential(name, 2, data, **{**kw, "epochs": 1, "max_iters_per_epoch": 2})
         stacked(name, 2, data, **{**kw, "epochs": 1, "max_iters_per_epoch": 2})
+    iters = math.ceil(len(data.train) / SETTINGS["batch_size"])
+    steps = epochs * (iters if max_iters_per_epoch is None else min(iters, max_iters_per_epoch))
     rows = []
     for name in models:
         for k in ks:
-            seq, vec = [], []
+            seq, vec, fvec, fseq = [], [], [], []
             for _ in range(reps):
                 seq.append(_time(lambda n=name, kk=k: sequential(n, kk, data, **kw)))
                 vec.append(_time(lambda n=name, kk=k: stacked(n, kk, data, **kw)))
+                fvec.append(_time(lambda n=name, kk=k: floor_stacked(n, kk, steps)))
+                fseq.append(_time(lambda n=name, kk=k: floor_sequential(n, kk, steps)))
             t_seq, t_vec = statistics.median(seq), statistics.median(vec)
             rows.append({
-                "model": name, "k": k, "epochs": epochs, "seq_s": t_seq, "vec_s": t_vec,
+                "model": name, "k": k, "epochs": epochs, "steps": steps, "seq_s": t_seq, "vec_s": t_vec,
                 "seq_runs_per_min": 60 * k / t_seq, "vec_runs_per_min": 60 * k / t_vec,
                 "speedup": statistics.median(a / b for a, b in zip(seq, vec)),
+                "floor_vec_s": statistics.median(fvec), "floor_seq_s": statistics.median(fseq),
+                "ceiling": statistics.median(a / b for a, b in zip(seq, fvec)),
             })  # fmt: skip
     return rows
 
@@ -113,10 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     rec.write(args.json, rows)
     print(f"digits, {args.epochs} epochs per run, half baselines / half teleported at init, momentum SGD, "
           f"{args.threads} thread(s), median of {args.reps} interleaved repetitions")  # fmt: skip
-    print(f"  {'model':5s} {'k':>3s} {'sequential runs/min':>20s} {'stacked runs/min':>17s} {'speed-up':>9s}")
+    print(f"  {'model':10s} {'k':>3s} {'sequential runs/min':>20s} {'stacked runs/min':>17s} {'speed-up':>9s} "
+          f"{'floor s (stacked / seq)':>24s} {'ceiling':>8s}")  # fmt: skip
     for r in rows:
-        print(f"  {r['model']:5s} {r['k']:3d} {r['seq_runs_per_min']:20.1f} {r['vec_runs_per_min']:17.1f} "
-              f"{r['speedup']:8.2f}x")  # fmt: skip
+        floors = f"{r['floor_vec_s']:11.3f} / {r['floor_seq_s']:9.3f}"
+        print(f"  {r['model']:10s} {r['k']:3d} {r['seq_runs_per_min']:20.1f} {r['vec_runs_per_min']:17.1f} "
+              f"{r['speedup']:8.2f}x {floors} {r['ceiling']:7.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

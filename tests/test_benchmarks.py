@@ -140,4 +140,7 @@ def test_run_all_writes_one_file_per_benchmark(tmp_path, monkeypatch):
 def test_bench_vmap_runs_both_ways():
     rows = bench_vmap.bench(["mlp"], [2], epochs=1, reps=1, max_iters_per_epoch=2, warmup=False)
     assert [(r["model"], r["k"]) for r in rows] == [("mlp", 2)]
-    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in ("seq_s", "vec_s", "speedup"))
+    keys = ("seq_s", "vec_s", "speedup", "floor_vec_s", "floor_seq_s", "ceiling")
+    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in keys)
+    (row,) = rows
+    assert row["steps"] == 2 and row["ceiling"] == pytest.approx(row["seq_s"] / row["floor_vec_s"])  # one rep

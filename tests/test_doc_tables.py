@@ -138,12 +138,14 @@ BENCH_FILES = sorted({f for _, name, f, _ in BLOCKS if name.startswith("bench-")
 
 @pytest.mark.parametrize("file", BENCH_FILES)
 def test_benchmark_results_say_how_where_and_when(file):
-    """A benchmark's results file records the command that wrote it (to this very file), one thread, the
-    machine (CPU, cores, load) and the date."""
+    """A benchmark's results file records the command that wrote it (to this very file), one thread (unless
+    the command asks for more with ``--threads N``, and then exactly N), the machine (CPU, cores, load) and the
+    date."""
     doc = json.loads((ROOT / file).read_text())
     assert doc["command"].startswith(f"python -m benchmarks.{doc['benchmark']} ") and f"--json {file}" in doc["command"]
     m = doc["machine"]
-    assert m["cpu"] and m["cpu_count"] and m["torch"] and m["torch_threads"] == 1
+    asked = re.search(r"--threads (\d+)", doc["command"])
+    assert m["cpu"] and m["cpu_count"] and m["torch"] and m["torch_threads"] == (int(asked[1]) if asked else 1)
     assert m["load_average_start"] is not None and m["load_average_end"] is not None
     assert re.fullmatch(r"20\d\d-\d\d-\d\dT.*", doc["date"])
 
