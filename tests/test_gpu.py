@@ -28,6 +28,22 @@ CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 on CUDA without TF32: on Ampere and later GPUs cuDNN computes float32 convolutions in TF32 by
+    default (10-bit mantissa, relative error ~1e-3), which would hide a wrong teleport at the float32
+    tolerances below; the comparisons are of float32 round-off. Restored after each test."""
+    if not CUDA:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
