@@ -17,6 +17,7 @@ reach on this machine (the floor of the sequential runs' own passes is printed t
     python -m benchmarks.bench_vmap                    # 1 thread, k in 4 8 16
     python -m benchmarks.bench_vmap --threads 2        # 2 intra-op threads
     python -m benchmarks.bench_vmap --ks 4 --reps 1 --epochs 1
+    python -m benchmarks.bench_vmap --device cuda      # on a GPU (timings synchronise the device)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from benchmarks._results import Recorder, add_json_option
 from nnteleport.lab.data import load_dataset
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.models import build_model
 from nnteleport.lab.training import train, train_stacked
 
@@ -72,14 +74,14 @@ def stacked(name: str, k: int, data, **kw) -> None:
                   teleport_at=[at for _, at in runs], **kw)  # fmt: skip
 
 
-def _batch(k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(k: int | None, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (64,) if k is None else (k, 64)
-    return torch.randn(*shape, 1, 8, 8), torch.randint(0, 10, shape)
+    return torch.randn(*shape, 1, 8, 8).to(device), torch.randint(0, 10, shape).to(device)
 
 
-def floor_stacked(name: str, k: int, steps: int) -> None:
+def floor_stacked(name: str, k: int, steps: int, device: str = "cpu") -> None:
     """``steps`` forward + backward passes of the ``k`` stacked members (vmap), nothing else."""
-    models = [make_model(name, s) for s, _ in members(k)]
+    models = [make_model(name, s).to(device) for s, _ in members(k)]
     params, buffers = stack_module_state(models)
     base = models[0]
 
@@ -87,23 +89,29 @@ def floor_stacked(name: str, k: int, steps: int) -> None:
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
 
     batched = vmap(loss, randomness="error")
-    x, y = _batch(k)
+    x, y = _batch(k, device)
     for _ in range(steps):
         batched(params, buffers, x, y).sum().backward()
 
 
-def floor_sequential(name: str, k: int, steps: int) -> None:
+def floor_sequential(name: str, k: int, steps: int, device: str = "cpu") -> None:
     """``steps`` forward + backward passes of each of ``k`` models, one after the other, nothing else."""
-    x, y = _batch(None)
+    x, y = _batch(None, device)
     for seed, _ in members(k):
-        model = make_model(name, seed)
+        model = make_model(name, seed).to(device)
         for _ in range(steps):
             F.cross_entropy(model(x), y).backward()
 
 
-def _time(fn) -> float:
+def _time(fn, device: str = "cpu") -> float:
+    """Wall seconds of ``fn()``; on an accelerator the device is synchronised before and after."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     t = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
@@ -115,13 +123,15 @@ def bench(
     reps: int = 3,
     max_iters_per_epoch: int | None = None,
     warmup: bool = True,
+    device: str = "cpu",
 ) -> list[dict]:
     """Per model and k: median seconds of k sequential and of one stacked run of k members, their runs per
     minute, and the median over repetitions of the per-repetition ratio (interleaved: seq, vec, seq, vec, ...);
     the floors (forward + backward passes alone, stacked and sequential) and ``ceiling = seq / stacked floor``
     (median of the per-repetition ratios)."""
     data = load_dataset("digits")
-    kw = dict(SETTINGS, epochs=epochs, max_iters_per_epoch=max_iters_per_epoch)
+    device = str(resolve_device(device, what="bench_vmap: --device"))
+    kw = dict(SETTINGS, epochs=epochs, max_iters_per_epoch=max_iters_per_epoch, device=device)
     for name in models if warmup else ():  # warm-up (imports, the engine's first analysis)
         sequential(name, 2, data, **{**kw, "epochs": 1, "max_iters_per_epoch": 2})
         stacked(name, 2, data, **{**kw, "epochs": 1, "max_iters_per_epoch": 2})
@@ -132,10 +142,10 @@ def bench(
         for k in ks:
             seq, vec, fvec, fseq = [], [], [], []
             for _ in range(reps):
-                seq.append(_time(lambda n=name, kk=k: sequential(n, kk, data, **kw)))
-                vec.append(_time(lambda n=name, kk=k: stacked(n, kk, data, **kw)))
-                fvec.append(_time(lambda n=name, kk=k: floor_stacked(n, kk, steps)))
-                fseq.append(_time(lambda n=name, kk=k: floor_sequential(n, kk, steps)))
+                seq.append(_time(lambda n=name, kk=k: sequential(n, kk, data, **kw), device))
+                vec.append(_time(lambda n=name, kk=k: stacked(n, kk, data, **kw), device))
+                fvec.append(_time(lambda n=name, kk=k: floor_stacked(n, kk, steps, device), device))
+                fseq.append(_time(lambda n=name, kk=k: floor_sequential(n, kk, steps, device), device))
             t_seq, t_vec = statistics.median(seq), statistics.median(vec)
             rows.append({
                 "model": name, "k": k, "epochs": epochs, "steps": steps, "seq_s": t_seq, "vec_s": t_vec,
@@ -154,14 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     add_json_option(parser)
     args = parser.parse_args(argv)
     rec = Recorder("bench_vmap", argv, {k: v for k, v in vars(args).items() if k != "json"})
     torch.set_num_threads(args.threads)
-    rows = bench(args.models, args.ks, epochs=args.epochs, reps=args.reps)
+    rows = bench(args.models, args.ks, epochs=args.epochs, reps=args.reps, device=args.device)
     rec.write(args.json, rows)
     print(f"digits, {args.epochs} epochs per run, half baselines / half teleported at init, momentum SGD, "
-          f"{args.threads} thread(s), median of {args.reps} interleaved repetitions")  # fmt: skip
+          f"device {args.device}, {args.threads} thread(s), median of {args.reps} interleaved repetitions")  # fmt: skip
     print(f"  {'model':10s} {'k':>3s} {'sequential runs/min':>20s} {'stacked runs/min':>17s} {'speed-up':>9s} "
           f"{'floor s (stacked / seq)':>24s} {'ceiling':>8s}")  # fmt: skip
     for r in rows:

@@ -474,12 +474,14 @@ def bench_vmap(res: dict[str, Any], file: str) -> str:
     mlp = [c for c in r if c["model"] == "mlp"]
     best = max((c["speedup"] for c in mlp), default=math.nan)
     ceiling = max((c["ceiling"] for c in mlp), default=math.nan)
+    device = cfg.get("device", "cpu")
     legend = (
-        f"Digits, {cfg['epochs']} epochs per run, half baselines and half teleported at initialisation, momentum "
-        f"SGD; medians of {cfg['reps']} interleaved repetitions, the speed-up being the median per-repetition ratio. "
-        "Floor: the stacked runs' forward and backward passes alone (vmap, the same number of steps, no optimizer, "
-        "loop, evaluation or teleport), and the sequential runs' passes alone; ceiling = sequential time / stacked "
-        "floor, the most any vectorisation doing the same arithmetic could gain here. "
+        f"Digits, {cfg['epochs']} epochs per run, half baselines and half teleported at initialisation, "
+        f"momentum SGD, on the {device}; medians of {cfg['reps']} interleaved repetitions, the speed-up being "
+        "the median per-repetition ratio. Floor: the stacked runs' forward and backward passes alone (vmap, "
+        "the same number of steps, no optimizer, loop, evaluation or teleport), and the sequential runs' "
+        "passes alone; ceiling = sequential time / stacked floor, the most any vectorisation doing the same "
+        "arithmetic could gain here. "
         f"Target (issue 17: at least 3x on the MLP): best MLP speed-up in this run {_x(best)}"
         f"{' (met)' if best >= 3 else ' (not met)'}; the MLP's ceiling in this run {_x(ceiling)}"
         f"{' (the target is above it: out of reach on this CPU)' if ceiling < 3 else ''}."

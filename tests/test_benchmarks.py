@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from benchmarks import __main__ as bench_all
 from benchmarks import (
     bench_analysis,
@@ -86,7 +87,7 @@ SMALL = {
     "bench_distance": (["--width", "0.125", "--reps", "1", "--checkpoints", "1,2", "--invariant"], "bench-distance"),
     "bench_canonicalize": (["--depths", "3,6", "--reps", "1", "--gs-max-depth", "6"], "bench-canonicalize"),
     "bench_teleport": (["--quick", "--reps", "1", "--threads", "1"], "bench-teleport"),
-    "bench_vmap": (["--models", "mlp", "--ks", "2", "--reps", "1", "--epochs", "1"], "bench-vmap"),
+    "bench_vmap": (["--models", "mlp", "--ks", "2", "--reps", "1", "--epochs", "1", "--device", "cpu"], "bench-vmap"),
 }
 
 
@@ -144,3 +145,9 @@ def test_bench_vmap_runs_both_ways():
     assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in keys)
     (row,) = rows
     assert row["steps"] == 2 and row["ceiling"] == pytest.approx(row["seq_s"] / row["floor_vec_s"])  # one rep
+
+
+def test_bench_vmap_refuses_a_device_this_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="bench_vmap: --device"):
+        bench_vmap.bench(["mlp"], [2], epochs=1, reps=1, max_iters_per_epoch=1, warmup=False, device="cuda")
