@@ -475,6 +475,7 @@ def bench_vmap(res: dict[str, Any], file: str) -> str:
     best = max((c["speedup"] for c in mlp), default=math.nan)
     ceiling = max((c["ceiling"] for c in mlp), default=math.nan)
     device = cfg.get("device", "cpu")
+    where = "CPU" if device == "cpu" else "device"
     legend = (
         f"Digits, {cfg['epochs']} epochs per run, half baselines and half teleported at initialisation, "
         f"momentum SGD, on the {device}; medians of {cfg['reps']} interleaved repetitions, the speed-up being "
@@ -484,7 +485,7 @@ def bench_vmap(res: dict[str, Any], file: str) -> str:
         "arithmetic could gain here. "
         f"Target (issue 17: at least 3x on the MLP): best MLP speed-up in this run {_x(best)}"
         f"{' (met)' if best >= 3 else ' (not met)'}; the MLP's ceiling in this run {_x(ceiling)}"
-        f"{' (the target is above it: out of reach on this CPU)' if ceiling < 3 else ''}."
+        f"{f' (the target is above it: out of reach on this {where})' if ceiling < 3 else ''}."
     )
     return _bench_body(res, file, markdown(header, rows), legend)
 
