@@ -25,6 +25,7 @@ BENCHMARKS = [
     "bench_analysis",
     "bench_vmap",
     "bench_training_vectorize",
+    "bench_epoch",
 ]
 
 

@@ -19,6 +19,7 @@ from benchmarks import (
     bench_analysis,
     bench_canonicalize,
     bench_distance,
+    bench_epoch,
     bench_fixing,
     bench_gspace,
     bench_teleport,
@@ -88,6 +89,7 @@ SMALL = {
     "bench_canonicalize": (["--depths", "3,6", "--reps", "1", "--gs-max-depth", "6"], "bench-canonicalize"),
     "bench_teleport": (["--quick", "--reps", "1", "--threads", "1"], "bench-teleport"),
     "bench_vmap": (["--models", "mlp", "--ks", "2", "--reps", "1", "--epochs", "1", "--device", "cpu"], "bench-vmap"),
+    "bench_epoch": (["--quick", "--device", "cpu", "--batch", "2", "--iters", "1", "--reps", "1"], "bench-epoch"),
 }
 
 
@@ -101,7 +103,7 @@ def test_benchmark_json_feeds_its_doc_table(name, tmp_path, monkeypatch):
     path = tmp_path / "docs" / "data" / f"{name}.json"
     module = {"bench_gspace": bench_gspace, "bench_fixing": bench_fixing, "bench_distance": bench_distance,
               "bench_canonicalize": bench_canonicalize, "bench_teleport": bench_teleport,
-              "bench_vmap": bench_vmap}[name]  # fmt: skip
+              "bench_vmap": bench_vmap, "bench_epoch": bench_epoch}[name]  # fmt: skip
     module.main([*argv, "--json", str(path)])
     doc = json.loads(path.read_text())
     assert doc["benchmark"] == name and doc["command"].startswith(f"python -m benchmarks.{name} ")
@@ -151,3 +153,14 @@ def test_bench_vmap_refuses_a_device_this_machine_lacks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="bench_vmap: --device"):
         bench_vmap.bench(["mlp"], [2], epochs=1, reps=1, max_iters_per_epoch=1, warmup=False, device="cuda")
+
+
+def test_bench_epoch_times_both_arms_and_scales_to_an_epoch():
+    rows = bench_epoch.bench(["resnet18", "mlp-5x500"], device="cpu", batch=2, iters=1, reps=1, shape=(3, 16, 16),
+                             width=0.125)  # fmt: skip
+    assert [r["network"] for r in rows] == ["resnet18", "mlp-5x500"]
+    for r in rows:
+        assert r["wrappers"] > 0  # the teleported arm carries the activation wrappers (inter)
+        assert r["baseline_s_per_iter"] > 0 and r["teleported_s_per_iter"] > 0
+        # 782 iterations of batch 64 = 25 024 iterations of the timed batch 2
+        assert r["baseline_s_per_epoch"] == pytest.approx(r["baseline_s_per_iter"] * 782 * 32)
