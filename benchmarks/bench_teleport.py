@@ -24,6 +24,7 @@ from torch import nn
 import nnteleport as nt
 from benchmarks._results import Recorder, add_json_option
 from nnteleport.engine.trace import _Tracer
+from nnteleport.lab.devices import resolve_device
 from nnteleport.lab.models import build_model
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     rec = Recorder("bench_teleport", argv, {k: v for k, v in vars(args).items() if k != "json"})
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device, what="bench_teleport: --device")
     torch.manual_seed(0)
     reps = args.reps or (5 if args.quick else 15)
     width = 0.5 if args.quick else 1.0
