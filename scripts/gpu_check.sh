@@ -5,12 +5,12 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]          # default: $OUT if set, else gpu_check_out
 #
-# Writes into OUT_DIR (at most 7 files): gpu.txt (nvidia-smi -L and torch's view), gpu-tests.txt, and the
-# results files bench-epoch-cuda.json, bench-vmap-cuda.json, bench-teleport-cuda.json and
-# paper-estimate-cuda.json, which go to docs/data/ and feed the docs tables (scripts/make_doc_tables.py). No
-# install: nnteleport is imported from src/ (PYTHONPATH); PYTHON picks the interpreter (default python3). Every
-# step has its own time limit, so one that hangs cannot take the others with it; the exit status is the
-# tests' (2 without CUDA).
+# The tests are every test marked gpu (all of tests/). Writes into OUT_DIR (at most 7 files): gpu.txt
+# (nvidia-smi -L and torch's view), gpu-tests.txt, and the results files bench-epoch-cuda.json,
+# bench-vmap-cuda.json, bench-teleport-cuda.json and paper-estimate-cuda.json, which go to docs/data/ and feed
+# the docs tables (scripts/make_doc_tables.py). No install: nnteleport is imported from src/ (PYTHONPATH);
+# PYTHON picks the interpreter (default python3). Every step has its own time limit, so one that hangs cannot
+# take the others with it; the exit status is the tests' (2 without CUDA).
 set -uo pipefail
 
 out="${1:-${OUT:-gpu_check_out}}"
@@ -38,7 +38,7 @@ step() { # step SECONDS NAME COMMAND...: run COMMAND with a time limit, say how 
   return $rc
 }
 
-step 240 "gpu tests" "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_loader_workers.py \
+step 240 "gpu tests" "$py" -m pytest -q -p no:cacheprovider -m gpu tests \
   2>&1 | tee "$out/gpu-tests.txt"
 tests=${PIPESTATUS[0]}
 step 90 "bench_epoch" "$py" -m benchmarks.bench_epoch --device cuda --json "$out/bench-epoch-cuda.json"
