@@ -91,8 +91,8 @@ def _device_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor | None:
     """The float64 sum of the scalars ``terms``, added in order on their device (``None`` for none): the same
     IEEE additions as Python's ``sum(float(t) for t in terms)``, so the same number, with no host read."""
     total: torch.Tensor | None = None
-    for t in terms:
-        total = t.double() if total is None else total + t.double()
+    for t in terms:  # (a model spread over devices: the terms go to the first one's)
+        total = t.double() if total is None else total + t.double().to(total.device)
     return total
 
 
@@ -188,7 +188,7 @@ def _loss_and_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
     sq = _device_sum(g.double().pow(2).sum() for g in grads if g is not None)
     if sq is None:
         return float(loss.detach()), 0.0
-    loss_value, sq_value = torch.stack([loss.detach().double(), sq]).tolist()  # one host read for both
+    loss_value, sq_value = torch.stack([loss.detach().double(), sq.to(loss.device)]).tolist()  # one host read
     return loss_value, sq_value
 
 
