@@ -334,3 +334,33 @@ def test_cuda_teleport_schedule_run_tracks_cpu(cob, tmp_path):
     for rg, rc in zip(hg["teleports"], hc["teleports"]):
         assert rg["grad_norm_sq_after"] == pytest.approx(rc["grad_norm_sq_after"], rel=1e-7)
     assert all(s > 0 for s in hg["timing"]["step_seconds"]) and len(hg["timing"]["step_seconds"]) == 6
+
+
+def _cuda_syncs(steps: int, **kw) -> int:
+    """Synchronising CUDA calls (``torch.cuda.set_sync_debug_mode("warn")``) in a 3-epoch ``train`` on CUDA
+    with ``steps`` steps per epoch."""
+    import warnings
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("mlp", in_shape=(1, 8, 8), num_classes=10, hidden=[32, 32])
+    old = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train(model, data, epochs=3, max_iters_per_epoch=steps, progress=False, device="cuda", **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode(old)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("kw", [dict(optimizer="momentum", teleport_at=[1]), dict(optimizer="adam", lr=1e-3)],
+                         ids=["momentum-teleport", "adam"])  # fmt: skip
+def test_cuda_train_does_not_synchronise_per_step(kw):
+    """The GPU counterpart of tests/test_host_sync.py: CUDA's own sync detector counts the same synchronising
+    calls with 2 and with 6 steps per epoch (the reads happen at the epochs' ends and at teleports only)."""
+    few, many = _cuda_syncs(2, **kw), _cuda_syncs(6, **kw)
+    assert few == many, (few, many)
