@@ -45,6 +45,7 @@ __all__ = [
     "model_device_dtype",
     "on_device",
     "to_device",
+    "uses_workers",
 ]
 
 #: A dataset whose tensors need at most this fraction of the accelerator's free memory is kept there.
@@ -99,6 +100,12 @@ def _data_device(ds: Dataset) -> torch.device:
     return torch.device("cpu")
 
 
+def uses_workers(ds: Dataset, workers: int) -> bool:
+    """Whether :func:`batches` reads ``ds`` with loader worker processes: ``workers > 0`` and a generic dataset
+    (nnteleport's tensor and image datasets never use them)."""
+    return workers > 0 and not isinstance(ds, (TensorPairDataset, ImageDataset))
+
+
 def batches(
     ds: Dataset,
     batch_size: int,
@@ -125,7 +132,7 @@ def batches(
     n = len(ds)  # type: ignore[arg-type]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(_data_device(ds))
-    if workers > 0 and not isinstance(ds, (TensorPairDataset, ImageDataset)):
+    if uses_workers(ds, workers):
         yield from _worker_batches(ds, order, batch_size, workers, worker_seed, pin_memory)
         return
     for start in range(0, n, batch_size):

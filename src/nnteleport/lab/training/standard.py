@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nnteleport.errors import ConfigMismatchError, InvalidValueError
-from nnteleport.lab.data import DataBundle, ImageDataset, TensorPairDataset
+from nnteleport.lab.data import DataBundle
 from nnteleport.lab.devices import resolve_device
-from nnteleport.lab.training.batches import example_batch, model_device_dtype, to_device
+from nnteleport.lab.training.batches import example_batch, model_device_dtype, to_device, uses_workers
 from nnteleport.lab.training.callbacks import EpochTimer, Evaluation, FunctionCallback, Penalty, RecordHistory
 from nnteleport.lab.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -350,7 +350,7 @@ class _Settings:
     def loader_fingerprint(self, train_ds: Dataset) -> dict[str, Any]:
         """``loader_workers`` when workers read ``train_ds`` (their streams define a random transform's
         numbers); nothing otherwise (older checkpoints, and nnteleport's own datasets, stay resumable)."""
-        if self.loader_workers and not isinstance(train_ds, (TensorPairDataset, ImageDataset)):
+        if uses_workers(train_ds, self.loader_workers):
             return {"loader_workers": self.loader_workers}
         return {}
 
