@@ -71,8 +71,7 @@ def _per_step_reads(run: Callable[[int], None]) -> dict[tuple[str, str, str], tu
 
 def _train(data, **kw) -> Callable[[int], None]:
     def run(steps: int) -> None:
-        model = kw.pop("model")() if "model" in kw else _mlp()
-        train(model, data, epochs=3, max_iters_per_epoch=steps, progress=False, **kw)
+        train(_mlp(), data, epochs=3, max_iters_per_epoch=steps, progress=False, **kw)
 
     return run
 
